@@ -1,0 +1,605 @@
+"""Validity of quantitative part explanations (SPEC §5, V1-V5).
+
+A part explanation claims a contribution ``c_p`` per part (column 0 = background, 1..P = parts)
+to the score of a target class. These metrics check the claim against what the model does
+when the part is removed by a removal operator (:mod:`partslib.removal`):
+
+* V1 :func:`completeness_error` -- ``b + Σ_p c_p`` against the logit.
+* V2 :func:`removal_effects`, :func:`removal_agreement` -- measured effects ``Δ_p`` and their
+  agreement with the claim (Spearman, top part, normalised absolute error).
+* V3 :func:`deletion_curve`, :func:`deletion_auc` -- cumulative part deletion, AUC as RISE
+  (Petsiuk et al., BMVC 2018, https://arxiv.org/abs/1806.07421).
+* V4 :func:`decisive_part_accuracy` -- top-ranked part against known decisive parts.
+* V5 :func:`cascading_randomisation` -- the model-parameter randomisation test of Adebayo et
+  al., NeurIPS 2018 (https://arxiv.org/abs/1810.03292), cascading from the head downwards.
+
+:class:`RandomExplainer` gives the chance floor. Every function takes callables and tensors
+(Captum style) and never imports a concrete model or dataset. Conventions: contributions
+``(B,P+1)`` float, ``present`` ``(B,P+1)`` bool (a metric only looks at present parts),
+targets ``(B,)`` long, ``score_fn(images) -> (B,K)`` logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import rankdata
+from torch import nn
+
+from partslib.removal import RemovalOperator
+
+__all__ = [
+    "ORDER_PAD",
+    "SCORES",
+    "completeness_error",
+    "removal_effects",
+    "RemovalAgreement",
+    "removal_agreement",
+    "claimed_order",
+    "random_order",
+    "deletion_curve",
+    "deletion_auc",
+    "decisive_part_accuracy",
+    "cascading_randomisation",
+    "RandomExplainer",
+    "spearman",
+]
+
+ORDER_PAD = -1  # fills the tail of a part order after the present parts
+SCORES = ("logit", "probability")  # what removal_effects / deletion_curve measure
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor],
+                     tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+# ---------------------------------------------------------------------------------- checks
+
+def _check_parts(name: str, x: Any, present: torch.Tensor | None = None) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"{name} must be a [B,P+1] tensor, got shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+    if present is not None and tuple(x.shape) != tuple(present.shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but present has shape "
+                         f"{tuple(present.shape)}; both must be [B,P+1]")
+
+
+def _check_present(present: Any, batch: int | None = None) -> None:
+    if not isinstance(present, torch.Tensor) or present.dim() != 2:
+        raise ValueError(f"present must be a bool [B,P+1] tensor, got shape "
+                         f"{tuple(getattr(present, 'shape', ()))}")
+    if present.dtype != torch.bool:
+        raise ValueError(f"present must be a bool tensor, got {present.dtype}")
+    if batch is not None and present.shape[0] != batch:
+        raise ValueError(f"present has {present.shape[0]} rows, expected one per image ({batch})")
+
+
+def _check_vector(name: str, x: Any, batch: int) -> None:
+    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (batch,):
+        raise ValueError(f"{name} must be a [B] tensor with B={batch}, got shape "
+                         f"{tuple(getattr(x, 'shape', ()))}")
+
+
+def _check_targets(targets: Any, batch: int) -> None:
+    _check_vector("targets", targets, batch)
+    if targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be an integer (long) tensor, got {targets.dtype}")
+
+
+def _check_images_labels(images: Any, labels: Any) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be a [B,3,H,W] tensor, got shape "
+                         f"{tuple(getattr(images, 'shape', ()))}")
+    B, _, H, W = images.shape
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (B, H, W):
+        raise ValueError(f"labels must have shape {(B, H, W)} to match images, got "
+                         f"{tuple(getattr(labels, 'shape', ()))}")
+
+
+def _check_score(score: str) -> None:
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _target_scores(score_fn: ScoreFn, images: torch.Tensor, targets: torch.Tensor,
+                   score: str) -> torch.Tensor:
+    """``(n,)`` logit or softmax probability of each image's target class."""
+    out = score_fn(images)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != images.shape[0]:
+        raise ValueError(f"score_fn must return [B,K] logits for {images.shape[0]} images, got "
+                         f"shape {tuple(getattr(out, 'shape', ()))}")
+    t = targets.to(out.device).long()
+    if bool(((t < 0) | (t >= out.shape[1])).any()):
+        raise ValueError(f"targets must lie in 0..{out.shape[1] - 1} (K = score_fn's width)")
+    if score == "probability":
+        out = torch.softmax(out.float(), dim=1)
+    return out.gather(1, t[:, None])[:, 0]
+
+
+# ----------------------------------------------------------------------------- utilities
+
+def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D arrays, with average ranks for ties.
+
+    NaN when fewer than two values, when either side is constant, or on non-finite input.
+    """
+    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
+    a, b = a.ravel(), b.ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"spearman needs equal lengths, got {a.size} and {b.size}")
+    if a.size < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return math.nan
+    ra, rb = rankdata(a) - (a.size + 1) / 2, rankdata(b) - (b.size + 1) / 2
+    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
+    if den == 0.0:
+        return math.nan
+    return float(ra @ rb) / den
+
+
+def _order_from_keys(keys: np.ndarray, present: np.ndarray) -> torch.Tensor:
+    """Present parts by ascending key (stable: ties keep the lower part index first)."""
+    keys = np.where(present, keys, 0.0)
+    order = np.lexsort((keys, ~present), axis=-1)  # last key is primary: present parts first
+    order = np.where(np.arange(present.shape[1])[None] < present.sum(1, keepdims=True),
+                     order, ORDER_PAD)
+    return torch.from_numpy(order.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- V1 complete
+
+def completeness_error(contributions: torch.Tensor, bias: torch.Tensor,
+                       logits: torch.Tensor) -> torch.Tensor:
+    """V1: relative completeness error ``|b + Σ_p c_p − logit| / max(|b| + Σ_p |c_p|, tiny)``.
+
+    The denominator is the total magnitude of the terms being summed, so the error is scale
+    free and stays bounded when the logit itself is near zero (cancellation); ``tiny`` is the
+    smallest positive float64 and only guards 0/0 (all terms zero gives error 0 or inf).
+
+    Args:
+        contributions: ``(B,P+1)`` claimed contributions, all columns summed.
+        bias: ``(B,)`` the class bias ``b_k`` of each image's target.
+        logits: ``(B,)`` the target logit of each image.
+    Returns:
+        ``(B,)`` float64.
+    """
+    _check_parts("contributions", contributions)
+    B = contributions.shape[0]
+    _check_vector("bias", bias, B)
+    _check_vector("logits", logits, B)
+    c = contributions.detach().double()
+    b, z = bias.detach().double().to(c.device), logits.detach().double().to(c.device)
+    num = (b + c.sum(1) - z).abs()
+    den = (b.abs() + c.abs().sum(1)).clamp_min(torch.finfo(torch.float64).tiny)
+    return num / den
+
+
+# ---------------------------------------------------------------------------- V2 removal
+
+@torch.no_grad()
+def removal_effects(score_fn: ScoreFn, images: torch.Tensor, labels: torch.Tensor,
+                    targets: torch.Tensor, present: torch.Tensor, remover: RemovalOperator,
+                    keys: Sequence[Any] | None = None, score: str = "logit",
+                    batch_size: int = 256) -> torch.Tensor:
+    """V2: measured effect ``Δ_p = s_k(x) − s_k(x without p)`` of removing each present part.
+
+    All (image, part) removals are run together in chunks of ``batch_size`` images.
+
+    Args:
+        score_fn: ``images -> (n,K)`` logits.
+        images: ``(B,3,H,W)`` in [0,1]; labels ``(B,H,W)`` part labels.
+        targets: ``(B,)`` class k of each image.
+        present: ``(B,P+1)`` bool; only present parts are removed.
+        remover: a removal operator (:mod:`partslib.removal`).
+        keys: per-image identifiers passed on to the remover (e.g. dataset indices).
+        score: ``"logit"`` or ``"probability"`` (softmax of the logits).
+    Returns:
+        ``(B,P+1)`` effects, NaN where the part is not present.
+    """
+    _check_images_labels(images, labels)
+    B = images.shape[0]
+    _check_targets(targets, B)
+    _check_present(present, B)
+    _check_score(score)
+    _check_batch_size(batch_size)
+    if keys is not None and len(keys) != B:
+        raise ValueError(f"keys must hold one entry per image ({B}), got {len(keys)}")
+    s0 = _target_scores(score_fn, images, targets, score)
+    dtype = s0.dtype if s0.is_floating_point() else torch.float32
+    effects = torch.full(tuple(present.shape), math.nan, dtype=dtype, device=s0.device)
+    pairs = present.nonzero().to(images.device)  # (n,2) rows (image, part)
+    for chunk in pairs.split(batch_size):
+        idx, part = chunk[:, 0], chunk[:, 1]
+        drop = torch.zeros(len(chunk), present.shape[1], dtype=torch.bool, device=images.device)
+        drop[torch.arange(len(chunk), device=images.device), part] = True
+        sub_keys = None if keys is None else [keys[i] for i in idx.tolist()]
+        removed = remover(images[idx], labels[idx], drop, sub_keys)
+        s = _target_scores(score_fn, removed, targets.to(images.device)[idx], score)
+        effects[idx.to(s0.device), part.to(s0.device)] = (s0[idx.to(s0.device)] - s).to(dtype)
+    return effects
+
+
+@dataclass(frozen=True)
+class RemovalAgreement:
+    """Result of :func:`removal_agreement`.
+
+    Attributes:
+        per_image: one row per image with columns ``n_present``, ``spearman``, ``top_part``
+            (1.0 / 0.0) and ``norm_abs_error``; NaN where undefined.
+        summary: the mean of each column ignoring NaN, plus ``n_images`` (rows with a finite
+            Spearman) -- the aggregate to report.
+    """
+
+    per_image: pd.DataFrame
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def removal_agreement(claimed: torch.Tensor, effects: torch.Tensor, present: torch.Tensor,
+                      logits: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None) -> RemovalAgreement:
+    """V2: agreement between claimed contributions and measured removal effects, per image.
+
+    Over the present parts of each image:
+
+    * ``spearman``: Spearman correlation of ``c`` and ``Δ`` (average ranks for ties); NaN when
+      fewer than 2 parts are present or either side is constant.
+    * ``top_part``: 1 if the argmax of ``c`` is the argmax of ``Δ`` (ties go to the lower part
+      index), else 0; NaN when fewer than 2 parts are present (no ranking to agree on).
+    * ``norm_abs_error``: ``mean_p |c_p − Δ_p| / |logit_k − b_k|``; NaN when ``logits`` is not
+      given or the denominator is 0. ``bias=None`` means ``b_k = 0``.
+
+    Args:
+        claimed: ``(B,P+1)`` claimed contributions.
+        effects: ``(B,P+1)`` measured effects (:func:`removal_effects`).
+        present: ``(B,P+1)`` bool.
+        logits: ``(B,)`` target logits; bias ``(B,)`` target biases.
+    """
+    _check_present(present)
+    _check_parts("claimed", claimed, present)
+    _check_parts("effects", effects, present)
+    B = present.shape[0]
+    if logits is not None:
+        _check_vector("logits", logits, B)
+    if bias is not None:
+        _check_vector("bias", bias, B)
+    c = claimed.detach().double().cpu().numpy()
+    d = effects.detach().double().cpu().numpy()
+    pr = present.cpu().numpy()
+    n = pr.sum(1)
+    if logits is not None:
+        z = logits.detach().double().cpu().numpy()
+        b = np.zeros(B) if bias is None else bias.detach().double().cpu().numpy()
+        scale = np.abs(z - b)
+    rows = []
+    for i in range(B):
+        ci, di = c[i, pr[i]], d[i, pr[i]]
+        rho, top, nae = math.nan, math.nan, math.nan
+        if n[i] >= 2:
+            rho = spearman(ci, di)
+            if np.isfinite(ci).all() and np.isfinite(di).all():
+                top = float(np.argmax(ci) == np.argmax(di))
+        if logits is not None and n[i] >= 1 and scale[i] > 0:
+            nae = float(np.abs(ci - di).mean() / scale[i])
+        rows.append((int(n[i]), rho, top, nae))
+    df = pd.DataFrame(rows, columns=["n_present", "spearman", "top_part", "norm_abs_error"])
+    summary = {col: (float(np.nanmean(df[col])) if df[col].notna().any() else math.nan)
+               for col in ("spearman", "top_part", "norm_abs_error")}
+    summary["n_images"] = float(df["spearman"].notna().sum())
+    return RemovalAgreement(per_image=df, summary=summary)
+
+
+# --------------------------------------------------------------------------- V3 deletion
+
+def claimed_order(contributions: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Present parts ranked by decreasing contribution (ties: lower part index first).
+
+    The oracle order is ``claimed_order(effects, present)``.
+
+    Returns:
+        ``(B,P+1)`` long: the first ``n_present`` entries of each row are part indices, the
+        rest ``ORDER_PAD`` (-1).
+    """
+    _check_present(present)
+    _check_parts("contributions", contributions, present)
+    c = contributions.detach().double().cpu().numpy()
+    pr = present.cpu().numpy()
+    if np.isnan(c[pr]).any():
+        raise ValueError("contributions are NaN at present parts")
+    return _order_from_keys(-c, pr).to(present.device)
+
+
+def random_order(present: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Present parts in a random order drawn from ``numpy.random.default_rng(seed)``.
+
+    Same layout as :func:`claimed_order`.
+    """
+    _check_present(present)
+    pr = present.cpu().numpy()
+    keys = np.random.default_rng(seed).random(pr.shape)
+    return _order_from_keys(keys, pr).to(present.device)
+
+
+def _check_order(order: Any, present: torch.Tensor) -> None:
+    if not isinstance(order, torch.Tensor) or tuple(order.shape) != tuple(present.shape):
+        raise ValueError(f"order must be a [B,P+1] tensor shaped like present "
+                         f"{tuple(present.shape)}, got {tuple(getattr(order, 'shape', ()))}")
+    if order.is_floating_point() or order.dtype == torch.bool:
+        raise ValueError(f"order must be an integer tensor, got {order.dtype}")
+    o, pr = order.cpu().long(), present.cpu()
+    n = pr.sum(1)
+    valid = o != ORDER_PAD
+    prefix = torch.arange(o.shape[1])[None] < n[:, None]
+    if not torch.equal(valid, prefix) or bool(((o[valid] < 0) | (o[valid] >= o.shape[1])).any()):
+        raise ValueError("each row of order must list the n present part indices first, then "
+                         f"{ORDER_PAD} (see claimed_order)")
+    counts = torch.zeros_like(o).scatter_add_(1, torch.where(valid, o, 0), valid.long())
+    if not torch.equal(counts, pr.long()):
+        raise ValueError("each row of order must hold every present part exactly once and no "
+                         "absent part")
+
+
+@torch.no_grad()
+def deletion_curve(score_fn: ScoreFn, images: torch.Tensor, labels: torch.Tensor,
+                   targets: torch.Tensor, order: torch.Tensor, present: torch.Tensor,
+                   remover: RemovalOperator, keys: Sequence[Any] | None = None,
+                   score: str = "probability", batch_size: int = 256) -> torch.Tensor:
+    """V3: target score after removing the first 0, 1, ..., n parts of ``order`` cumulatively.
+
+    As RISE's deletion game, with parts as the units and the softmax probability of the target
+    as the default score. All steps of all images are batched in chunks of ``batch_size``.
+    Step 0 is ``score_fn(images)`` (no removal).
+
+    Args:
+        order: ``(B,P+1)`` long from :func:`claimed_order` / :func:`random_order`.
+        Others as :func:`removal_effects`.
+    Returns:
+        ``(B,P+2)``; column j is the score after j removals. A row with n < P+1 present parts
+        is padded after column n by repeating its last value; pass ``present.sum(1)`` to
+        :func:`deletion_auc`.
+    """
+    _check_images_labels(images, labels)
+    B = images.shape[0]
+    _check_targets(targets, B)
+    _check_present(present, B)
+    _check_order(order, present)
+    _check_score(score)
+    _check_batch_size(batch_size)
+    if keys is not None and len(keys) != B:
+        raise ValueError(f"keys must hold one entry per image ({B}), got {len(keys)}")
+    dev = images.device
+    L = present.shape[1]
+    n = present.sum(1).to(dev)
+    o = order.to(dev).long()
+    # rank[i, p] = position of part p in image i's order (L for absent parts)
+    rank = torch.full((B, L), L, dtype=torch.long, device=dev)
+    valid = o != ORDER_PAD
+    rows = torch.arange(B, device=dev)[:, None].expand(B, L)
+    rank[rows[valid], o[valid]] = torch.arange(L, device=dev)[None].expand(B, L)[valid]
+    s0 = _target_scores(score_fn, images, targets, score)
+    curve = torch.empty(B, L + 1, dtype=s0.dtype if s0.is_floating_point() else torch.float32,
+                        device=s0.device)
+    curve[:, 0] = s0
+    steps = torch.arange(1, L + 1, device=dev)
+    jobs = (steps[None] <= n[:, None]).nonzero()  # (m,2) rows (image, step-1)
+    for chunk in jobs.split(batch_size):
+        idx, j = chunk[:, 0], chunk[:, 1] + 1
+        drop = rank[idx] < j[:, None]  # the first j parts of the order
+        sub_keys = None if keys is None else [keys[i] for i in idx.tolist()]
+        removed = remover(images[idx], labels[idx], drop, sub_keys)
+        s = _target_scores(score_fn, removed, targets.to(dev)[idx], score)
+        curve[idx.to(curve.device), j.to(curve.device)] = s.to(curve.dtype)
+    # pad: column j > n repeats column n
+    cols = torch.arange(L + 1, device=curve.device)[None]
+    nn_ = n.to(curve.device)[:, None]
+    last = curve.gather(1, nn_)
+    return torch.where(cols > nn_, last, curve)
+
+
+def deletion_auc(curve: torch.Tensor, n_parts: torch.Tensor) -> torch.Tensor:
+    """V3: area under each deletion curve, RISE's trapezoid on [0, 1].
+
+    For a row with n removal steps: ``(Σ_{j=0..n} a_j − a_0/2 − a_n/2) / n``. Only the first
+    n+1 values count, so the padding of :func:`deletion_curve` does not change the area.
+    Lower is better. NaN for rows with no present part.
+
+    Args:
+        curve: ``(B,L)`` from :func:`deletion_curve`.
+        n_parts: ``(B,)`` number of present parts of each image (``present.sum(1)``).
+    Returns:
+        ``(B,)`` float.
+    """
+    if not isinstance(curve, torch.Tensor) or curve.dim() != 2:
+        raise ValueError(f"curve must be a [B,L] tensor, got shape "
+                         f"{tuple(getattr(curve, 'shape', ()))}")
+    B, L = curve.shape
+    _check_vector("n_parts", n_parts, B)
+    n = n_parts.to(curve.device).long()
+    if bool(((n < 0) | (n > L - 1)).any()):
+        raise ValueError(f"n_parts must lie in 0..{L - 1} (curve has {L} columns)")
+    a = curve.double()
+    cols = torch.arange(L, device=curve.device)[None]
+    total = torch.where(cols <= n[:, None], a, 0.0).sum(1)
+    a_n = a.gather(1, n[:, None])[:, 0]
+    auc = (total - a[:, 0] / 2 - a_n / 2) / n.clamp_min(1).double()
+    return torch.where(n > 0, auc, torch.full_like(auc, math.nan)).to(
+        curve.dtype if curve.is_floating_point() else torch.float64)
+
+
+# --------------------------------------------------------------------------- V4 decisive
+
+def decisive_part_accuracy(contributions: torch.Tensor, decisive: torch.Tensor,
+                           correct: torch.Tensor, present: torch.Tensor) -> float:
+    """V4: share of correctly classified images whose top-ranked present part is decisive.
+
+    The top part is the present part with the largest contribution (ties: lower index).
+    Images with no present part are skipped. Pass the measured effects as ``contributions``
+    for the ceiling set by the model. NaN when no image qualifies.
+
+    Args:
+        contributions: ``(B,P+1)``; decisive ``(B,P+1)`` bool; correct ``(B,)`` bool;
+            present ``(B,P+1)`` bool.
+    """
+    _check_present(present)
+    _check_parts("contributions", contributions, present)
+    _check_parts("decisive", decisive, present)
+    if decisive.dtype != torch.bool:
+        raise ValueError(f"decisive must be a bool tensor, got {decisive.dtype}")
+    _check_vector("correct", correct, present.shape[0])
+    if correct.dtype != torch.bool:
+        raise ValueError(f"correct must be a bool tensor, got {correct.dtype}")
+    top = claimed_order(contributions, present)[:, 0].cpu()
+    use = correct.cpu() & (top != ORDER_PAD)
+    if not bool(use.any()):
+        return math.nan
+    hits = decisive.cpu()[use].gather(1, top[use][:, None])[:, 0]
+    return float(hits.double().mean())
+
+
+# ------------------------------------------------------------------------ V5 randomise
+
+def _reinitialise(module: nn.Module) -> list[str]:
+    """Re-initialise ``module`` and all its descendants in place; return names left as is."""
+    covered: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase):
+            m.reset_parameters()  # running stats to (0, 1) and affine to (1, 0): stays finite
+        elif hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        elif hasattr(m, "_reset_parameters"):  # e.g. nn.MultiheadAttention
+            m._reset_parameters()
+        else:
+            continue
+        covered.update(id(p) for p in m.parameters(recurse=False))
+    return [n for n, p in module.named_parameters() if id(p) not in covered]
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+
+
+def _to_cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.detach().double().cpu()
+
+
+def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[str],
+                            explain_fn: ExplainFn, images: torch.Tensor,
+                            targets: torch.Tensor, seed: int = 0,
+                            present: torch.Tensor | None = None) -> pd.DataFrame:
+    """V5: cascading model-parameter randomisation (Adebayo et al. 2018), head downwards.
+
+    Deep-copies ``model`` (the input model is never touched), explains the trained copy, then
+    re-initialises the named modules one after another -- each with ``reset_parameters()`` on
+    it and all its descendants (BatchNorm: running stats and affine parameters reset) under
+    ``torch.manual_seed`` derived from ``(seed, step)`` inside ``torch.random.fork_rng`` so the
+    caller's RNG state is unchanged -- and explains again after every step, keeping earlier
+    randomisations (cascade).
+
+    Args:
+        model: the trained classifier.
+        module_names_top_down: names for ``model.get_submodule``, head first.
+        explain_fn: ``(model, images, targets) -> (contributions (B,P+1), maps (B,...) or
+            None)``.
+        images: ``(B,3,H,W)``; targets ``(B,)``.
+        present: optional ``(B,P+1)`` bool; if given, contributions are compared over
+            present parts only (absent parts are usually exactly 0 and would inflate ties).
+    Returns:
+        DataFrame with columns ``step`` (0 = trained), ``module``, ``spearman_contrib``,
+        ``spearman_maps`` -- per-image Spearman with the trained explanation, averaged over
+        images ignoring NaN (``spearman_maps`` is NaN when ``explain_fn`` gives no maps).
+        ``df.attrs`` records the seed and the module order.
+    """
+    names = list(module_names_top_down)
+    if not names:
+        raise ValueError("module_names_top_down must name at least one module")
+    work = copy.deepcopy(model)
+    for name in names:
+        try:
+            work.get_submodule(name)
+        except AttributeError as e:
+            raise ValueError(f"model has no submodule {name!r}") from e
+    B = images.shape[0]
+    _check_targets(targets, B)
+    if present is not None:
+        _check_present(present, B)
+
+    def explain() -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = explain_fn(work, images, targets)
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise ValueError("explain_fn must return (contributions, maps or None)")
+        c, m = out
+        _check_parts("contributions", c, present)
+        if c.shape[0] != B or (m is not None and m.shape[0] != B):
+            raise ValueError(f"explain_fn must return one row per image ({B})")
+        return _to_cpu(c), _to_cpu(m)  # type: ignore[return-value]
+
+    def similarity(c: torch.Tensor, m: torch.Tensor | None) -> tuple[float, float]:
+        if (m is None) != (m_ref is None):
+            raise ValueError("explain_fn returned maps on some calls and None on others")
+        rc, rm = [], []
+        for i in range(B):
+            sel = slice(None) if present is None else present[i].cpu()
+            rc.append(spearman(c_ref[i][sel], c[i][sel]))
+            if m is not None:
+                rm.append(spearman(m_ref[i], m[i]))  # type: ignore[index]
+        return _nanmean(rc), _nanmean(rm)
+
+    c_ref, m_ref = explain()
+    rows = [(0, "(trained)", *similarity(c_ref, m_ref))]
+    devices = sorted({p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"})
+    for step, name in enumerate(names, start=1):
+        step_seed = int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(step_seed)
+            left = _reinitialise(work.get_submodule(name))
+        if left:
+            warnings.warn(f"cascading_randomisation: parameters of {name!r} without "
+                          f"reset_parameters() were kept: {left}", RuntimeWarning, stacklevel=2)
+        c, m = explain()
+        if not (torch.isfinite(c).all() and (m is None or torch.isfinite(m).all())):
+            warnings.warn(f"cascading_randomisation: non-finite explanation after "
+                          f"re-initialising {name!r}", RuntimeWarning, stacklevel=2)
+        rows.append((step, name, *similarity(c, m)))
+    df = pd.DataFrame(rows, columns=["step", "module", "spearman_contrib", "spearman_maps"])
+    df.attrs.update(seed=seed, modules=names, order="top_down", reinit="reset_parameters")
+    return df
+
+
+# ------------------------------------------------------------------------------- floor
+
+class RandomExplainer:
+    """Chance floor: standard-normal contributions for present parts, 0 for absent ones.
+
+    Draws come from a private ``torch.Generator`` seeded once at construction, so a sequence
+    of calls is reproducible from ``seed`` and the global RNG is untouched.
+
+    Call: ``(images (B,3,H,W), targets (B,), present (B,P+1) bool) -> (B,P+1) float32``.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = int(seed)
+        self._gen = torch.Generator().manual_seed(self.seed)
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor,
+                 present: torch.Tensor) -> torch.Tensor:
+        _check_present(present, images.shape[0])
+        c = torch.randn(tuple(present.shape), generator=self._gen)
+        return torch.where(present.cpu(), c, 0.0).to(present.device)
+
+    def __repr__(self) -> str:
+        return f"RandomExplainer(seed={self.seed})"

@@ -1,0 +1,241 @@
+"""Classifiers with a *feature contract*.
+
+Every classifier in partslib has the shape of SPEC §2: stages that each halve the resolution,
+global average pooling of the last stage ``A`` and a linear head ``fc``, so that
+``logit_k = w_k · mean_u A(u) + b_k``. The contract (as torchvision's ``IntermediateLayerGetter``
+or timm's ``forward_intermediates``):
+
+* ``model.stage_names``: stage names from shallow to deep; the last is ``A``.
+* ``model.stage_channels`` / ``model.stage_strides``: channels and stride of each stage.
+* ``model.features(x) -> dict[str, Tensor]``: the stage outputs, in ``stage_names`` order.
+* ``model.head(A) -> logits`` and ``model.fc`` (``nn.Linear``).
+* ``model(x) == model.head(model.features(x)[stage_names[-1]])``.
+
+Inputs are RGB float images in [0, 1], ``[B, 3, H, W]``; each model normalises internally.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ContractClassifier", "SmallResNet", "TorchvisionResNet", "build_classifier",
+           "check_images"]
+
+
+def check_images(x: torch.Tensor, name: str = "images", size: tuple[int, int] | None = None
+                 ) -> torch.Tensor:
+    """Validate a batch of RGB images: float ``[B,3,H,W]``, finite, values in [0, 1].
+
+    uint8 input is converted (``/255``); a single ``[3,H,W]`` image gets a batch dimension.
+    Anything else raises a ``ValueError`` that says what was expected.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B,3,H,W], got {type(x).__name__}")
+    if x.dtype == torch.uint8:
+        x = x.float() / 255.0
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be float in [0,1] or uint8, got dtype {x.dtype}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or x.shape[1] != 3:
+        hint = ""
+        if x.dim() == 4 and x.shape[1] in (1, 4):
+            hint = (" (grayscale or RGBA: convert with partslib.data.images.load_image, "
+                    "or x.expand(-1, 3, -1, -1) / x[:, :3])")
+        raise ValueError(f"{name} must have shape [B,3,H,W], got {tuple(x.shape)}{hint}")
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        raise ValueError(f"{name} must be {size[0]}x{size[1]} for this model, got "
+                         f"{x.shape[-2]}x{x.shape[-1]}; resize first (e.g. "
+                         f"torch.nn.functional.interpolate(x, size={tuple(size)}, mode='bilinear', "
+                         f"antialias=True))")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"{name} must have values in [0, 1], got range [{lo:.3g}, {hi:.3g}] "
+                         f"(partslib models normalise internally; pass unnormalised images)")
+    return x
+
+
+class ContractClassifier(nn.Module):
+    """Base class: the feature contract, input normalisation and the GAP + linear head."""
+
+    stage_names: tuple[str, ...]
+    stage_channels: dict[str, int]
+    stage_strides: dict[str, int]
+    input_size: tuple[int, int] | None = None
+    fc: nn.Linear
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
+    @property
+    def final_stage(self) -> str:
+        return self.stage_names[-1]
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def head(self, a: torch.Tensor) -> torch.Tensor:
+        """Logits from the final feature map ``A`` ``[B,C,h,w]``: ``fc(mean_u A(u))``."""
+        return self.fc(a.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[self.final_stage])
+
+    def config(self) -> dict:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                          nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SmallResNet(ContractClassifier):
+    """A small ResNet for 64×64 SynthParts images.
+
+    stem (3×3 conv, stride 2) + one basic block per stage; ``layer1`` at stride 2, each further
+    stage halves the resolution. With the default widths a 64×64 input gives ``layer3`` 8×8.
+    """
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128),
+                 input_size: int = 64):
+        super().__init__(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.widths, self.input_size = tuple(widths), (input_size, input_size)
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False),
+                                  nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        self.stage_names = tuple(f"layer{i + 1}" for i in range(len(widths)))
+        cin = widths[0]
+        for i, (name, w) in enumerate(zip(self.stage_names, widths)):
+            self.add_module(name, _BasicBlock(cin, w, stride=1 if i == 0 else 2))
+            cin = w
+        self.stage_channels = dict(zip(self.stage_names, widths))
+        self.stage_strides = {n: 2 ** (i + 1) for i, n in enumerate(self.stage_names)}
+        self.fc = nn.Linear(cin, num_classes)
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = OrderedDict()
+        h = self.stem(self.normalise(x))
+        for name in self.stage_names:
+            h = getattr(self, name)(h)
+            out[name] = h
+        return out
+
+    def config(self) -> dict:
+        return {"arch": "small_resnet", "num_classes": self.num_classes,
+                "widths": list(self.widths), "input_size": self.input_size[0]}
+
+
+class TorchvisionResNet(ContractClassifier):
+    """The feature contract for torchvision ResNets (resnet18/34/50/...).
+
+    ``weights`` is a local file: a state dict (or a checkpoint dict holding ``state_dict``; a
+    ``module.`` prefix from DataParallel is stripped). Nothing is downloaded. When the file's head
+    has another number of classes than ``num_classes``, pass ``num_classes=None`` to take it from
+    the file.
+    """
+
+    def __init__(self, arch: str = "resnet18", num_classes: int | None = 1000,
+                 weights: str | Path | None = None, input_size: int = 224):
+        super().__init__(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+        import torchvision
+
+        builders = {n: getattr(torchvision.models, n) for n in
+                    ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")}
+        if arch not in builders:
+            raise ValueError(f"arch must be one of {sorted(builders)}, got {arch!r}")
+        state = None
+        if weights is not None:
+            state = _read_state_dict(weights)
+            if num_classes is None:
+                num_classes = int(state["fc.weight"].shape[0])
+        if num_classes is None:
+            raise ValueError("num_classes=None needs a weights file to read it from")
+        net = builders[arch](weights=None, num_classes=num_classes)
+        if state is not None:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"weights file {weights} does not fit torchvision {arch} with "
+                                 f"{num_classes} classes: missing {missing[:5]}, unexpected "
+                                 f"{unexpected[:5]}")
+        self.arch, self.weights_path = arch, None if weights is None else str(weights)
+        self.input_size = (input_size, input_size)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.stage_names = ("layer1", "layer2", "layer3", "layer4")
+        for n in self.stage_names:
+            self.add_module(n, getattr(net, n))
+        expansion = 4 if arch in ("resnet50", "resnet101", "resnet152") else 1
+        self.stage_channels = {n: c * expansion for n, c in
+                               zip(self.stage_names, (64, 128, 256, 512))}
+        self.stage_strides = dict(zip(self.stage_names, (4, 8, 16, 32)))
+        self.fc = net.fc
+
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = OrderedDict()
+        h = self.stem(self.normalise(x))
+        for name in self.stage_names:
+            h = getattr(self, name)(h)
+            out[name] = h
+        return out
+
+    def config(self) -> dict:
+        return {"arch": "torchvision", "tv_arch": self.arch, "num_classes": self.num_classes,
+                "input_size": self.input_size[0]}
+
+
+def _read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"cannot read weights file {path}: {e}") from e
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def build_classifier(config: dict) -> ContractClassifier:
+    """Build a classifier from ``model.config()`` (used to restore checkpoints)."""
+    cfg = dict(config)
+    arch = cfg.pop("arch", None)
+    if arch == "small_resnet":
+        return SmallResNet(num_classes=cfg["num_classes"], widths=tuple(cfg["widths"]),
+                           input_size=cfg.get("input_size", 64))
+    if arch == "torchvision":
+        return TorchvisionResNet(cfg["tv_arch"], num_classes=cfg["num_classes"],
+                                 input_size=cfg.get("input_size", 224))
+    raise ValueError(f"unknown classifier arch {arch!r}; expected 'small_resnet' or 'torchvision'")
