@@ -183,7 +183,11 @@ class TorchvisionResNet(ContractClassifier):
             raise ValueError("num_classes=None needs a weights file to read it from")
         net = builders[arch](weights=None, num_classes=num_classes)
         if state is not None:
-            missing, unexpected = net.load_state_dict(state, strict=False)
+            try:
+                missing, unexpected = net.load_state_dict(state, strict=False)
+            except RuntimeError as e:  # shape mismatches
+                raise ValueError(f"weights file {weights} does not fit torchvision {arch} with "
+                                 f"{num_classes} classes: {str(e).splitlines()[1:3]}") from e
             if missing or unexpected:
                 raise ValueError(f"weights file {weights} does not fit torchvision {arch} with "
                                  f"{num_classes} classes: missing {missing[:5]}, unexpected "

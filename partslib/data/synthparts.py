@@ -52,11 +52,11 @@ DEFAULT_SIGNATURES: tuple[tuple[tuple[str, str], ...], ...] = (
 # Geometry of each part in object coordinates (units of image size, object centred at 0).
 # kind: ("ellipse", cx, cy, rx, ry) | ("poly", [(x, y), ...]) | ("rects", [(x0, y0, x1, y1), ...])
 _GEOMETRY: dict[str, tuple] = {
-    "tail": ("poly", [(-0.22, -0.04), (-0.50, -0.20), (-0.50, 0.12), (-0.22, 0.06)]),
-    "legs": ("rects", [(-0.20, 0.06, -0.09, 0.40), (0.08, 0.06, 0.19, 0.40)]),
-    "body": ("ellipse", 0.0, 0.0, 0.29, 0.17),
-    "wing": ("poly", [(-0.14, -0.06), (0.12, -0.06), (-0.04, -0.40)]),
-    "head": ("ellipse", 0.35, -0.13, 0.14, 0.14),
+    "tail": ("poly", [(-0.22, -0.06), (-0.50, -0.24), (-0.50, 0.14), (-0.22, 0.08)]),
+    "legs": ("rects", [(-0.22, 0.08, -0.08, 0.42), (0.07, 0.08, 0.21, 0.42)]),
+    "body": ("ellipse", 0.0, 0.0, 0.30, 0.19),
+    "wing": ("poly", [(-0.16, -0.08), (0.14, -0.08), (-0.04, -0.44)]),
+    "head": ("ellipse", 0.34, -0.13, 0.16, 0.16),
 }
 # Paint order (later parts occlude earlier ones).
 _Z_ORDER = ("tail", "legs", "body", "wing", "head")
@@ -72,7 +72,7 @@ class SynthPartsConfig:
     class_names: tuple[str, ...] | None = None  # default: "<pattern>-<part>" names
     patterns: tuple[str, ...] = PATTERNS
     n_distractors: tuple[int, int] = (1, 3)
-    scale: tuple[float, float] = (0.72, 0.88)
+    scale: tuple[float, float] = (0.78, 0.9)
     version: int = 1  # bump when the renderer changes, so caches are invalidated
 
     def __post_init__(self) -> None:
@@ -232,8 +232,8 @@ def _draw_scene(cfg: SynthPartsConfig, rng: np.random.Generator, label: int) -> 
                        "pp": _draw_pattern_params(rng)}
     scale = rng.uniform(*cfg.scale) * s
     flip = -1.0 if rng.random() < 0.5 else 1.0
-    cx = s / 2 + rng.uniform(-0.07, 0.07) * s
-    cy = s / 2 + rng.uniform(-0.06, 0.06) * s
+    cx = s / 2 + rng.uniform(-0.05, 0.05) * s
+    cy = s / 2 + rng.uniform(-0.05, 0.05) * s
     bg = {
         "c0": _random_colour(rng, 0.1, 0.9), "c1": _random_colour(rng, 0.1, 0.9),
         "angle": rng.uniform(0, 2 * np.pi),

@@ -1,0 +1,215 @@
+"""The Parts Detection Module (PDM): a top-down segmentation decoder on frozen classifier features.
+
+Start from the final stage ``A_S``; repeat {upsample ×2, add a 1×1 projection of the matching
+earlier stage, 3×3 conv–BN–ReLU}; optionally add a stride-1 step that merges a 1×1 projection
+of the input image itself (sharp part boundaries for the price of a few channels at full
+resolution); a 1×1 conv gives ``P+1`` logits per pixel (background + P parts); a final bilinear
+resize gives ``H×W``. The heavy convolutions run at low resolution, where the channels are;
+widths shrink as the resolution grows.
+
+The PDM only *reads* the classifier's features: it never changes its weights or predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from partslib.models import ContractClassifier
+from partslib.training import TensorLoader, fit, load_checkpoint
+
+__all__ = ["PartsDetectionModule", "extract_features", "train_pdm", "segment", "load_pdm"]
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class PartsDetectionModule(nn.Module):
+    """Decoder from the named stage features of a classifier to per-pixel part logits.
+
+    Args:
+        stage_channels: channels of each stage, shallow to deep (the classifier's contract).
+        stage_strides: stride of each stage; consecutive used stages must differ by ×2.
+        num_labels: P + 1 (background + parts).
+        widths: decoder width after each upsampling step, deep to shallow (default: half of the
+            stage's channels, at least 16).
+        image_width: channels of the stride-1 image skip step (0 disables it; the output is
+            then at the shallowest stage's resolution and resized).
+        image_kernel: kernel of that full-resolution step (1 = pointwise, the cheap choice).
+        input_size: (H, W) of the images, for the final resize.
+    """
+
+    def __init__(self, stage_channels: dict[str, int], stage_strides: dict[str, int],
+                 num_labels: int, widths: Sequence[int] | None = None, image_width: int = 8,
+                 image_kernel: int = 3, input_size: tuple[int, int] = (64, 64), stages: Sequence[str] | None = None):
+        super().__init__()
+        names = list(stages or stage_channels)
+        unknown = [n for n in names if n not in stage_channels or n not in stage_strides]
+        if unknown:
+            raise ValueError(f"PDM stages {unknown} are not in the classifier's contract "
+                             f"{list(stage_channels)}")
+        for a, b in zip(names, names[1:]):
+            if stage_strides[b] != 2 * stage_strides[a]:
+                raise ValueError(f"stages {a!r} (stride {stage_strides[a]}) and {b!r} (stride "
+                                 f"{stage_strides[b]}) must differ by a factor 2")
+        if num_labels < 2:
+            raise ValueError(f"num_labels must be >= 2 (background + parts), got {num_labels}")
+        self.stages = names
+        self.num_labels = num_labels
+        self.input_size = tuple(input_size)
+        self.image_width = image_width
+        skips = names[:-1][::-1]  # stages merged on the way up, deep to shallow
+        if widths is None:
+            widths = [max(16, stage_channels[s] // 2) for s in skips]
+        widths = list(widths)
+        if len(widths) != len(skips):
+            raise ValueError(f"widths needs one entry per upsampling step ({len(skips)}: "
+                             f"{skips}), got {widths}")
+        self.widths = widths
+        top = names[-1]
+        first = widths[0] if widths else stage_channels[top]
+        self.top_proj = nn.Conv2d(stage_channels[top], first, 1)
+        self.skip_proj = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        cin = first
+        for s, w in zip(skips, widths):
+            self.skip_proj.append(nn.Conv2d(stage_channels[s], cin, 1))
+            self.blocks.append(_conv_bn_relu(cin, w))
+            cin = w
+        self.out_stride = stage_strides[names[0]] if skips else stage_strides[top]
+        # the image step only makes sense when the last decoder step is at stride 2
+        self.image_proj = self.image_block = None
+        if image_width > 0 and self.out_stride == 2:
+            self.image_proj = nn.Conv2d(3, cin, 1)
+            self.image_block = _conv_bn_relu(cin, image_width, image_kernel)
+            cin = image_width
+            self.out_stride = 1
+        self.classifier = nn.Conv2d(cin, num_labels, 1)
+        self._arch = {"stage_channels": {n: stage_channels[n] for n in names},
+                      "stage_strides": {n: stage_strides[n] for n in names},
+                      "num_labels": num_labels, "widths": widths, "image_width": image_width,
+                      "image_kernel": image_kernel, "input_size": list(self.input_size), "stages": names}
+
+    @classmethod
+    def for_classifier(cls, classifier: ContractClassifier, num_labels: int, **kwargs
+                       ) -> PartsDetectionModule:
+        """Build a PDM from a classifier's feature contract."""
+        return cls(classifier.stage_channels, classifier.stage_strides, num_labels,
+                   input_size=kwargs.pop("input_size", classifier.input_size), **kwargs)
+
+    def config(self) -> dict:
+        return dict(self._arch)
+
+    def forward(self, feats: dict[str, torch.Tensor], image: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """Part logits ``[B, P+1, H, W]`` from stage features (and the normalised image)."""
+        x = self.top_proj(feats[self.stages[-1]])
+        for s, proj, block in zip(self.stages[:-1][::-1], self.skip_proj, self.blocks):
+            skip = feats[s]
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(x + proj(skip))
+        if self.image_proj is not None:
+            if image is None:
+                raise ValueError("this PDM merges the input image; pass image=...")
+            x = F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.image_block(x + self.image_proj(image))
+        logits = self.classifier(x)
+        if tuple(logits.shape[-2:]) != self.input_size:
+            logits = F.interpolate(logits, size=self.input_size, mode="bilinear",
+                                   align_corners=False)
+        return logits
+
+
+@torch.no_grad()
+def extract_features(classifier: ContractClassifier, images: torch.Tensor,
+                     stages: Sequence[str], batch_size: int = 256, progress: bool = False,
+                     dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Frozen stage features of ``images`` (uint8 or float), computed once (eval mode)."""
+    from tqdm.auto import tqdm
+
+    classifier.eval()
+    out: dict[str, list[torch.Tensor]] = {s: [] for s in stages}
+    for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress,
+                  leave=False):
+        x = images[i:i + batch_size]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        feats = classifier.features(x)
+        for s in stages:
+            out[s].append(feats[s].to(dtype))
+    return {s: torch.cat(v) for s, v in out.items()}
+
+
+def _class_weights(masks: torch.Tensor, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
+    """Median-frequency balancing weights (rare parts weigh more)."""
+    valid = masks[masks != ignore_index]
+    freq = torch.bincount(valid.flatten(), minlength=num_labels).float()
+    freq = freq / freq.sum()
+    w = freq[freq > 0].median() / freq.clamp(min=1e-8)
+    return w.clamp(max=10.0)
+
+
+def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch.Tensor,
+              num_labels: int, *, epochs: int = 10, lr: float = 3e-3, batch_size: int = 64,
+              balance: bool = False, checkpoint: str | Path | None = None, seed: int = 0,
+              progress: bool = True, evaluate=None, **pdm_kwargs
+              ) -> tuple[PartsDetectionModule, list[dict]]:
+    """Train a PDM on a frozen classifier with partslib's training loop.
+
+    The classifier's stage features are computed once (not per epoch) and the classifier is
+    left untouched (its parameters do not even receive gradients). ``masks`` use 255 for
+    unannotated pixels, which the cross-entropy ignores; ``balance`` adds median-frequency
+    class weights for rare parts.
+    """
+    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
+    pdm = PartsDetectionModule.for_classifier(classifier, num_labels, **pdm_kwargs)
+    feats = extract_features(classifier, images, pdm.stages, progress=progress)
+    if pdm.image_proj is not None:
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        feats["__image__"] = classifier.normalise(x)
+    weight = _class_weights(masks, num_labels) if balance else None
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=255)
+
+    def forward(m: PartsDetectionModule, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        return m(f, f.get("__image__"))
+
+    loader = TensorLoader(feats, masks.long(), batch_size=batch_size, seed=seed)
+    result = fit(pdm, loader, epochs=epochs, loss_fn=loss_fn, lr=lr, forward=forward,
+                 checkpoint=checkpoint, config=pdm.config(), kind="pdm", seed=seed,
+                 progress=progress, evaluate=evaluate, desc="PDM")
+    return pdm, result.history
+
+
+@torch.no_grad()
+def segment(classifier: ContractClassifier, pdm: PartsDetectionModule, images: torch.Tensor,
+            batch_size: int = 256) -> torch.Tensor:
+    """Part probabilities ``[B, P+1, H, W]`` for images (uint8 or float in [0,1])."""
+    classifier.eval()
+    pdm.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        feats = classifier.features(x)
+        out.append(pdm(feats, classifier.normalise(x)).softmax(1))
+    return torch.cat(out)
+
+
+def load_pdm(path: str | Path) -> PartsDetectionModule:
+    """Restore a PDM from a checkpoint written by :func:`train_pdm`."""
+    ckpt = load_checkpoint(path, kind="pdm")
+    cfg = dict(ckpt["config"]["model"])
+    pdm = PartsDetectionModule(cfg["stage_channels"], cfg["stage_strides"], cfg["num_labels"],
+                               widths=cfg["widths"], image_width=cfg["image_width"],
+                               image_kernel=cfg["image_kernel"],
+                               input_size=tuple(cfg["input_size"]), stages=cfg["stages"])
+    pdm.load_state_dict(ckpt["state_dict"])
+    return pdm.eval()
