@@ -1,0 +1,31 @@
+# partslib study bundle. Every target goes through scripts/ (which create or reuse .venv).
+# `make` or `make help` lists the targets.
+PROFILE ?= default
+
+.DEFAULT_GOAL := help
+.PHONY: help study smoke dry-run test lab notebooks nb-reference
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+study: ## run the whole study headlessly (make study PROFILE=gpu); results in results/PROFILE/
+	scripts/study.sh $(PROFILE)
+
+smoke: ## run the smoke profile (tiny data, about a minute)
+	scripts/study.sh smoke
+
+dry-run: ## check profiles/PROFILE.yaml against the notebooks without running anything
+	scripts/study.sh $(PROFILE) --dry-run
+
+test: ## package tests and the nbval regression of the notebooks (what CI runs)
+	scripts/test.sh
+
+lab: ## open the notebooks in JupyterLab
+	scripts/bootstrap.sh jupyter lab notebooks/
+
+notebooks: ## rebuild notebooks/*.ipynb from notebooks/_build.py
+	scripts/bootstrap.sh python notebooks/_build.py
+
+nb-reference: ## re-execute the smoke profile into tests/nb_reference/ (after a deliberate change)
+	scripts/study.sh smoke --reference

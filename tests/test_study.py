@@ -1,0 +1,219 @@
+"""Tests of the study runner (partslib.study) on tiny fake notebooks, plus the smoke profile's
+determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from partslib import study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAKE_PARAMS = '''\
+profile: str = "none"  # set by the runner
+results_dir: str = "."  # set by the runner
+value: int = 1  # a number to report
+rate: float = 0.5  # a float knob
+fail: bool = False  # raise in the second cell
+'''
+
+FAKE_BODY = '''\
+import json
+from pathlib import Path
+if fail:
+    raise ValueError("deliberate failure")
+out = Path(results_dir) / STAGE
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({"value": value, "nested": {"rate": rate}}))
+'''
+
+
+def _fake_notebook(path: Path, stage: str) -> None:
+    params = new_code_cell(FAKE_PARAMS)
+    params.metadata["tags"] = ["parameters"]
+    nb = new_notebook(cells=[params, new_code_cell(FAKE_BODY.replace("STAGE", repr(stage)))])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _project(tmp_path: Path, profile: str, notebooks=("01_alpha", "02_beta")) -> Path:
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "profiles").mkdir()
+    for name in notebooks:
+        _fake_notebook(tmp_path / "notebooks" / f"{name}.ipynb", study.stage_name(name))
+    (tmp_path / "profiles" / "p.yaml").write_text(profile)
+    return tmp_path
+
+
+GOOD = """
+notebooks: [01_alpha, 02_beta]
+common:
+  value: 3
+02_beta:
+  rate: 0.25
+"""
+
+
+def _validate(root: Path, only=None):
+    prof = study.load_profile("p", root)
+    return study.validate_profile(prof, root / "notebooks", only)
+
+
+def test_stage_name():
+    assert study.stage_name("02_classifier") == "classifier"
+    assert study.stage_name("07-summary") == "summary"
+    assert study.stage_name("scratch") == "scratch"
+
+
+def test_dry_run_accepts_a_valid_profile(tmp_path, capsys):
+    root = _project(tmp_path, GOOD)
+    plan = _validate(root)
+    assert plan == {"01_alpha": {"value": 3}, "02_beta": {"value": 3, "rate": 0.25}}
+    assert study.main(["--root", str(root), "--profile", "p", "--dry-run"]) == 0
+    assert "profile is valid" in capsys.readouterr().out
+
+
+def test_dry_run_rejects_an_unknown_parameter(tmp_path, capsys):
+    root = _project(tmp_path, GOOD.replace("rate: 0.25", "rte: 0.25"))
+    with pytest.raises(study.ProfileError) as err:
+        _validate(root)
+    msg = str(err.value)
+    assert "02_beta.rte: unknown parameter" in msg
+    assert "02_beta.ipynb" in msg and "did you mean 'rate'?" in msg
+    # the CLI prints the same and exits non-zero
+    assert study.main(["--root", str(root), "--profile", "p", "--dry-run"]) == 2
+    assert "rte" in capsys.readouterr().err
+
+
+def test_dry_run_rejects_an_unknown_common_parameter(tmp_path):
+    root = _project(tmp_path, GOOD.replace("value: 3", "valeu: 3"))
+    with pytest.raises(study.ProfileError, match=r"common\.valeu: no notebook .* declares"):
+        _validate(root)
+
+
+def test_dry_run_rejects_a_missing_notebook(tmp_path):
+    root = _project(tmp_path, GOOD.replace("[01_alpha, 02_beta]", "[01_alpha, 02_beta, 03_gamma]"))
+    with pytest.raises(study.ProfileError) as err:
+        _validate(root)
+    assert "notebook '03_gamma' does not exist" in str(err.value)
+    assert str(root / "notebooks" / "03_gamma.ipynb") in str(err.value)
+
+
+def test_dry_run_reports_every_problem_at_once(tmp_path):
+    profile = GOOD.replace("[01_alpha, 02_beta]", "[01_alpha, 02_beta, 09_x]") \
+        .replace("rate: 0.25", "rate: 3e-3\n  bogus: 1")
+    root = _project(tmp_path, profile)
+    with pytest.raises(study.ProfileError) as err:
+        _validate(root)
+    msg = str(err.value)
+    assert "09_x" in msg and "bogus" in msg
+    # YAML 1.1 reads 3e-3 as a string: say so instead of running with a string
+    assert "02_beta.rate is '3e-3' (str)" in msg and "0.003" in msg
+
+
+def test_profile_structure_errors(tmp_path):
+    root = _project(tmp_path, GOOD + "03_gamma:\n  value: 1\ncommon2: {}\n")
+    with pytest.raises(study.ProfileError) as err:
+        study.load_profile("p", root)
+    assert "section '03_gamma' is not a notebook" in str(err.value)
+    root2 = tmp_path / "b"
+    root2.mkdir()
+    _project(root2, GOOD.replace("value: 3", "results_dir: /tmp"))
+    with pytest.raises(study.ProfileError, match="set by the runner"):
+        study.load_profile("p", root2)
+    with pytest.raises(study.ProfileError, match="known profiles: p"):
+        study.load_profile("nope", root)
+
+
+def test_only_must_name_a_notebook_of_the_profile(tmp_path):
+    root = _project(tmp_path, GOOD)
+    assert list(_validate(root, only=["02_beta"])) == ["02_beta"]
+    with pytest.raises(study.ProfileError, match="--only 02_bta.*did you mean '02_beta'"):
+        _validate(root, only=["02_bta"])
+
+
+def test_archive_keeps_checkpoints_unless_asked(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "m.pt").write_text("w")
+    (run / "metrics.json").write_text("{}")
+    (run / "timings.json").write_text(json.dumps({"started": "2026-01-02T03:04:05"}))
+    dest = study.archive_previous_run(run)
+    assert dest == run / "previous" / "20260102-030405"
+    assert sorted(p.name for p in dest.iterdir()) == ["metrics.json", "timings.json"]
+    assert (run / "checkpoints" / "m.pt").exists()
+    assert study.archive_previous_run(run) is None  # nothing left to move
+    dest2 = study.archive_previous_run(run, include_checkpoints=True)
+    assert (dest2 / "checkpoints" / "m.pt").exists() and dest2 != dest
+
+
+@pytest.mark.notebooks
+def test_run_moves_the_previous_run_and_merges_metrics(tmp_path):
+    root = _project(tmp_path, GOOD)
+    results = tmp_path / "results"
+    logs: list[str] = []
+    log = lambda *a, **k: logs.append(" ".join(map(str, a)))  # noqa: E731
+    merged = study.run_study("p", root=root, results=results, log=log)
+    run = results / "p"
+    assert merged == {"alpha/value": 3, "alpha/nested/rate": 0.5,
+                      "beta/value": 3, "beta/nested/rate": 0.25}
+    assert json.loads((run / "metrics.json").read_text()) == merged
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["status"] == "ok" and list(timings["stages"]) == ["01_alpha", "02_beta"]
+    assert (run / "notebooks" / "02_beta.ipynb").exists()
+    assert any(line.startswith("[2/2] 02_beta") for line in logs)
+
+    # second run, only one notebook: the first run is archived, not overwritten
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "c.pt").write_text("keep")
+    logs.clear()
+    merged2 = study.run_study("p", root=root, results=results, only=["01_alpha"], log=log)
+    previous = list((run / "previous").iterdir())
+    assert len(previous) == 1
+    assert any(f"moved to" in line and "previous" in line for line in logs)
+    assert json.loads((previous[0] / "metrics.json").read_text()) == merged
+    assert (previous[0] / "beta" / "metrics.json").exists()
+    assert merged2 == {"alpha/value": 3, "alpha/nested/rate": 0.5}
+    assert not (run / "beta").exists()
+    assert (run / "checkpoints" / "c.pt").read_text() == "keep"
+
+
+@pytest.mark.notebooks
+def test_a_failing_notebook_stops_the_run(tmp_path):
+    root = _project(tmp_path, GOOD.replace("rate: 0.25", "rate: 0.25\n  fail: true"))
+    results = tmp_path / "results"
+    with pytest.raises(study.StageError) as err:
+        study.run_study("p", root=root, results=results, log=lambda *a, **k: None)
+    msg = str(err.value)
+    assert "02_beta" in msg and "02_beta.ipynb" in msg
+    assert "ValueError: deliberate failure" in msg
+    timings = json.loads((results / "p" / "timings.json").read_text())
+    assert timings["status"] == "failed" and timings["failed"] == "02_beta"
+
+
+def test_repository_profiles_are_valid():
+    """Every committed profile fits the committed notebooks (what --dry-run checks)."""
+    profiles = sorted((ROOT / "profiles").glob("*.yaml"))
+    assert {p.stem for p in profiles} >= {"smoke", "default", "gpu"}
+    for path in profiles:
+        prof = study.load_profile(path.stem, ROOT)
+        study.validate_profile(prof, ROOT / "notebooks")
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_smoke_profile_is_deterministic(tmp_path):
+    """Same seed, same machine: a rerun of the smoke profile gives identical metrics."""
+    runs = []
+    for name in ("a", "b"):
+        merged = study.run_study("smoke", root=ROOT, results=tmp_path / name,
+                                 log=lambda *a, **k: None)
+        runs.append({k: v for k, v in merged.items() if not k.endswith("_seconds")})
+    assert runs[0] == runs[1]
+    assert runs[0]["data/n_train"] > 0 and "classifier/test_accuracy" in runs[0]
