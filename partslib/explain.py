@@ -17,7 +17,7 @@ Contrastive variant. Explain the margin ``logit_k − logit_j`` against the runn
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -50,12 +50,11 @@ class PartExplanation:
     mode: str  # "region-soft", "region-hard" or "occlusion:<imputer>"
     logits: torch.Tensor  # [B, K] the classifier's logits
     cam: torch.Tensor | None = None  # [B, h, w] CAM of the explained weights (region mode)
-    area: torch.Tensor = field(init=False)  # [B, P+1] fraction of image pixels of each part
 
-    def __post_init__(self) -> None:
-        B, L = self.contributions.shape
-        counts = F.one_hot(self.labels, L).sum(dim=(1, 2)).float()
-        self.area = counts / self.labels[0].numel()
+    @property
+    def area(self) -> torch.Tensor:
+        """Fraction of the image's pixels labelled with each part, ``[B, P+1]``."""
+        return part_areas(self.labels, self.contributions.shape[1])
 
     def __len__(self) -> int:
         return self.contributions.shape[0]
@@ -109,6 +108,15 @@ class PartExplanation:
             target=self.target[idx], contrast=None if self.contrast is None else self.contrast[idx],
             mode=self.mode, logits=self.logits[idx],
             cam=None if self.cam is None else self.cam[idx])
+
+
+def part_areas(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """Fraction of pixels of each label in each label map ``[B, H, W]`` → ``[B, num_labels]``."""
+    B = labels.shape[0]
+    offsets = torch.arange(B, device=labels.device).view(B, 1) * num_labels
+    counts = torch.bincount((labels.reshape(B, -1) + offsets).flatten(),
+                            minlength=B * num_labels).view(B, num_labels)
+    return counts.float() / labels[0].numel()
 
 
 def region_contributions(features: torch.Tensor, weights: torch.Tensor, part_probs: torch.Tensor,
@@ -179,7 +187,8 @@ class PartExplainer:
         missing = [s for s in pdm.stages if s not in classifier.stage_names]
         if missing:
             raise ValueError(f"the PDM reads stages {missing} that the classifier does not have")
-        self.classifier, self.pdm = classifier.eval(), pdm.eval()
+        self.classifier = classifier.eval()
+        self.pdm = pdm.eval().fused()  # BatchNorm folded into the convolutions: same maps, faster
         self.part_names = list(part_names) if part_names else [
             "background", *[f"part{p}" for p in range(1, pdm.num_labels)]]
 
@@ -222,7 +231,8 @@ class PartExplainer:
             target = t[offset:offset + len(x)] if t.numel() > 1 else t
         k = resolve_targets(target, logits)
         j = _runner_up(logits, k) if contrastive else None
-        probs = self.pdm(feats, clf.normalise(x)).softmax(1)
+        image = clf.normalise(x) if self.pdm.image_proj is not None else None
+        probs = self.pdm(feats, image).softmax(1)
         labels = probs.argmax(1)
         rows = torch.arange(len(k), device=logits.device)
         score = logits[rows, k] - (logits[rows, j] if j is not None else 0)
@@ -246,7 +256,7 @@ class PartExplainer:
 
     def _occlusion(self, x, labels, k, j, score, imputer) -> torch.Tensor:
         B, L = len(x), self.pdm.num_labels
-        present = F.one_hot(labels, L).sum(dim=(1, 2)) > 0  # [B, L]
+        present = part_areas(labels, L) > 0  # [B, L]
         b_idx, p_idx = torch.nonzero(present, as_tuple=True)
         drop = torch.zeros(len(b_idx), L, dtype=torch.bool)
         drop[torch.arange(len(b_idx)), p_idx] = True

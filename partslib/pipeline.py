@@ -35,9 +35,11 @@ from partslib.training import (TensorLoader, evaluate_classifier, fit, load_chec
 
 __all__ = ["setup", "stage_dir", "library_versions", "write_json", "write_params",
            "write_metrics", "load_splits", "build_model", "train_classifier", "load_classifier",
-           "CLASSIFIER_CHECKPOINT"]
+           "CLASSIFIER_CHECKPOINT", "PDM_CHECKPOINT", "train_pdm", "load_pdm",
+           "evaluate_segmentation"]
 
 CLASSIFIER_CHECKPOINT = Path("checkpoints") / "classifier.pt"
+PDM_CHECKPOINT = Path("checkpoints") / "pdm.pt"
 _VERSIONED = ("partslib", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib",
               "seaborn", "grad-cam", "captum", "papermill", "nbval")
 
@@ -166,6 +168,23 @@ def _uint8_to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
+def _archive_if_stale(ckpt_path: Path, kind: str, full_config: dict) -> None:
+    """Move a checkpoint written with another configuration to ``checkpoints/old/`` (with a
+    warning) so that training starts over instead of resuming from, or reusing, stale weights."""
+    if not ckpt_path.exists():
+        return
+    try:
+        same = load_checkpoint(ckpt_path, kind=kind)["config"] == full_config
+    except ValueError:
+        same = False
+    if not same:
+        old = ckpt_path.parent / "old" / f"{kind}-{_dt.datetime.now():%Y%m%d-%H%M%S}.pt"
+        old.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(ckpt_path), str(old))
+        warnings.warn(f"checkpoint {ckpt_path} has another configuration; moved to {old}, "
+                      f"training from scratch", stacklevel=3)
+
+
 def train_classifier(train: SynthParts, test: SynthParts, *, results_dir: str | os.PathLike,
                      arch: str = "small_resnet", widths: list[int] | tuple[int, ...] = (24, 48, 96),
                      epochs: int = 14, lr: float = 3e-3, weight_decay: float = 1e-4,
@@ -194,17 +213,8 @@ def train_classifier(train: SynthParts, test: SynthParts, *, results_dir: str | 
     # fit() stores this dict as the checkpoint's config; it refuses to resume on a mismatch
     full_config = {"model": config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
                    "seed": seed}
-    if ckpt_path.exists() and resume:
-        try:
-            same = load_checkpoint(ckpt_path, kind="classifier")["config"] == full_config
-        except ValueError:
-            same = False
-        if not same:
-            old = ckpt_path.parent / "old" / f"classifier-{_dt.datetime.now():%Y%m%d-%H%M%S}.pt"
-            old.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(ckpt_path), str(old))
-            warnings.warn(f"checkpoint {ckpt_path} has another configuration; moved to {old}, "
-                          f"training from scratch", stacklevel=2)
+    if resume:
+        _archive_if_stale(ckpt_path, "classifier", full_config)
     loader = TensorLoader(train.images, train.labels, batch_size=batch_size, shuffle=True,
                           seed=seed, transform=_uint8_to_float)
     on_device = _OnDevice(model, device)
@@ -255,3 +265,87 @@ def load_classifier(results_dir: str | os.PathLike, device: str | torch.device =
     model.load_state_dict(ckpt["state_dict"])
     model.requires_grad_(False)
     return model.to(device).eval()
+
+
+# -- the PDM stage ----------------------------------------------------------------------------
+
+def evaluate_segmentation(classifier: ContractClassifier, pdm, images: torch.Tensor,
+                          masks: torch.Tensor, part_names: list[str]) -> dict[str, Any]:
+    """Per-part IoU (dataset-summed) and mIoU of the PDM's argmax part map on ``images``."""
+    from partslib.metrics import confusion_matrix, mean_iou, part_iou
+    from partslib.pdm import segment
+
+    num_labels = len(part_names)
+    cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    for i in range(0, len(images), 256):
+        pred = segment(classifier, pdm, images[i:i + 256]).argmax(1)
+        cm += confusion_matrix(pred, masks[i:i + 256], num_labels)
+    iou = part_iou(cm)
+    return {"miou": float(mean_iou(cm)),
+            "iou": {name: float(v) for name, v in zip(part_names, iou)},
+            "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1)),
+            "confusion_matrix": cm.tolist()}
+
+
+def train_pdm(classifier: ContractClassifier, train: SynthParts, test: SynthParts, *,
+              results_dir: str | os.PathLike, n_train: int | None = None, epochs: int = 8,
+              lr: float = 5e-3, batch_size: int = 16, widths: list[int] | None = None,
+              image_width: int = 0, image_kernel: int = 3, separable: bool = True,
+              seed: int = 0, resume: bool = True, progress: bool = False
+              ) -> tuple[Any, dict[str, Any], list[dict]]:
+    """Train the Parts Detection Module on the frozen classifier (or reuse its checkpoint).
+
+    The checkpoint ``results_dir/checkpoints/pdm.pt`` follows the classifier's rules: resumed
+    when its configuration equals this call's, archived to ``checkpoints/old/`` otherwise.
+    Returns ``(pdm in eval mode, metrics, history)``; metrics hold the test ``miou``, per-part
+    ``iou``, ``train_seconds`` and whether the classifier was left bit-identical.
+    """
+    from partslib.pdm import PartsDetectionModule
+    from partslib.pdm import train_pdm as _train_pdm
+
+    n = len(train) if n_train is None else min(int(n_train), len(train))
+    names = train.part_names
+    kwargs = dict(widths=widths, image_width=image_width, image_kernel=image_kernel,
+                  separable=separable)
+    arch = PartsDetectionModule.for_classifier(classifier, len(names), **kwargs).config()
+    ckpt_path = Path(results_dir) / PDM_CHECKPOINT
+    if resume:
+        _archive_if_stale(ckpt_path, "pdm", {"model": arch, "epochs": epochs, "lr": lr,
+                                             "weight_decay": 1e-4, "seed": seed})
+    probe = test.images[:64].float() / 255.0
+    before = classifier(probe)
+    test_x = test.images[:500]
+
+    def evaluate(pdm) -> dict:
+        from partslib.metrics import confusion_matrix, mean_iou
+        from partslib.pdm import segment
+
+        pred = segment(classifier, pdm, test_x).argmax(1)
+        return {"test_miou_500": float(mean_iou(confusion_matrix(pred, test.masks[:500],
+                                                                 len(names))))}
+
+    t0 = time.perf_counter()
+    pdm, history = _train_pdm(classifier, train.images[:n], train.masks[:n], len(names),
+                              epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                              checkpoint=ckpt_path if resume else None, progress=progress,
+                              evaluate=evaluate, **kwargs)
+    train_seconds = time.perf_counter() - t0
+    seg = evaluate_segmentation(classifier, pdm, test.images, test.masks, names)
+    metrics = {"miou": seg["miou"], **{f"iou/{k}": v for k, v in seg["iou"].items()},
+               "pixel_accuracy": seg["pixel_accuracy"], "train_seconds": train_seconds,
+               "n_train": n, "epochs": epochs,
+               "num_parameters": sum(p.numel() for p in pdm.parameters()),
+               "classifier_unchanged": bool(torch.equal(classifier(probe), before)),
+               "confusion_matrix": seg["confusion_matrix"]}
+    return pdm, metrics, history
+
+
+def load_pdm(results_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The PDM trained by the PDM stage of the run in ``results_dir``, in eval mode."""
+    from partslib.pdm import load_pdm as _load
+
+    path = Path(results_dir) / PDM_CHECKPOINT
+    if not path.exists():
+        raise FileNotFoundError(f"no PDM checkpoint at {path}: run the PDM stage first "
+                                f"(python -m partslib.study --only 03_pdm ...)")
+    return _load(path).to(device)

@@ -155,3 +155,23 @@ def test_pdm_rejects_bad_contract():
         PartsDetectionModule({"a": 8}, {"a": 2}, 3, stages=["a", "z"])
     with pytest.raises(ValueError, match="num_labels"):
         PartsDetectionModule({"a": 8}, {"a": 2}, 1)
+
+
+def test_fused_pdm_matches_and_leaves_original(models, images):
+    import copy
+
+    clf, pdm = models
+    pdm = copy.deepcopy(pdm)
+    # give BatchNorm non-trivial statistics so folding is exercised
+    for m in pdm.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    fused = pdm.fused()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in pdm.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        feats = clf.features(images)
+        a, b = pdm(feats, clf.normalise(images)), fused(feats, clf.normalise(images))
+    assert torch.allclose(a, b, atol=1e-4)

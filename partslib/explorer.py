@@ -1,0 +1,128 @@
+"""An ipywidgets explorer for part explanations, built from core widgets only.
+
+The rendering is a plain function, :func:`render`, that returns a matplotlib figure for one
+state (image, target class, mode) and is tested without a browser; :func:`build_explorer` only
+wires core ipywidgets (Dropdown, IntSlider, ToggleButtons, Output) to it, so it renders in
+JupyterLab 4 without any custom front-end extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+from partslib import viz
+from partslib.explain import PartExplainer
+
+__all__ = ["ExplorerState", "EXPLORER_MODES", "explain_state", "render", "build_explorer"]
+
+# label -> keyword arguments of PartExplainer.__call__
+EXPLORER_MODES: dict[str, dict] = {
+    "region (soft)": {"mode": "region"},
+    "region (hard)": {"mode": "region", "hard": True},
+    "region, vs runner-up": {"mode": "region", "contrastive": True},
+    "occlusion (blur)": {"mode": "occlusion"},
+    "occlusion, vs runner-up": {"mode": "occlusion", "contrastive": True},
+}
+
+
+@dataclass(frozen=True)
+class ExplorerState:
+    index: int = 0  # image index
+    target: int | None = None  # class to explain; None = predicted
+    mode: str = "region (soft)"  # a key of EXPLORER_MODES
+    part: int | None = None  # part whose probability map is shown; None = top contributor
+
+
+def explain_state(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState):
+    if not 0 <= state.index < len(images):
+        raise ValueError(f"image index {state.index} out of range 0..{len(images) - 1}")
+    if state.mode not in EXPLORER_MODES:
+        raise ValueError(f"mode must be one of {list(EXPLORER_MODES)}, got {state.mode!r}")
+    x = images[state.index:state.index + 1]
+    return explainer(x, target=None if state.target is None else [state.target],
+                     **EXPLORER_MODES[state.mode])
+
+
+def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
+           class_names: Sequence[str] | None = None, labels: Sequence[int] | None = None
+           ) -> Figure:
+    """Figure for one explorer state: image | parts | one part's probability map | CAM or
+    nothing | contribution bars."""
+    e = explain_state(explainer, images, state)
+    x = images[state.index:state.index + 1]
+    part = state.part
+    if part is None:  # the top contributor among present parts
+        c = e.contributions[0].masked_fill(~e.present[0], float("-inf"))
+        part = int(c.argmax())
+    name = (lambda k: class_names[k]) if class_names is not None else str
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.0),
+                             gridspec_kw={"width_ratios": [1, 1.45, 1.1, 1.6]})
+    title = f"#{state.index}: explain {name(int(e.target[0]))}"
+    if e.contrast is not None:
+        title += f" vs {name(int(e.contrast[0]))}"
+    if labels is not None:
+        title += f"\ntrue {name(int(labels[state.index]))}, " \
+                 f"pred {name(int(e.logits[0].argmax()))}"
+    axes[0].imshow(viz._hwc_float(x[0]))
+    axes[0].set(title=title, xticks=[], yticks=[])
+    viz.plot_part_overlay(x[0], e.labels[0], e.part_names, ax=axes[1])
+    im = axes[2].imshow(e.part_probs[0, part].numpy(), vmin=0, vmax=1, cmap="magma")
+    axes[2].set(title=f"P({e.part_names[part]})", xticks=[], yticks=[])
+    fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.04)
+    for ax in axes[:3]:
+        ax.grid(False)
+    viz.plot_contributions(e, 0, ax=axes[3])
+    fig.tight_layout()
+    return fig
+
+
+def build_explorer(explainer: PartExplainer, images: torch.Tensor,
+                   class_names: Sequence[str] | None = None,
+                   labels: Sequence[int] | None = None, state: ExplorerState | None = None):
+    """An ipywidgets box: choose image, target class, mode and part; see parts, the part's
+    probability map and the contributions. Returns the box; ``box.render_state()`` gives the
+    current :class:`ExplorerState`."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    state = state or ExplorerState()
+    K = explainer.classifier.num_classes
+    cls_options = [("predicted", -1)] + [
+        (class_names[k] if class_names is not None else str(k), k) for k in range(K)]
+    part_options = [("top contributor", -1)] + [(n, p) for p, n in
+                                                enumerate(explainer.part_names)]
+    w_index = widgets.IntSlider(value=state.index, min=0, max=len(images) - 1,
+                                description="image", continuous_update=False)
+    w_target = widgets.Dropdown(options=cls_options, value=-1 if state.target is None
+                                else state.target, description="class")
+    w_mode = widgets.Dropdown(options=list(EXPLORER_MODES), value=state.mode,
+                              description="mode")
+    w_part = widgets.Dropdown(options=part_options, value=-1 if state.part is None
+                              else state.part, description="part map")
+    out = widgets.Output()
+
+    def current() -> ExplorerState:
+        return ExplorerState(index=w_index.value,
+                             target=None if w_target.value == -1 else w_target.value,
+                             mode=w_mode.value,
+                             part=None if w_part.value == -1 else w_part.value)
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            fig = render(explainer, images, current(), class_names, labels)
+            display(fig)
+            plt.close(fig)
+
+    for w in (w_index, w_target, w_mode, w_part):
+        w.observe(redraw, names="value")
+    box = widgets.VBox([widgets.HBox([w_index, w_target]), widgets.HBox([w_mode, w_part]), out])
+    box.render_state = current  # for tests and scripted use
+    redraw()
+    return box
+

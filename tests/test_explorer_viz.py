@@ -1,0 +1,79 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from partslib import viz  # noqa: E402
+from partslib.explain import PartExplainer  # noqa: E402
+from partslib.explorer import EXPLORER_MODES, ExplorerState, build_explorer, render  # noqa: E402
+from partslib.models import SmallResNet  # noqa: E402
+from partslib.pdm import PartsDetectionModule  # noqa: E402
+
+NAMES = ["background", "head", "body", "tail"]
+CLASSES = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    clf = SmallResNet(num_classes=3, widths=(8, 16, 32)).eval()
+    pdm = PartsDetectionModule.for_classifier(clf, 4, widths=[8, 8], image_width=0).eval()
+    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    return PartExplainer(clf, pdm, NAMES), images
+
+
+@pytest.mark.parametrize("mode", list(EXPLORER_MODES))
+def test_render_every_mode(setup, mode):
+    ex, images = setup
+    fig = render(ex, images, ExplorerState(index=2, target=1, mode=mode), CLASSES, [0, 1, 2, 0])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0].startswith("#2: explain b")
+    assert "true c" in titles[0]
+    assert titles[2].startswith("P(")
+    plt.close(fig)
+
+
+def test_render_rejects_bad_state(setup):
+    ex, images = setup
+    with pytest.raises(ValueError, match="out of range"):
+        render(ex, images, ExplorerState(index=9))
+    with pytest.raises(ValueError, match="mode"):
+        render(ex, images, ExplorerState(mode="magic"))
+
+
+def test_widgets_drive_the_state_without_a_browser(setup):
+    pytest.importorskip("ipywidgets")
+    ex, images = setup
+    box = build_explorer(ex, images, CLASSES, [0, 1, 2, 0])
+    assert box.render_state() == ExplorerState()
+    (w_index, w_target), (w_mode, w_part) = box.children[0].children, box.children[1].children
+    w_index.value = 3
+    w_target.value = 2
+    w_mode.value = "occlusion (blur)"
+    w_part.value = 1
+    assert box.render_state() == ExplorerState(index=3, target=2, mode="occlusion (blur)", part=1)
+    plt.close("all")
+
+
+def test_explanation_figures(setup):
+    ex, images = setup
+    e = ex(images)
+    fig = viz.plot_explanation(e, images, 1, CLASSES, true_label=0)
+    assert len(fig.axes) == 3 and "explained" in fig.axes[0].get_title()
+    fig2 = viz.plot_gallery(e, images, [0, 3], CLASSES, torch.tensor([0, 1, 2, 0]))
+    assert len(fig2.axes) == 6
+    table = e.to_dataframe(CLASSES).pivot_table(index="part", columns="target",
+                                                values="contribution")
+    fig3 = viz.plot_part_class_heatmap(table)
+    assert fig3.axes[0].get_title().startswith("mean part contribution")
+    fig4 = viz.plot_segmentations(images, {"PDM": e.labels}, NAMES, n=2)
+    assert len(fig4.axes) == 4
+    fig5 = viz.plot_iou({"background": 0.9, "head": 0.5})
+    assert "mIoU 0.700" in fig5.axes[0].get_legend().get_texts()[0].get_text()
+    for f in (fig, fig2, fig3, fig4, fig5):
+        plt.close(f)
+    assert isinstance(table, pd.DataFrame)
