@@ -253,9 +253,249 @@ print(f"final train loss: {metrics['final_train_loss']:.3f}")
     ]
 
 
+PDM_PARAMS = """\
+pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
+pdm_epochs: int = 10  # PDM training epochs (on features computed once)
+pdm_lr: float = 0.005  # peak learning rate
+pdm_batch_size: int = 16  # batch size
+pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow
+pdm_image_width: int = 0  # channels of a full-resolution image step; 0 disables it
+pdm_separable: bool = False  # depthwise-separable decoder blocks
+resume: bool = True  # resume from / reuse a checkpoint of the same configuration
+"""
+PDM_NAMES = ("pdm_n_train", "pdm_epochs", "pdm_lr", "pdm_batch_size", "pdm_widths",
+             "pdm_image_width", "pdm_separable", "resume")
+
+
+def nb_03_pdm() -> list:
+    return [
+        md("""
+# 03 · The Parts Detection Module
+
+The PDM (SPEC §3) locates the parts the explanations are about. It is a top-down decoder on the
+**frozen** classifier's stage features: start from the last stage, then repeatedly upsample ×2,
+merge a 1×1 projection of the matching earlier stage, and apply 3×3 conv–BN–ReLU; a 1×1 conv
+gives background + P part logits, resized to the image. Its heavy work runs at low resolution,
+so explaining an image costs little more than classifying it (benchmark in notebook 07).
+
+The classifier's stage features are computed **once** and the decoder trains on them with the
+same training loop as the classifier (`partslib.training.fit`); the classifier's weights and
+predictions are untouched, which this notebook checks.
+
+Outputs: `results_dir/pdm/` (`metrics.json`, `iou.csv`, `history.json`, figures) and
+`results_dir/checkpoints/pdm.pt`.
+"""),
+        parameters(PDM_PARAMS),
+        setup_cell("pdm", PDM_NAMES, imports="import pandas as pd\n"),
+        code(LOAD_SPLITS),
+        code("""
+classifier = pipeline.load_classifier(results_dir)
+pdm, metrics, history = pipeline.train_pdm(
+    classifier, train, test, results_dir=results_dir, n_train=pdm_n_train, epochs=pdm_epochs,
+    lr=pdm_lr, batch_size=pdm_batch_size, widths=pdm_widths, image_width=pdm_image_width,
+    separable=pdm_separable, seed=seed, resume=resume, progress=progress)
+pipeline.write_json(out_dir / "history.json", history)
+print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train_seconds']:.1f} s")
+"""),
+        md("""
+## Learning curve
+
+Training loss, and the test mIoU on 500 images after each epoch (recorded for the curve only;
+nothing is selected on it).
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_history(history)
+viz.save_figure(fig, out_dir / "learning_curve.png");
+"""),
+        md("""
+## Accuracy of the part maps
+
+Per-part IoU on the whole test split, summed over the dataset before dividing (the
+segmentation convention), and the mean over parts (mIoU, background included).
+"""),
+        code("""
+iou = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("iou/")}
+iou_table = pd.DataFrame({"IoU": iou}).T
+iou_table.to_csv(out_dir / "iou.csv")
+iou_table.round(3)
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_iou(iou)
+viz.save_figure(fig, out_dir / "iou.png");
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+from partslib.pdm import segment
+
+x = test.images[:6]
+pred = segment(classifier, pdm, x).argmax(1)
+fig = viz.plot_segmentations(x, {"ground truth": test.masks[:6], "PDM": pred}, test.part_names)
+viz.save_figure(fig, out_dir / "segmentations.png");
+"""),
+        code("""
+confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.part_names,
+                         columns=test.part_names)
+confusion.to_csv(out_dir / "confusion_matrix.csv")
+pipeline.write_metrics(out_dir, metrics);
+"""),
+        code("""
+# NBVAL_CHECK_OUTPUT
+print(f"PDM test mIoU: {metrics['miou']:.3f}")
+print("per-part IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in iou.items()))
+print(f"classifier unchanged by the PDM: {metrics['classifier_unchanged']}")
+"""),
+    ]
+
+
+EXPLAIN_PARAMS = """\
+n_explain: int = 1000  # test images explained for the tables
+n_gallery: int = 6  # rows of each gallery figure
+interactive: bool = True  # build the ipywidgets explorer (off in headless runs)
+"""
+
+
+def nb_04_explanations() -> list:
+    return [
+        md("""
+# 04 · Part explanations: gallery and explorer
+
+For each image, **which parts drove the class score, by how much, and exactly where they are**.
+In region mode (SPEC §4) the class activation map `CAM_k(u) = w_k · A(u)` is split between the
+parts by how much of each feature cell the PDM assigns to each part, so the contributions add up
+exactly to the logit: `b_k + Σ_p c_p = logit_k` (completeness). Occlusion mode removes each
+PDM part with an imputer and measures the drop; the contrastive variant explains
+`logit_k − logit_j` against the runner-up class.
+
+Outputs: `results_dir/explanations/` (`metrics.json`, `contributions.csv`, `part_class.csv`,
+gallery figures).
+"""),
+        parameters(EXPLAIN_PARAMS),
+        setup_cell("explanations", ("n_explain", "n_gallery", "interactive"),
+                   imports="import pandas as pd\nimport torch\n"),
+        code(LOAD_SPLITS),
+        code("""
+from partslib.explain import PartExplainer
+
+classifier = pipeline.load_classifier(results_dir)
+pdm = pipeline.load_pdm(results_dir)
+explainer = PartExplainer(classifier, pdm, test.part_names)
+images, masks, labels = test.tensors(slice(0, n_explain))
+e = explainer(images)  # region mode, soft occupancy, predicted class
+correct = e.target == labels
+print(f"explained {len(e)} test images; {int(correct.sum())} correctly classified")
+"""),
+        md("""
+## Completeness
+
+The region-mode identity holds to float precision for every image, for soft and hard
+occupancy and for the contrastive margin.
+"""),
+        code("""
+hard = explainer(images, hard=True)
+contrastive = explainer(images, contrastive=True)
+completeness = {
+    "soft": float(e.completeness_error().max()),
+    "hard": float(hard.completeness_error().max()),
+    "contrastive": float(contrastive.completeness_error().max()),
+}
+pd.Series(completeness, name="max relative error").to_frame()
+"""),
+        md("""
+## Gallery: correctly classified images
+
+Each row: the image, the PDM's parts, and the contributions of the parts to the predicted
+class's logit (bars coloured like the parts; percentages are shares of Σ|c|).
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+ok = torch.nonzero(correct).flatten()
+picks = [int(ok[(labels[ok] == k).nonzero()[0]]) for k in range(len(test.class_names))
+         if (labels[ok] == k).any()][:n_gallery]
+fig = viz.plot_gallery(e, images, picks, test.class_names, labels)
+viz.save_figure(fig, out_dir / "gallery_correct.png");
+"""),
+        md("""
+## Gallery: misclassified images
+
+What the model relied on when it was wrong; the contrastive explanation says why it chose the
+wrong class over the runner-up.
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+wrong = torch.nonzero(~correct).flatten()[:n_gallery].tolist()
+if wrong:
+    fig = viz.plot_gallery(contrastive, images, wrong, test.class_names, labels,
+                           suptitle="misclassified: predicted class vs runner-up")
+    viz.save_figure(fig, out_dir / "gallery_misclassified.png")
+else:
+    print("no misclassified image among the explained ones")
+"""),
+        md("""
+## Which parts does each class rest on?
+
+Mean contribution of each part to the logit of the predicted class, over correctly classified
+images, by class. The decisive parts of each class's signature should stand out.
+"""),
+        code("""
+df = e.to_dataframe(test.class_names)
+df["correct"] = correct[df["image"].to_numpy()].numpy()
+df.to_csv(out_dir / "contributions.csv", index=False)
+part_class = (df[df.correct].pivot_table(index="part", columns="target", values="contribution")
+              .reindex(index=test.part_names, columns=test.class_names))
+part_class.to_csv(out_dir / "part_class.csv")
+part_class.round(2)
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_part_class_heatmap(part_class)
+viz.save_figure(fig, out_dir / "part_class.png");
+"""),
+        md("""
+## Explorer
+
+Choose an image, the class to explain and the mode; see the parts, one part's probability
+map and the contributions. It uses core ipywidgets only, so it works in JupyterLab 4 without
+an extension. The figure below is the explorer's first view, rendered by the same function
+(`partslib.explorer.render`), for readers of the static notebook.
+"""),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+from partslib import explorer as xp
+
+fig = xp.render(explainer, images, xp.ExplorerState(index=int(ok[0])), test.class_names, labels)
+viz.save_figure(fig, out_dir / "explorer_first_view.png")
+if interactive:
+    display(xp.build_explorer(explainer, images[:200], test.class_names, labels[:200],
+                              state=xp.ExplorerState(index=int(ok[0]))))
+"""),
+        code("""
+top = e.contributions.masked_fill(~e.present, float("-inf")).argmax(1)
+decisive = test.decisive[:n_explain]
+metrics = {
+    "n_explained": len(e),
+    "completeness_max_rel_error": max(completeness.values()),
+    **{f"completeness_{k}": v for k, v in completeness.items()},
+    "top_part_is_decisive": float(decisive[torch.arange(len(e)), top][correct].float().mean()),
+    "mean_background_share": float(e.shares[:, 0][correct].mean()),
+}
+pipeline.write_metrics(out_dir, metrics);
+"""),
+        code("""
+# NBVAL_CHECK_OUTPUT
+print(f"completeness max relative error <= 1e-4: {metrics['completeness_max_rel_error'] <= 1e-4}")
+print(f"top part is a decisive part (correct images): {metrics['top_part_is_decisive']:.2f}")
+print(f"mean background share: {metrics['mean_background_share']:.2f}")
+"""),
+    ]
+
+
 NOTEBOOKS: dict[str, Callable[[], list]] = {
     "01_data": nb_01_data,
     "02_classifier": nb_02_classifier,
+    "03_pdm": nb_03_pdm,
+    "04_explanations": nb_04_explanations,
 }
 
 
