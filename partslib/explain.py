@@ -233,7 +233,8 @@ class PartExplainer:
         j = _runner_up(logits, k) if contrastive else None
         image = clf.normalise(x) if self.pdm.image_proj is not None else None
         probs = self.pdm(feats, image).softmax(1)
-        labels = probs.argmax(1)
+        # argmax over a contiguous last dimension is several times faster than over dim 1
+        labels = probs.permute(0, 2, 3, 1).contiguous().argmax(-1)
         rows = torch.arange(len(k), device=logits.device)
         score = logits[rows, k] - (logits[rows, j] if j is not None else 0)
         if mode == "region":

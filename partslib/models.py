@@ -53,9 +53,9 @@ def check_images(x: torch.Tensor, name: str = "images", size: tuple[int, int] | 
                          f"{x.shape[-2]}x{x.shape[-1]}; resize first (e.g. "
                          f"torch.nn.functional.interpolate(x, size={tuple(size)}, mode='bilinear', "
                          f"antialias=True))")
-    if not torch.isfinite(x).all():
+    lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates, Inf is > 1
+    if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
         raise ValueError(f"{name} contains NaN or Inf values")
-    lo, hi = float(x.min()), float(x.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(f"{name} must have values in [0, 1], got range [{lo:.3g}, {hi:.3g}] "
                          f"(partslib models normalise internally; pass unnormalised images)")

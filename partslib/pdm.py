@@ -55,7 +55,8 @@ class PartsDetectionModule(nn.Module):
 
     def __init__(self, stage_channels: dict[str, int], stage_strides: dict[str, int],
                  num_labels: int, widths: Sequence[int] | None = None, image_width: int = 8,
-                 image_kernel: int = 3, separable: bool = False, input_size: tuple[int, int] = (64, 64), stages: Sequence[str] | None = None):
+                 image_kernel: int = 3, separable: bool = False,
+                 input_size: tuple[int, int] = (64, 64), stages: Sequence[str] | None = None):
         super().__init__()
         names = list(stages or stage_channels)
         unknown = [n for n in names if n not in stage_channels or n not in stage_strides]
@@ -83,26 +84,32 @@ class PartsDetectionModule(nn.Module):
         top = names[-1]
         first = widths[0] if widths else stage_channels[top]
         self.top_proj = nn.Conv2d(stage_channels[top], first, 1)
+        # each step: 1x1 reduce to the step's width *before* upsampling (cheap, low resolution),
+        # add the 1x1-projected skip, then the 3x3 block at the step's width
+        self.reduce = nn.ModuleList()
         self.skip_proj = nn.ModuleList()
         self.blocks = nn.ModuleList()
         cin = first
         for s, w in zip(skips, widths):
-            self.skip_proj.append(nn.Conv2d(stage_channels[s], cin, 1))
-            self.blocks.append(_conv_bn_relu(cin, w, 3, separable))
+            self.reduce.append(nn.Identity() if cin == w else nn.Conv2d(cin, w, 1, bias=False))
+            self.skip_proj.append(nn.Conv2d(stage_channels[s], w, 1))
+            self.blocks.append(_conv_bn_relu(w, w, 3, separable))
             cin = w
         self.out_stride = stage_strides[names[0]] if skips else stage_strides[top]
         # the image step only makes sense when the last decoder step is at stride 2
-        self.image_proj = self.image_block = None
+        self.image_reduce = self.image_proj = self.image_block = None
         if image_width > 0 and self.out_stride == 2:
-            self.image_proj = nn.Conv2d(3, cin, 1)
-            self.image_block = _conv_bn_relu(cin, image_width, image_kernel, separable)
+            self.image_reduce = nn.Conv2d(cin, image_width, 1, bias=False)
+            self.image_proj = nn.Conv2d(3, image_width, 1)
+            self.image_block = _conv_bn_relu(image_width, image_width, image_kernel, separable)
             cin = image_width
             self.out_stride = 1
         self.classifier = nn.Conv2d(cin, num_labels, 1)
         self._arch = {"stage_channels": {n: stage_channels[n] for n in names},
                       "stage_strides": {n: stage_strides[n] for n in names},
                       "num_labels": num_labels, "widths": widths, "image_width": image_width,
-                      "image_kernel": image_kernel, "separable": separable, "input_size": list(self.input_size), "stages": names}
+                      "image_kernel": image_kernel, "separable": separable,
+                      "input_size": list(self.input_size), "stages": names}
 
     @classmethod
     def for_classifier(cls, classifier: ContractClassifier, num_labels: int, **kwargs
@@ -136,14 +143,17 @@ class PartsDetectionModule(nn.Module):
                 ) -> torch.Tensor:
         """Part logits ``[B, P+1, H, W]`` from stage features (and the normalised image)."""
         x = self.top_proj(feats[self.stages[-1]])
-        for s, proj, block in zip(self.stages[:-1][::-1], self.skip_proj, self.blocks):
+        for s, reduce, proj, block in zip(self.stages[:-1][::-1], self.reduce, self.skip_proj,
+                                          self.blocks):
             skip = feats[s]
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = F.interpolate(reduce(x), size=skip.shape[-2:], mode="bilinear",
+                              align_corners=False)
             x = block(x + proj(skip))
         if self.image_proj is not None:
             if image is None:
                 raise ValueError("this PDM merges the input image; pass image=...")
-            x = F.interpolate(x, size=image.shape[-2:], mode="bilinear", align_corners=False)
+            x = F.interpolate(self.image_reduce(x), size=image.shape[-2:], mode="bilinear",
+                              align_corners=False)
             x = self.image_block(x + self.image_proj(image))
         logits = self.classifier(x)
         if tuple(logits.shape[-2:]) != self.input_size:
