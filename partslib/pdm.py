@@ -23,6 +23,9 @@ from torch import nn
 from partslib.models import ContractClassifier
 from partslib.training import TensorLoader, fit, load_checkpoint
 
+# bump when the decoder's layout changes, so checkpoints of an older layout are not reused
+DECODER_VERSION = 2
+
 __all__ = ["PartsDetectionModule", "extract_features", "train_pdm", "segment", "load_pdm"]
 
 
@@ -105,7 +108,7 @@ class PartsDetectionModule(nn.Module):
             cin = image_width
             self.out_stride = 1
         self.classifier = nn.Conv2d(cin, num_labels, 1)
-        self._arch = {"stage_channels": {n: stage_channels[n] for n in names},
+        self._arch = {"decoder_version": DECODER_VERSION, "stage_channels": {n: stage_channels[n] for n in names},
                       "stage_strides": {n: stage_strides[n] for n in names},
                       "num_labels": num_labels, "widths": widths, "image_width": image_width,
                       "image_kernel": image_kernel, "separable": separable,
@@ -243,6 +246,10 @@ def load_pdm(path: str | Path) -> PartsDetectionModule:
     """Restore a PDM from a checkpoint written by :func:`train_pdm`."""
     ckpt = load_checkpoint(path, kind="pdm")
     cfg = dict(ckpt["config"]["model"])
+    if cfg.get("decoder_version") != DECODER_VERSION:
+        raise ValueError(f"PDM checkpoint {path} has decoder version "
+                         f"{cfg.get('decoder_version')}, this partslib builds version "
+                         f"{DECODER_VERSION}; train the PDM again")
     pdm = PartsDetectionModule(cfg["stage_channels"], cfg["stage_strides"], cfg["num_labels"],
                                widths=cfg["widths"], image_width=cfg["image_width"],
                                image_kernel=cfg["image_kernel"], separable=cfg["separable"],

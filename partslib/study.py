@@ -225,9 +225,14 @@ def validate_profile(profile: Profile, notebooks_dir: Path,
     return {n: profile.parameters(n, list(declared_by[n])) for n in selected}
 
 
-def archive_previous_run(run_dir: Path, include_checkpoints: bool = False) -> Path | None:
+def archive_previous_run(run_dir: Path, include_checkpoints: bool = False,
+                         rerun: Sequence[str] | None = None) -> Path | None:
     """Move everything ``run_dir`` holds (but ``previous/`` and, unless asked, ``checkpoints/``)
-    to ``run_dir/previous/<timestamp>/``; returns that folder, or None when there was nothing."""
+    to ``run_dir/previous/<timestamp>/``; returns that folder, or None when there was nothing.
+
+    With ``rerun`` (the notebooks of an ``--only`` run) everything is *copied* to the archive
+    and only the outputs of those notebooks are cleared, so the run folder keeps the results of
+    the stages that are not rerun."""
     if not run_dir.is_dir():
         return None
     keep = {"previous"} if include_checkpoints else set(KEEP_DIRS)
@@ -248,7 +253,15 @@ def archive_previous_run(run_dir: Path, include_checkpoints: bool = False) -> Pa
         dest = run_dir / "previous" / f"{stamp}-{n}"
     dest.mkdir(parents=True)
     for p in entries:
-        shutil.move(str(p), str(dest / p.name))
+        if rerun is None:
+            shutil.move(str(p), str(dest / p.name))
+        elif p.is_dir():
+            shutil.copytree(p, dest / p.name)
+        else:
+            shutil.copy2(p, dest / p.name)
+    for name in rerun or ():
+        shutil.rmtree(run_dir / stage_name(name), ignore_errors=True)
+        (run_dir / "notebooks" / f"{name}.ipynb").unlink(missing_ok=True)
     return dest
 
 
@@ -357,9 +370,18 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     else:
         results_root = Path(results or root / "results").resolve()
         run_dir = results_root / prof.name
-        moved = archive_previous_run(run_dir, include_checkpoints=retrain)
+        previous_stages = {}
+        if only:
+            try:
+                previous_stages = json.loads((run_dir / "timings.json").read_text())["stages"]
+            except Exception:
+                previous_stages = {}
+        moved = archive_previous_run(run_dir, include_checkpoints=retrain,
+                                     rerun=list(plan) if only else None)
         if moved is not None:
-            log(f"previous run of {prof.name} moved to {_rel(moved)}")
+            log(f"previous run of {prof.name} {'copied' if only else 'moved'} to {_rel(moved)}"
+                + (f" (outputs of {', '.join(plan)} cleared, the other stages kept)"
+                   if only else ""))
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             log(f"reusing checkpoints in {_rel(run_dir / 'checkpoints')} where their "
                 f"configuration matches (--retrain trains from scratch)")
@@ -372,6 +394,7 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
 
     timings = {"profile": prof.name, "started": _dt.datetime.now().isoformat(timespec="seconds"),
                "status": "running", "stages": {}, "total_seconds": None,
+               "only": list(plan) if only else None,
                "python": sys.version.split()[0], "cpu_count": os.cpu_count()}
     t_run = time.perf_counter()
     for i, (name, params) in enumerate(plan.items(), 1):
@@ -410,8 +433,12 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
         if reference:
             _strip_for_reference(out_nb)
     timings.update(status="ok", total_seconds=round(time.perf_counter() - t_run, 2))
+    if only and not reference:  # keep the stage times of the stages that were not rerun
+        timings["stages"] = {n: timings["stages"].get(n, previous_stages.get(n))
+                             for n in prof.notebooks
+                             if n in timings["stages"] or n in previous_stages}
     _write_json(run_dir / "timings.json", timings)
-    merged, missing = merge_metrics(run_dir, list(plan))
+    merged, missing = merge_metrics(run_dir, list(prof.notebooks) if only else list(plan))
     for name in missing:
         log(f"warning: {name} wrote no {stage_name(name)}/metrics.json")
     _write_json(run_dir / "metrics.json", merged)

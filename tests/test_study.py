@@ -169,19 +169,31 @@ def test_run_moves_the_previous_run_and_merges_metrics(tmp_path):
     assert (run / "notebooks" / "02_beta.ipynb").exists()
     assert any(line.startswith("[2/2] 02_beta") for line in logs)
 
-    # second run, only one notebook: the first run is archived, not overwritten
+    # second run, only one notebook: the first run is archived, not overwritten, and the
+    # stages that are not rerun keep their results in the run folder
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "c.pt").write_text("keep")
+    (run / "alpha" / "stale.txt").write_text("from the first run")
     logs.clear()
     merged2 = study.run_study("p", root=root, results=results, only=["01_alpha"], log=log)
     previous = list((run / "previous").iterdir())
     assert len(previous) == 1
-    assert any(f"moved to" in line and "previous" in line for line in logs)
+    assert any("copied to" in line and "previous" in line for line in logs)
     assert json.loads((previous[0] / "metrics.json").read_text()) == merged
     assert (previous[0] / "beta" / "metrics.json").exists()
-    assert merged2 == {"alpha/value": 3, "alpha/nested/rate": 0.5}
-    assert not (run / "beta").exists()
+    assert (previous[0] / "alpha" / "stale.txt").exists()
+    assert not (run / "alpha" / "stale.txt").exists()  # the rerun stage starts clean
+    assert merged2 == merged
+    assert (run / "beta" / "metrics.json").exists()
+    assert list(json.loads((run / "timings.json").read_text())["stages"]) == ["01_alpha",
+                                                                               "02_beta"]
     assert (run / "checkpoints" / "c.pt").read_text() == "keep"
+
+    # a full run moves everything
+    logs.clear()
+    study.run_study("p", root=root, results=results, log=log)
+    assert any("moved to" in line for line in logs)
+    assert len(list((run / "previous").iterdir())) == 2
 
 
 @pytest.mark.notebooks
