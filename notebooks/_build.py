@@ -594,12 +594,104 @@ print(f"decisive-region IoU: PDM {metrics['pdm/region_iou']:.3f}, "
     ]
 
 
+def nb_08_summary() -> list:
+    return [
+        md("""
+# Summary report
+
+The headline numbers of this run against the study's targets, the tables T1–T4, the key
+figures, and the configuration and library versions that produced them. The runner exports
+this notebook to `results_dir/report.html`; the README's headline table is generated from
+the same `metrics.json` (`python -m partslib.report --profile default --readme`).
+"""),
+        parameters(),
+        setup_cell("summary", imports="import json\nfrom pathlib import Path\n\nimport pandas as pd\n"
+                   "from IPython.display import Image, display\n"),
+        code("""
+from partslib import report
+
+run = Path(results_dir)
+metrics = {}
+for stage_metrics in sorted(run.glob("*/metrics.json")):
+    stage = stage_metrics.parent.name
+    if stage != "summary":
+        metrics.update({f"{stage}/{k}": v for k, v in json.loads(stage_metrics.read_text()).items()})
+timings_path = run / "timings.json"
+if timings_path.exists():
+    timings = json.loads(timings_path.read_text())
+    metrics.update({f"study/stage_seconds/{k}": v for k, v in timings["stages"].items()})
+targets = report.targets_table(metrics).drop(columns="key")
+targets
+"""),
+        md("## T1 · Localisation of parts (notebook 05)"),
+        code("""
+t1_path = run / "baselines" / "t1.csv"
+pd.read_csv(t1_path, index_col=0).round(3) if t1_path.exists() else "T1 not computed in this run"
+"""),
+        md("## T2 · Validity of the quantitative explanations (notebook 06)"),
+        code("""
+t2_path = run / "validity" / "t2.csv"
+pd.read_csv(t2_path).round(3) if t2_path.exists() else "T2 not computed in this run"
+"""),
+        md("## T3 · Models"),
+        code("""
+t3 = pd.DataFrame({
+    "value": {
+        "classifier test accuracy": metrics.get("classifier/test_accuracy"),
+        "classifier balanced accuracy": metrics.get("classifier/balanced_accuracy"),
+        "PDM test mIoU": metrics.get("pdm/miou"),
+        "classifier logits unchanged with the PDM attached": metrics.get("pdm/classifier_unchanged"),
+        "classifier train seconds": metrics.get("classifier/train_seconds"),
+        "PDM train seconds": metrics.get("pdm/train_seconds"),
+    }})
+t3
+"""),
+        md("## T4 · Cost (notebook 07)"),
+        code("""
+t4_path = run / "benchmark" / "t4.csv"
+pd.read_csv(t4_path).round(3) if t4_path.exists() else "T4 not computed in this run"
+"""),
+        code("""
+stages = pd.Series({k.split("/")[-1]: v for k, v in metrics.items()
+                    if k.startswith("study/stage_seconds/")}, name="seconds", dtype=float)
+stages.to_frame()
+"""),
+        md("## Key figures"),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+for rel in ["explanations/gallery_correct.png", "pdm/segmentations.png",
+            "baselines/localization.png", "explanations/part_class.png",
+            "validity/scatter.png", "validity/deletion.png", "validity/sanity.png"]:
+    if (run / rel).exists():
+        print(rel)
+        display(Image(filename=str(run / rel)))
+"""),
+        md("## Configuration and library versions"),
+        code("""
+# NBVAL_IGNORE_OUTPUT
+config = {p.parent.name: json.loads(p.read_text()) for p in sorted(run.glob("*/params.json"))}
+print(json.dumps(config.get("summary", {}).get("versions", {}), indent=1))
+pd.DataFrame({stage: pd.Series({k: str(v) for k, v in c["parameters"].items()})
+              for stage, c in config.items()})
+"""),
+        code("""
+pipeline.write_metrics(out_dir, {"targets_met": int((targets.met == "yes").sum()),
+                                 "targets_measured": int((targets.met != "–").sum())});
+"""),
+        code("""
+# NBVAL_CHECK_OUTPUT
+print(f"targets met: {int((targets.met == 'yes').sum())} of {int((targets.met != '–').sum())} measured")
+"""),
+    ]
+
+
 NOTEBOOKS: dict[str, Callable[[], list]] = {
     "01_data": nb_01_data,
     "02_classifier": nb_02_classifier,
     "03_pdm": nb_03_pdm,
     "04_explanations": nb_04_explanations,
     "05_baselines": nb_05_baselines,
+    "08_summary": nb_08_summary,
 }
 
 

@@ -442,6 +442,11 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     for name in missing:
         log(f"warning: {name} wrote no {stage_name(name)}/metrics.json")
     _write_json(run_dir / "metrics.json", merged)
+    summary_nb = nb_out_dir / "08_summary.ipynb"
+    if not reference and "08_summary" in plan and summary_nb.exists():
+        from partslib.report import export_html
+
+        log(f"report: {_rel(export_html(summary_nb, run_dir / 'report.html'))}")
     where = _rel(nb_out_dir) if reference else _rel(run_dir)
     log(f"done in {timings['total_seconds']:.1f} s: {where} "
         f"({len(merged)} metrics in {_rel(run_dir / 'metrics.json')})")
