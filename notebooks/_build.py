@@ -261,10 +261,11 @@ pdm_batch_size: int = 16  # batch size
 pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow
 pdm_image_width: int = 0  # channels of a full-resolution image step; 0 disables it
 pdm_separable: bool = False  # depthwise-separable decoder blocks
+device: str = "cpu"  # "cpu" or "cuda"
 resume: bool = True  # resume from / reuse a checkpoint of the same configuration
 """
 PDM_NAMES = ("pdm_n_train", "pdm_epochs", "pdm_lr", "pdm_batch_size", "pdm_widths",
-             "pdm_image_width", "pdm_separable", "resume")
+             "pdm_image_width", "pdm_separable", "device", "resume")
 
 
 def nb_03_pdm() -> list:
@@ -289,11 +290,11 @@ Outputs: `results_dir/pdm/` (`metrics.json`, `iou.csv`, `history.json`, figures)
         setup_cell("pdm", PDM_NAMES, imports="import pandas as pd\n"),
         code(LOAD_SPLITS),
         code("""
-classifier = pipeline.load_classifier(results_dir)
+classifier = pipeline.load_classifier(results_dir, device=device)
 pdm, metrics, history = pipeline.train_pdm(
     classifier, train, test, results_dir=results_dir, n_train=pdm_n_train, epochs=pdm_epochs,
     lr=pdm_lr, batch_size=pdm_batch_size, widths=pdm_widths, image_width=pdm_image_width,
-    separable=pdm_separable, seed=seed, resume=resume, progress=progress)
+    separable=pdm_separable, seed=seed, resume=resume, progress=progress, device=device)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train_seconds']:.1f} s")
 """),
@@ -330,7 +331,7 @@ viz.save_figure(fig, out_dir / "iou.png");
 from partslib.pdm import segment
 
 x = test.images[:6]
-pred = segment(classifier, pdm, x).argmax(1)
+pred = segment(classifier, pdm, x).argmax(1)  # on the classifier's device, returned on the CPU
 fig = viz.plot_segmentations(x, {"ground truth": test.masks[:6], "PDM": pred}, test.part_names)
 viz.save_figure(fig, out_dir / "segmentations.png");
 """),

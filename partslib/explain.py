@@ -259,13 +259,13 @@ class PartExplainer:
         B, L = len(x), self.pdm.num_labels
         present = part_areas(labels, L) > 0  # [B, L]
         b_idx, p_idx = torch.nonzero(present, as_tuple=True)
-        drop = torch.zeros(len(b_idx), L, dtype=torch.bool)
-        drop[torch.arange(len(b_idx)), p_idx] = True
+        drop = torch.zeros(len(b_idx), L, dtype=torch.bool, device=x.device)
+        drop[torch.arange(len(b_idx), device=x.device), p_idx] = True
         removed = imputer(x[b_idx], labels[b_idx], drop)
         logits = self.classifier(removed)
-        r = torch.arange(len(b_idx))
+        r = torch.arange(len(b_idx), device=x.device)
         new = logits[r, k[b_idx]] - (logits[r, j[b_idx]] if j is not None else 0)
-        contributions = torch.zeros(B, L, dtype=score.dtype)
+        contributions = torch.zeros(B, L, dtype=score.dtype, device=score.device)
         contributions[b_idx, p_idx] = score[b_idx] - new
         return contributions
 

@@ -169,18 +169,20 @@ class PartsDetectionModule(nn.Module):
 def extract_features(classifier: ContractClassifier, images: torch.Tensor,
                      stages: Sequence[str], batch_size: int = 256, progress: bool = False,
                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Frozen stage features of ``images`` (uint8 or float), computed once (eval mode)."""
+    """Frozen stage features of ``images`` (uint8 or float), computed once (eval mode) on the
+    classifier's device and returned in host memory."""
     from tqdm.auto import tqdm
 
     classifier.eval()
+    device = next(classifier.parameters()).device
     out: dict[str, list[torch.Tensor]] = {s: [] for s in stages}
     for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress,
                   leave=False):
-        x = images[i:i + batch_size]
+        x = images[i:i + batch_size].to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         feats = classifier.features(x)
-        for s in stages:
-            out[s].append(feats[s].to(dtype))
+        for s in stages:  # kept in host memory; training moves each batch to the device
+            out[s].append(feats[s].to("cpu", dtype))
     return {s: torch.cat(v) for s, v in out.items()}
 
 
@@ -196,7 +198,8 @@ def _class_weights(masks: torch.Tensor, num_labels: int, ignore_index: int = 255
 def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch.Tensor,
               num_labels: int, *, epochs: int = 10, lr: float = 3e-3, batch_size: int = 64,
               balance: bool = False, checkpoint: str | Path | None = None, seed: int = 0,
-              progress: bool = True, evaluate=None, **pdm_kwargs
+              progress: bool = True, evaluate=None, device: str | torch.device = "cpu",
+              **pdm_kwargs
               ) -> tuple[PartsDetectionModule, list[dict]]:
     """Train a PDM on a frozen classifier with partslib's training loop.
 
@@ -211,8 +214,8 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
     feats = extract_features(classifier, images, pdm.stages, progress=progress)
     if pdm.image_proj is not None:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-        feats["__image__"] = classifier.normalise(x)
-    weight = _class_weights(masks, num_labels) if balance else None
+        feats["__image__"] = classifier.normalise(x.to(classifier.mean.device)).cpu()
+    weight = _class_weights(masks, num_labels).to(device) if balance else None
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=weight, ignore_index=255)
@@ -223,7 +226,7 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
     loader = TensorLoader(feats, masks.long(), batch_size=batch_size, seed=seed)
     result = fit(pdm, loader, epochs=epochs, loss_fn=loss_fn, lr=lr, forward=forward,
                  checkpoint=checkpoint, config=pdm.config(), kind="pdm", seed=seed,
-                 progress=progress, evaluate=evaluate, desc="PDM")
+                 progress=progress, evaluate=evaluate, desc="PDM", device=device)
     return pdm, result.history
 
 
@@ -233,12 +236,14 @@ def segment(classifier: ContractClassifier, pdm: PartsDetectionModule, images: t
     """Part probabilities ``[B, P+1, H, W]`` for images (uint8 or float in [0,1])."""
     classifier.eval()
     pdm.eval()
+    device = next(classifier.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size]
+        x = images[i:i + batch_size].to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         feats = classifier.features(x)
-        out.append(pdm(feats, classifier.normalise(x)).softmax(1))
+        image = classifier.normalise(x) if pdm.image_proj is not None else None
+        out.append(pdm(feats, image).softmax(1).cpu())
     return torch.cat(out)
 
 

@@ -291,8 +291,8 @@ def train_pdm(classifier: ContractClassifier, train: SynthParts, test: SynthPart
               results_dir: str | os.PathLike, n_train: int | None = None, epochs: int = 8,
               lr: float = 5e-3, batch_size: int = 16, widths: list[int] | None = None,
               image_width: int = 0, image_kernel: int = 3, separable: bool = True,
-              seed: int = 0, resume: bool = True, progress: bool = False
-              ) -> tuple[Any, dict[str, Any], list[dict]]:
+              seed: int = 0, resume: bool = True, progress: bool = False,
+              device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any], list[dict]]:
     """Train the Parts Detection Module on the frozen classifier (or reuse its checkpoint).
 
     The checkpoint ``results_dir/checkpoints/pdm.pt`` follows the classifier's rules: resumed
@@ -312,7 +312,8 @@ def train_pdm(classifier: ContractClassifier, train: SynthParts, test: SynthPart
     if resume:
         _archive_if_stale(ckpt_path, "pdm", {"model": arch, "epochs": epochs, "lr": lr,
                                              "weight_decay": 1e-4, "seed": seed})
-    probe = test.images[:64].float() / 255.0
+    classifier = classifier.to(device)
+    probe = test.images[:64].float().div(255.0).to(device)
     before = classifier(probe)
     test_x = test.images[:500]
 
@@ -320,7 +321,7 @@ def train_pdm(classifier: ContractClassifier, train: SynthParts, test: SynthPart
         from partslib.metrics import confusion_matrix, mean_iou
         from partslib.pdm import segment
 
-        pred = segment(classifier, pdm, test_x).argmax(1)
+        pred = segment(classifier, pdm.to(device), test_x).argmax(1)
         return {"test_miou_500": float(mean_iou(confusion_matrix(pred, test.masks[:500],
                                                                  len(names))))}
 
@@ -328,9 +329,9 @@ def train_pdm(classifier: ContractClassifier, train: SynthParts, test: SynthPart
     pdm, history = _train_pdm(classifier, train.images[:n], train.masks[:n], len(names),
                               epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
                               checkpoint=ckpt_path if resume else None, progress=progress,
-                              evaluate=evaluate, **kwargs)
+                              evaluate=evaluate, device=device, **kwargs)
     train_seconds = time.perf_counter() - t0
-    seg = evaluate_segmentation(classifier, pdm, test.images, test.masks, names)
+    seg = evaluate_segmentation(classifier, pdm.to(device), test.images, test.masks, names)
     metrics = {"miou": seg["miou"], **{f"iou/{k}": v for k, v in seg["iou"].items()},
                "pixel_accuracy": seg["pixel_accuracy"], "train_seconds": train_seconds,
                "n_train": n, "epochs": epochs,
