@@ -26,7 +26,15 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 HERE = Path(__file__).resolve().parent
+
+
+def nb_06_validity() -> list:
+    from _nb_validity import nb_06_validity as build  # noqa: PLC0415 - its own module
+
+    return build()
 
 COMMON_PARAMS = '''\
 profile: str = "interactive"  # study profile; the runner sets it
@@ -686,12 +694,68 @@ print(f"targets met: {int((targets.met == 'yes').sum())} of {int((targets.met !=
     ]
 
 
+BENCH_PARAMS = """\
+bench_sizes: list[int] = [64, 224]  # image sizes: SynthParts backbone, torchvision resnet18
+bench_repeats: int = 15  # timed rounds (every method once per round; minimum reported)
+bench_batch: int = 64  # batch size of every method
+bench_memory: bool = True  # per-method peak memory in subprocesses
+"""
+
+
+def nb_07_benchmark() -> list:
+    return [
+        md("""
+# 07 · Cost of the explanations (table T4)
+
+One run, same model and batch for every method: a plain classifier forward pass, PDM-region
+(classifier forward + PDM maps + contributions), IBD, pytorch-grad-cam's `GradCAM`, Captum's
+`FeatureAblation` over the PDM's part masks (occlusion of parts) and PDM-occlusion (the same
+idea, batched). At 64×64 with this run's trained models and at 224×224 with a randomly
+initialised torchvision ResNet-18 (timing does not depend on the weights). Methods run
+round-robin and the minimum over the repeats is reported, so a busy machine inflates all
+methods alike less than it would a one-after-the-other measurement; ratios are what to read.
+
+Also records the time of each study stage and the peak memory. Outputs:
+`results_dir/bench.json`, `results_dir/benchmark/t4.csv`, `results_dir/benchmark/metrics.json`.
+"""),
+        parameters(BENCH_PARAMS),
+        setup_cell("benchmark", ("bench_sizes", "bench_repeats", "bench_batch", "bench_memory"),
+                   imports="import shutil\n\nimport pandas as pd\n"),
+        code("""
+from partslib import bench
+
+cfg = bench.BenchConfig(results_dir=str(results_dir), sizes=tuple(bench_sizes),
+                        repeats=bench_repeats, batch=bench_batch, threads=threads,
+                        memory=bench_memory, progress=progress)
+payload = bench.run_bench(cfg)
+bench_json, t4_csv = bench.write_outputs(results_dir, payload)
+shutil.copy2(t4_csv, out_dir / "t4.csv")
+print(bench.format_table(payload))
+"""),
+        code("""
+t4 = pd.read_csv(out_dir / "t4.csv")
+t4.round(3)
+"""),
+        code("""
+ratios = {k: v for k, v in payload.items() if "_vs_" in k and isinstance(v, (int, float))}
+pipeline.write_metrics(out_dir, ratios);
+pd.Series(ratios, name="ratio (min wall time)").round(2).to_frame()
+"""),
+        code("""
+# NBVAL_CHECK_OUTPUT
+print(f"ratios measured: {len(ratios)} over sizes {list(bench_sizes)}")
+"""),
+    ]
+
+
 NOTEBOOKS: dict[str, Callable[[], list]] = {
     "01_data": nb_01_data,
     "02_classifier": nb_02_classifier,
     "03_pdm": nb_03_pdm,
     "04_explanations": nb_04_explanations,
     "05_baselines": nb_05_baselines,
+    "06_validity": nb_06_validity,
+    "07_benchmark": nb_07_benchmark,
     "08_summary": nb_08_summary,
 }
 

@@ -1,0 +1,103 @@
+"""The benchmark machinery (partslib.bench) on tiny sizes: it runs every method and writes
+well-formed bench.json / t4.csv. Nothing here asserts on timings."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from partslib import bench
+
+TINY = 32  # a random SmallResNet case
+
+
+def _config(tmp_path, **kw) -> bench.BenchConfig:
+    base = dict(results_dir=str(tmp_path), sizes=(TINY,), repeats=1, warmup=0, batch=2,
+                threads=torch.get_num_threads(), memory=False, progress=False)
+    base.update(kw)
+    return bench.BenchConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def payload(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("bench")
+    (rd / "timings.json").write_text(json.dumps(
+        {"profile": "x", "started": "2026-01-01T00:00:00", "status": "ok",
+         "stages": {"01_data": 1.5, "02_classifier": 2.5}, "total_seconds": 4.0}))
+    return rd, bench.run_bench(_config(rd))
+
+
+def test_payload_has_the_ratio_keys_and_metadata(payload):
+    _, p = payload
+    for other in ("forward", "ibd", "gradcam", "captum_occlusion", "pdm_occlusion"):
+        key = f"pdm_region_vs_{other}@{TINY}"
+        assert p[key] > 0 and key in p["ratios_median"] and key in p["ratios_cpu"]
+    assert f"pdm_occlusion_vs_captum_occlusion@{TINY}" in p
+    for m in bench.METHODS:
+        for table in ("ms_per_batch", "ms_per_batch_median", "cpu_ms_per_batch", "images_per_s"):
+            assert p[table][f"{m}@{TINY}"] > 0
+        assert len(p["samples_ms"][f"{m}@{TINY}"]) == 1
+    assert p["batch"] == 2 and p["threads"] == torch.get_num_threads()
+    assert p["torch"] == torch.__version__
+    assert p["machine"]["cpu_count"] >= 1 and "torch" in p["machine"]["versions"]
+    assert p["setup"][str(TINY)]["classifier"].startswith("random")
+    assert p["stage_seconds"]["stages"] == {"01_data": 1.5, "02_classifier": 2.5}
+    assert p["peak_rss_mib"]["process"] > 0
+
+
+def test_outputs_are_written_and_never_silently_overwritten(payload):
+    rd, p = payload
+    js, tc = bench.write_outputs(rd, p)
+    first = json.loads(js.read_text())
+    assert first["batch"] == 2 and f"pdm_region_vs_forward@{TINY}" in first
+    rows = list(csv.DictReader(tc.open()))
+    assert [r["method"] for r in rows] == list(bench.METHODS)
+    assert {"size", "ms_per_batch", "images_per_s", "ratio_to_forward"} <= set(rows[0])
+    assert float(rows[0]["ratio_to_forward"]) == 1.0
+    bench.write_outputs(rd, {**p, "started": "later"})
+    assert json.loads((rd / "bench.previous.json").read_text())["started"] == first["started"]
+    assert json.loads(js.read_text())["started"] == "later"
+    assert (rd / "t4.previous.csv").exists()
+    assert "pdm_region" in bench.format_table(p)
+
+
+def test_cli_with_per_method_memory(tmp_path, capsys):
+    """The command line, including the per-method ru_maxrss subprocesses."""
+    threads = torch.get_num_threads()
+    try:
+        rc = bench.main(["--results-dir", str(tmp_path), "--sizes", str(TINY), "--batch", "2",
+                         "--repeats", "1", "--warmup", "0", "--threads", str(threads),
+                         "--methods", "forward", "pdm_region", "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    p = json.loads((tmp_path / "bench.json").read_text())
+    assert set(p["peak_rss_mib"]["per_method_delta"]) == {f"forward@{TINY}",
+                                                          f"pdm_region@{TINY}"}
+    assert p["stage_seconds"] is None  # no timings.json in this folder
+    assert "pdm_region_vs_forward" in capsys.readouterr().out
+
+
+def test_torchvision_case_runs_every_method():
+    case = bench.build_case(128, batch=2)  # >= 128 pixels: resnet18, 365 classes
+    assert case.classifier.num_classes == 365 and case.pdm.num_labels == 6
+    assert case.images.shape == (2, 3, 128, 128) and case.images.max() <= 1
+    fns = bench.method_fns(case, captum_baseline="zero")
+    out = {m: fn() for m, fn in fns.items()}
+    assert out["forward"].shape == (2, 365)
+    assert out["gradcam"].shape == (2, 128, 128)
+    assert out["captum_occlusion"].shape == (2, 3, 128, 128)
+    assert out["pdm_region"].contributions.shape == (2, 6)
+
+
+def test_bad_arguments_are_refused():
+    case = bench.build_case(TINY, batch=2)
+    with pytest.raises(ValueError, match="unknown methods"):
+        bench.method_fns(case, ["nope"])
+    with pytest.raises(ValueError, match="captum_baseline"):
+        bench.method_fns(case, captum_baseline="mean")
+    with pytest.raises(ValueError, match="repeats"):
+        bench.time_methods({"f": lambda: None}, repeats=0)
