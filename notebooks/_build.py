@@ -263,7 +263,7 @@ print(f"final train loss: {metrics['final_train_loss']:.3f}")
 
 PDM_PARAMS = """\
 pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
-pdm_epochs: int = 10  # PDM training epochs (on features computed once)
+pdm_epochs: int = 14  # PDM training epochs (on features computed once)
 pdm_lr: float = 0.005  # peak learning rate
 pdm_batch_size: int = 16  # batch size
 pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -677,6 +678,8 @@ def _sanity(classifier, pdm, ibd, methods, images, targets, present, seed, batch
     """V5 for each method. The cascades of all methods re-initialise the same modules with the
     same seeds, so the explanations of every method at a step are computed together, once, by
     explainers that share the step's classifier/PDM passes (memoised by parameter state)."""
+    if not methods:
+        return _empty_sanity()
     names = sanity_module_names(classifier)
     memo: dict[tuple, dict[str, Claim]] = {}
     use_ibd = ibd is not None and any(m in NEEDS_IBD for m in methods)
@@ -699,10 +702,12 @@ def _sanity(classifier, pdm, ibd, methods, images, targets, present, seed, batch
                                      present=present)
         df.insert(0, "method", m)
         frames.append(df)
-    if not frames:
-        return pd.DataFrame(columns=["method", "step", "module", "spearman_contrib",
-                                     "spearman_maps"])
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True) if frames else _empty_sanity()
+
+
+def _empty_sanity() -> pd.DataFrame:
+    return pd.DataFrame(columns=["method", "step", "module", "spearman_contrib",
+                                 "spearman_maps"])
 
 
 def _nanmax(x: Tensor) -> float:
@@ -733,6 +738,29 @@ def _select_correct(classifier: ContractClassifier, images: Tensor, labels: Tens
             if count >= n:
                 break
     return torch.cat(found)[:n] if found else torch.zeros(0, dtype=torch.long)
+
+
+def _empty_result(methods: list[str], operators: list[str], seed: int, num_labels: int,
+                  n_eval: int) -> tuple[pd.DataFrame, ValidityExtras]:
+    """T2 with no evaluated image: one row per (method, operator), every metric NaN."""
+    metric_cols = ["completeness_error_max", "completeness_error_mean", "spearman", "top_part",
+                   "norm_abs_error", "auc_claimed", "auc_random", "auc_oracle", "decisive",
+                   "decisive_ceiling", "decisive_chance"]
+    rows = [{"method": m, "operator": op, "units": "", "score_v2": "margin"
+             if m in CONTRASTIVE else "logit", "score_v3": "probability", "seed": seed,
+             "n_images": 0, "n_images_v3": 0, **{c: math.nan for c in metric_cols},
+             "note": NOTES.get(m, "")} for op in operators for m in methods]
+    settings = {"n_eval_requested": n_eval, "n_images": 0, "n_images_v3": 0,
+                "sanity_images": 0}
+    t2 = pd.DataFrame(rows)
+    t2.attrs.update(settings)
+    empty = torch.zeros(0, num_labels, dtype=torch.bool)
+    extras = ValidityExtras(indices=torch.zeros(0, dtype=torch.long),
+                            targets=torch.zeros(0, dtype=torch.long), present=empty,
+                            decisive=empty, claims={}, effects={}, margin_effects={}, curves={},
+                            per_image=pd.DataFrame(), sanity=_empty_sanity(),
+                            gap=pd.DataFrame(), settings=settings)
+    return t2, extras
 
 
 def run_validity(classifier: ContractClassifier, pdm, images: Tensor, masks: Tensor,
@@ -793,6 +821,10 @@ def run_validity(classifier: ContractClassifier, pdm, images: Tensor, masks: Ten
     # -- the evaluated images: the first n_eval correctly classified ones
     idx = _select_correct(classifier, images, labels, n_eval, batch_size)
     B = len(idx)
+    if B == 0:
+        warnings.warn(f"run_validity: none of the {N} images is correctly classified; T2 is "
+                      f"empty (all metrics NaN)", RuntimeWarning, stacklevel=2)
+        return _empty_result(methods, list(operators), seed, L, n_eval)
     x, gt = images[idx], masks[idx].long()
     k = labels[idx].long().cpu()
     sub_keys = None if keys is None else [keys[int(i)] for i in idx]

@@ -350,3 +350,17 @@ def test_ibd_rows_and_the_2x2():
     assert ab.loc["pdm", "region"] == pytest.approx(1.0)  # exact masks, linear model
     assert list(ex.sanity.module) == ["(trained)", "fc", "s1"]
     assert "2×2 ablation" not in vs.reading(t2)  # no rerender operator here
+
+
+def test_no_correct_image_gives_an_empty_table():
+    model, pdm = LinearModel().eval(), OraclePDM()
+    x, labels, _ = make_data(6)
+    with torch.no_grad():
+        wrong = 1 - model(x).argmax(1)
+    with pytest.warns(RuntimeWarning, match="none of the 6 images"):
+        t2, ex = vs.run_validity(model, pdm, x, labels, wrong,
+                                 decisive=torch.zeros(6, L, dtype=torch.bool),
+                                 operators={"black": MeanFill((0.0, 0.0, 0.0))},
+                                 methods=["pdm-region-soft", "random"])
+    assert len(t2) == 2 and (t2.n_images == 0).all() and t2.spearman.isna().all()
+    assert len(ex.sanity) == 0
