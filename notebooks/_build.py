@@ -684,12 +684,18 @@ pd.DataFrame({stage: pd.Series({k: str(v) for k, v in c["parameters"].items()})
               for stage, c in config.items()})
 """),
         code("""
+# timing targets (cost ratios, wall time) depend on the machine and its load: counted apart
+timing = report.targets_table(metrics).key.str.startswith(("benchmark/", "study/"))
+quality = targets[~timing.to_numpy()]
 pipeline.write_metrics(out_dir, {"targets_met": int((targets.met == "yes").sum()),
-                                 "targets_measured": int((targets.met != "–").sum())});
+                                 "targets_measured": int((targets.met != "–").sum()),
+                                 "quality_targets_met": int((quality.met == "yes").sum()),
+                                 "quality_targets_measured": int((quality.met != "–").sum())});
 """),
         code("""
 # NBVAL_CHECK_OUTPUT
-print(f"targets met: {int((targets.met == 'yes').sum())} of {int((targets.met != '–').sum())} measured")
+print(f"quality targets met: {int((quality.met == 'yes').sum())} "
+      f"of {int((quality.met != '–').sum())} measured")
 """),
     ]
 
