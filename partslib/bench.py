@@ -29,8 +29,8 @@ classes and a PDM ``for_classifier(clf, 6, widths=[128, 64, 32])``, both with ra
 Other sizes (tests) use a random SmallResNet below 128 pixels, a random resnet18 from 128 up.
 
 Peak memory: ``ru_maxrss`` of the benchmark process, and per method the growth of ``ru_maxrss``
-over its setup in a fresh subprocess (``ru_maxrss`` is a high-water mark, so a method can only
-be measured alone).
+over the RSS after setup in a fresh subprocess whose high-water mark is reset after the setup
+(``ru_maxrss`` is a high-water mark, so a method can only be measured alone).
 
 Run ``python -m partslib.bench --profile default``; writes ``results/<profile>/bench.json`` and
 ``t4.csv`` (an existing pair is kept as ``bench.previous.json`` / ``t4.previous.csv``).
@@ -127,21 +127,26 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
     rd = Path(results_dir) if results_dir is not None else None
     if size < 128:
         clf: ContractClassifier | None = None
+        pdm: PartsDetectionModule | None = None
         if rd is not None and (rd / pipeline.CLASSIFIER_CHECKPOINT).exists():
-            clf = pipeline.load_classifier(rd)
-            if clf.input_size != (size, size):
-                clf = None
-            else:
+            try:  # a study may be training it right now: an unfinished checkpoint refuses
+                clf = pipeline.load_classifier(rd)
                 weights["classifier"] = f"trained: {rd / pipeline.CLASSIFIER_CHECKPOINT}"
+            except (ValueError, RuntimeError) as e:
+                weights["classifier_not_loaded"] = str(e)
+            if clf is not None and clf.input_size != (size, size):
+                weights["classifier_not_loaded"] = f"checkpoint is for {clf.input_size} images"
+                clf = None
         if clf is None:
             clf = SmallResNet(NUM_CLASSES_64, widths=SMALL_WIDTHS, input_size=size)
             weights["classifier"] = (f"random: SmallResNet(num_classes={NUM_CLASSES_64}, "
                                      f"widths={list(SMALL_WIDTHS)})")
-        pdm: PartsDetectionModule | None = None
-        if (rd is not None and (rd / pipeline.PDM_CHECKPOINT).exists()
-                and weights["classifier"].startswith("trained")):
-            pdm = pipeline.load_pdm(rd)
-            weights["pdm"] = f"trained: {rd / pipeline.PDM_CHECKPOINT}"
+        elif (rd / pipeline.PDM_CHECKPOINT).exists():
+            try:
+                pdm = pipeline.load_pdm(rd)
+                weights["pdm"] = f"trained: {rd / pipeline.PDM_CHECKPOINT}"
+            except (ValueError, RuntimeError) as e:
+                weights["pdm_not_loaded"] = str(e)
         if pdm is None:
             pdm = PartsDetectionModule.for_classifier(clf, NUM_LABELS, **SMALL_PDM)
             weights["pdm"] = f"random: for_classifier(clf, {NUM_LABELS}, **{SMALL_PDM})"
@@ -291,17 +296,52 @@ def _maxrss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return kib / (1024 ** 2 if sys.platform == "darwin" else 1024)
 
 
+def _reset_peak_rss() -> bool:
+    """Lower the process's RSS high-water mark (what ``ru_maxrss`` reports) to its current RSS.
+
+    Frees what the allocator holds first (``gc`` + glibc ``malloc_trim``), then writes 5 to
+    ``/proc/self/clear_refs`` (Linux >= 4.0). Returns False where that is not possible.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _rss_mib() -> float:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return _maxrss_mib()
+
+
 def _child_memory(method: str, size: int, batch: int, results_dir: str | None, seed: int,
-                  threads: int, captum_baseline: str) -> dict[str, float]:
-    """In a fresh process: ru_maxrss after the setup, then after two calls of ``method``."""
+                  threads: int, captum_baseline: str) -> dict[str, Any]:
+    """In a fresh process: the peak RSS of two calls of ``method`` above the RSS after setup.
+
+    The setup (models, batch, imports) can peak higher than the method itself, so the
+    high-water mark is reset after it where the kernel allows (see :func:`_reset_peak_rss`);
+    otherwise the delta is a lower bound (``reset`` False).
+    """
     torch.set_num_threads(threads)
     case = build_case(size, batch, results_dir, seed)
     fn = method_fns(case, [method], captum_baseline)[method]
-    before = _maxrss_mib()
+    setup_peak = _maxrss_mib()
+    reset = _reset_peak_rss()
+    before = _rss_mib() if reset else setup_peak
     fn()
     fn()
     after = _maxrss_mib()
-    return {"setup_mib": before, "peak_mib": after, "delta_mib": after - before}
+    return {"setup_peak_mib": setup_peak, "rss_before_mib": before, "peak_mib": after,
+            "delta_mib": max(after - before, 0.0), "reset": reset}
 
 
 def peak_memory(cfg: BenchConfig, size: int) -> dict[str, dict[str, float]]:
@@ -342,12 +382,17 @@ def _machine() -> dict[str, Any]:
 
 
 def _stage_seconds(results_dir: Path) -> dict[str, Any] | None:
+    """Stage durations from ``timings.json`` of the run in ``results_dir``, or, while a study is
+    running there (the runner has archived the last run), of the latest archived run."""
     path = results_dir / "timings.json"
     if not path.exists():
-        return None
+        runs = sorted((results_dir / "previous").glob("*/timings.json"))
+        if not runs:
+            return None
+        path = runs[-1]
     t = json.loads(path.read_text())
     return {"stages": t.get("stages", {}), "total_seconds": t.get("total_seconds"),
-            "status": t.get("status"), "started": t.get("started")}
+            "status": t.get("status"), "started": t.get("started"), "file": str(path)}
 
 
 def _key(method: str, size: int) -> str:
@@ -387,9 +432,14 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         fns = method_fns(case, cfg.methods, cfg.captum_baseline)
         wall, cpu = time_methods(fns, cfg.repeats, cfg.warmup, cfg.progress,
                                  desc=f"bench@{size}")
+        with torch.inference_mode():
+            present = PartExplainer(case.classifier, case.pdm)(case.images).present
         setups[str(size)] = {**case.weights, "image_size": size, "batch": len(case.images),
                              "num_classes": case.classifier.num_classes,
-                             "num_labels": case.pdm.num_labels}
+                             "num_labels": case.pdm.num_labels,
+                             # images PDM-occlusion runs through the classifier (one per part
+                             # present); Captum runs num_labels + 1 batches whatever is present
+                             "occlusion_present_parts": int(present.sum())}
         del fns, case
         for m in cfg.methods:
             k = _key(m, size)
@@ -426,8 +476,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                          "per_method_delta": {f"{m}@{s}": v["delta_mib"]
                                               for s, d in memory.items() for m, v in d.items()},
                          "per_method": memory,
-                         "note": ("ru_maxrss growth over the setup (models + batch loaded), one "
-                                  "fresh subprocess per method, two calls each")
+                         "note": ("per method: a fresh subprocess loads the models and batch, "
+                                  "resets its RSS high-water mark (/proc/self/clear_refs), runs "
+                                  "the method twice; delta = ru_maxrss after - RSS before")
                          if cfg.memory else "per-method memory not measured (--no-memory)"},
         "stage_seconds": _stage_seconds(Path(cfg.results_dir)),
         "machine": {**_machine(), "loadavg_start": load0,

@@ -31,7 +31,10 @@ def set_style() -> None:
 
 def part_palette(num_labels: int) -> np.ndarray:
     """RGB colours ``[num_labels, 3]`` in [0, 1]; label 0 (background) is dark grey."""
-    colours = np.array(sns.color_palette("tab10", max(num_labels - 1, 1)))[: num_labels - 1]
+    n = max(num_labels - 1, 1)
+    # tab10 up to 10 parts (unchanged), then tab20, then husl: no two parts share a colour
+    name = "tab10" if n <= 10 else "tab20" if n <= 20 else "husl"
+    colours = np.array(sns.color_palette(name, n))[: num_labels - 1]
     return np.vstack([[0.2, 0.2, 0.2], colours])
 
 
