@@ -12,7 +12,7 @@ help: ## list the targets
 study: ## run the whole study headlessly (make study PROFILE=gpu); results in results/PROFILE/
 	scripts/study.sh $(PROFILE)
 
-smoke: ## run the smoke profile (tiny data, about a minute)
+smoke: ## run the smoke profile (tiny data, a few minutes)
 	scripts/study.sh smoke
 
 dry-run: ## check profiles/PROFILE.yaml against the notebooks without running anything
