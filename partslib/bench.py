@@ -28,9 +28,9 @@ exist, random weights of that architecture otherwise), 224 a torchvision resnet1
 classes and a PDM ``for_classifier(clf, 6, widths=[128, 64, 32])``, both with random weights.
 Other sizes (tests) use a random SmallResNet below 128 pixels, a random resnet18 from 128 up.
 
-Peak memory: ``ru_maxrss`` of the benchmark process, and per method the growth of ``ru_maxrss``
-over the RSS after setup in a fresh subprocess whose high-water mark is reset after the setup
-(``ru_maxrss`` is a high-water mark, so a method can only be measured alone).
+Peak memory: ``ru_maxrss`` of the benchmark process, and per method the peak RSS (``VmHWM``, the
+counter behind ``ru_maxrss``) above the RSS after setup, in a fresh subprocess whose high-water
+mark is reset after the setup (a high-water mark can only measure a method alone).
 
 Run ``python -m partslib.bench --profile default``; writes ``results/<profile>/bench.json`` and
 ``t4.csv`` (an existing pair is kept as ``bench.previous.json`` / ``t4.previous.csv``).
@@ -55,7 +55,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+if __name__ == "__main__":  # before torch loads OpenMP; as the study runner's kernels do
+    # idle OpenMP threads sleep instead of spinning: on shared cores spinning threads steal the
+    # time of the thread the others wait for (partslib.study sets the same)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from partslib.explain import PartExplainer
 from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet
@@ -315,12 +320,13 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-def _rss_mib() -> float:
+def _proc_status_mib(field: str) -> float | None:
+    """``VmRSS`` / ``VmHWM`` of this process in MiB, from ``/proc/self/status`` (Linux)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return _maxrss_mib()
+    return None
 
 
 def _child_memory(method: str, size: int, batch: int, results_dir: str | None, seed: int,
@@ -334,18 +340,20 @@ def _child_memory(method: str, size: int, batch: int, results_dir: str | None, s
     torch.set_num_threads(threads)
     case = build_case(size, batch, results_dir, seed)
     fn = method_fns(case, [method], captum_baseline)[method]
-    setup_peak = _maxrss_mib()
-    reset = _reset_peak_rss()
-    before = _rss_mib() if reset else setup_peak
+    setup_peak = _proc_status_mib("VmHWM") or _maxrss_mib()
+    # VmHWM, not ru_maxrss: a process started by vfork+exec (subprocess) inherits its parent's
+    # peak in ru_maxrss (the kernel keeps the larger of the pre-exec and current peaks)
+    reset = _reset_peak_rss() and _proc_status_mib("VmHWM") is not None
+    before = _proc_status_mib("VmRSS") if reset else setup_peak
     fn()
     fn()
-    after = _maxrss_mib()
+    after = _proc_status_mib("VmHWM") if reset else _maxrss_mib()
     return {"setup_peak_mib": setup_peak, "rss_before_mib": before, "peak_mib": after,
             "delta_mib": max(after - before, 0.0), "reset": reset}
 
 
 def peak_memory(cfg: BenchConfig, size: int) -> dict[str, dict[str, float]]:
-    """Per method, the ru_maxrss growth over the setup in a subprocess of its own."""
+    """Per method, the peak RSS growth over the setup in a subprocess of its own."""
     from tqdm.auto import tqdm
 
     out = {}
@@ -375,7 +383,9 @@ def _machine() -> dict[str, Any]:
                 break
     info: dict[str, Any] = {"platform": platform.platform(), "cpu": cpu,
                             "cpu_count": os.cpu_count(), "versions": library_versions(),
-                            "hostname": platform.node()}
+                            "hostname": platform.node(),
+                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                            "torch_parallel": torch.__config__.parallel_info().splitlines()[:4]}
     if hasattr(os, "sched_getaffinity"):
         info["cpus_usable"] = len(os.sched_getaffinity(0))
     return info
@@ -478,7 +488,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                          "per_method": memory,
                          "note": ("per method: a fresh subprocess loads the models and batch, "
                                   "resets its RSS high-water mark (/proc/self/clear_refs), runs "
-                                  "the method twice; delta = ru_maxrss after - RSS before")
+                                  "the method twice; delta = VmHWM after - VmRSS before")
                          if cfg.memory else "per-method memory not measured (--no-memory)"},
         "stage_seconds": _stage_seconds(Path(cfg.results_dir)),
         "machine": {**_machine(), "loadavg_start": load0,
