@@ -36,6 +36,13 @@ def nb_06_validity() -> list:
 
     return build()
 
+
+def _realphoto_notebooks() -> dict:
+    import _nb_realphoto  # noqa: PLC0415 - its own module
+
+    return _nb_realphoto.NOTEBOOKS
+
+
 COMMON_PARAMS = '''\
 profile: str = "interactive"  # study profile; the runner sets it
 results_dir: str = "../results/interactive"  # run folder (the runner passes an absolute path)
@@ -703,7 +710,7 @@ print(f"quality targets met: {int((quality.met == 'yes').sum())} "
 BENCH_PARAMS = """\
 bench_sizes: list[int] = [64, 224]  # image sizes: SynthParts backbone, torchvision resnet18
 bench_repeats: int = 15  # timed rounds (every method once per round; minimum reported)
-bench_batch: int = 64  # batch size of every method
+bench_batch: int | list[int] = 64  # batch of every method: one for all sizes, or one per size
 bench_memory: bool = True  # per-method peak memory in subprocesses
 """
 
@@ -763,6 +770,7 @@ NOTEBOOKS: dict[str, Callable[[], list]] = {
     "06_validity": nb_06_validity,
     "07_benchmark": nb_07_benchmark,
     "08_summary": nb_08_summary,
+    **_realphoto_notebooks(),  # 10_realphoto, 11_ccp_parts (profile carparts)
 }
 
 

@@ -92,11 +92,27 @@ class BenchConfig:
     repeats: int = 15  # timed rounds per size; every method runs once per round
     warmup: int = 2  # untimed rounds first
     threads: int = 2  # torch.set_num_threads
-    batch: int = 64
+    batch: int | tuple[int, ...] = 64  # one batch for every size, or one per size
     seed: int = 0
     captum_baseline: str = "blur"  # "blur" (the PDM-occlusion imputer) or "zero"
     memory: bool = True  # per-method peak RSS in subprocesses
     progress: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.batch, int):
+            object.__setattr__(self, "batch", tuple(int(b) for b in self.batch))  # frozen
+            if len(self.batch) != len(self.sizes):
+                raise ValueError(f"batch {list(self.batch)} needs one entry per size "
+                                 f"{list(self.sizes)} (or a single number)")
+        if min(self.batches.values()) < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {self.batch}")
+
+    @property
+    def batches(self) -> dict[int, int]:
+        """The batch of each size (every method of a size explains the same batch)."""
+        if isinstance(self.batch, int):
+            return {s: self.batch for s in self.sizes}
+        return dict(zip(self.sizes, self.batch))
 
 
 @dataclass
@@ -359,7 +375,7 @@ def peak_memory(cfg: BenchConfig, size: int) -> dict[str, dict[str, float]]:
     out = {}
     for m in tqdm(cfg.methods, desc=f"memory@{size}", disable=not cfg.progress, leave=False):
         cmd = [sys.executable, "-m", "partslib.bench", "--child-memory", m, "--sizes", str(size),
-               "--batch", str(cfg.batch), "--results-dir", cfg.results_dir, "--seed",
+               "--batch", str(cfg.batches[size]), "--results-dir", cfg.results_dir, "--seed",
                str(cfg.seed), "--threads", str(cfg.threads), "--captum-baseline",
                cfg.captum_baseline]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -438,7 +454,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     ratios_median: dict[str, float] = {}
     ratios_cpu: dict[str, float] = {}
     for size in cfg.sizes:
-        case = build_case(size, cfg.batch, cfg.results_dir, cfg.seed)
+        case = build_case(size, cfg.batches[size], cfg.results_dir, cfg.seed)
         fns = method_fns(case, cfg.methods, cfg.captum_baseline)
         wall, cpu = time_methods(fns, cfg.repeats, cfg.warmup, cfg.progress,
                                  desc=f"bench@{size}")
@@ -471,12 +487,13 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "ms_per_batch": stats["min"],
         "ms_per_batch_median": stats["median"],
         "cpu_ms_per_batch": stats["cpu_min"],
-        "images_per_s": {k: cfg.batch / (v / 1e3) for k, v in stats["min"].items()},
+        "images_per_s": {k: cfg.batches[int(k.rsplit("@", 1)[1])] / (v / 1e3)
+                         for k, v in stats["min"].items()},
         "samples_ms": samples,
         "statistic": ("top-level ratios and ms_per_batch: minimum wall time over the repeats; "
                       "ratios_median: medians; ratios_cpu / cpu_ms_per_batch: minimum process "
                       "CPU time (all threads), robust to other processes on the cores"),
-        "batch": cfg.batch, "threads": cfg.threads, "repeats": cfg.repeats,
+        "batch": {str(s): b for s, b in cfg.batches.items()}, "threads": cfg.threads, "repeats": cfg.repeats,
         "warmup": cfg.warmup, "sizes": list(cfg.sizes), "methods": list(cfg.methods),
         "captum_baseline": ("Gaussian blur k=11 sigma=5, replicate padding (computed in the "
                             "timed call)" if cfg.captum_baseline == "blur" else "0"),
@@ -499,6 +516,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     return payload
 
 
+def _batch_of(payload: dict[str, Any], size: int) -> int:
+    b = payload["batch"]
+    return b if isinstance(b, int) else b[str(size)]
+
+
 def _t4_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for size in payload["sizes"]:
@@ -506,7 +528,7 @@ def _t4_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
         for m in payload["methods"]:
             k = _key(m, size)
             ms = payload["ms_per_batch"][k]
-            rows.append({"size": size, "method": m, "batch": payload["batch"],
+            rows.append({"size": size, "method": m, "batch": _batch_of(payload, size),
                          "ms_per_batch": round(ms, 2),
                          "ms_per_batch_median": round(payload["ms_per_batch_median"][k], 2),
                          "images_per_s": round(payload["images_per_s"][k], 1),
@@ -542,7 +564,8 @@ def write_outputs(results_dir: str | os.PathLike, payload: dict[str, Any]) -> tu
 
 def format_table(payload: dict[str, Any]) -> str:
     """The T4 table and the ratios, as text."""
-    lines = [f"T4 cost: batch {payload['batch']}, {payload['threads']} threads, torch "
+    batches = ", ".join(f"{_batch_of(payload, s)} at {s}px" for s in payload["sizes"])
+    lines = [f"T4 cost: batch {batches}, {payload['threads']} threads, torch "
              f"{payload['torch']}, min of {payload['repeats']} interleaved repeats",
              f"{'size':>5} {'method':<17} {'ms/batch':>10} {'median':>10} {'img/s':>9} "
              f"{'x forward':>9} {'cpu ms':>9} {'peak MiB':>9}"]
@@ -600,7 +623,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=15, help="timed rounds per size (>= 10)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, nargs="+", default=[64],
+                   help="batch size, one for all sizes or one per size (e.g. 64 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--captum-baseline", choices=("blur", "zero"), default="blur")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method subprocesses")
@@ -618,13 +642,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.results_dir = str(find_root() / "results" / args.profile)
     if args.child_memory:
-        print(json.dumps(_child_memory(args.child_memory, args.sizes[0], args.batch,
+        print(json.dumps(_child_memory(args.child_memory, args.sizes[0], args.batch[0],
                                        args.results_dir, args.seed, args.threads,
                                        args.captum_baseline)))
         return 0
     cfg = BenchConfig(results_dir=args.results_dir, sizes=tuple(args.sizes),
                       methods=tuple(args.methods), repeats=args.repeats, warmup=args.warmup,
-                      threads=args.threads, batch=args.batch, seed=args.seed,
+                      threads=args.threads,
+                      batch=args.batch[0] if len(args.batch) == 1 else tuple(args.batch),
+                      seed=args.seed,
                       captum_baseline=args.captum_baseline, memory=not args.no_memory,
                       progress=not args.no_progress)
     payload = run_bench(cfg)
@@ -634,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ops:
         torch.set_num_threads(cfg.threads)
         for size in cfg.sizes:
-            print(profile_ops(build_case(size, cfg.batch, cfg.results_dir, cfg.seed)))
+            print(profile_ops(build_case(size, cfg.batches[size], cfg.results_dir, cfg.seed)))
     return 0
 
 

@@ -40,7 +40,7 @@ def test_payload_has_the_ratio_keys_and_metadata(payload):
         for table in ("ms_per_batch", "ms_per_batch_median", "cpu_ms_per_batch", "images_per_s"):
             assert p[table][f"{m}@{TINY}"] > 0
         assert len(p["samples_ms"][f"{m}@{TINY}"]) == 1
-    assert p["batch"] == 2 and p["threads"] == torch.get_num_threads()
+    assert p["batch"] == {str(TINY): 2} and p["threads"] == torch.get_num_threads()
     assert p["torch"] == torch.__version__
     assert p["machine"]["cpu_count"] >= 1 and "torch" in p["machine"]["versions"]
     assert p["setup"][str(TINY)]["classifier"].startswith("random")
@@ -52,7 +52,7 @@ def test_outputs_are_written_and_never_silently_overwritten(payload):
     rd, p = payload
     js, tc = bench.write_outputs(rd, p)
     first = json.loads(js.read_text())
-    assert first["batch"] == 2 and f"pdm_region_vs_forward@{TINY}" in first
+    assert first["batch"] == {str(TINY): 2} and f"pdm_region_vs_forward@{TINY}" in first
     rows = list(csv.DictReader(tc.open()))
     assert [r["method"] for r in rows] == list(bench.METHODS)
     assert {"size", "ms_per_batch", "images_per_s", "ratio_to_forward"} <= set(rows[0])
@@ -101,3 +101,14 @@ def test_bad_arguments_are_refused():
         bench.method_fns(case, captum_baseline="mean")
     with pytest.raises(ValueError, match="repeats"):
         bench.time_methods({"f": lambda: None}, repeats=0)
+
+
+def test_one_batch_per_size_or_a_clear_error(tmp_path):
+    cfg = bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=(64, 8))
+    assert cfg.batches == {32: 64, 224: 8}
+    assert bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=4).batches == \
+        {32: 4, 224: 4}
+    with pytest.raises(ValueError, match="one entry per size"):
+        bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=(64,))
+    with pytest.raises(ValueError, match=">= 1"):
+        bench.BenchConfig(results_dir=str(tmp_path), sizes=(32,), batch=0)
