@@ -710,7 +710,7 @@ print(f"quality targets met: {int((quality.met == 'yes').sum())} "
 BENCH_PARAMS = """\
 bench_sizes: list[int] = [64, 224]  # image sizes: SynthParts backbone, torchvision resnet18
 bench_repeats: int = 15  # timed rounds (every method once per round; minimum reported)
-bench_batch: int | list[int] = 64  # batch of every method: one for all sizes, or one per size
+bench_batch: list[int] = [64, 16]  # batch of every method: one per size, or one for all
 bench_memory: bool = True  # per-method peak memory in subprocesses
 """
 

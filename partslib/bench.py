@@ -100,9 +100,10 @@ class BenchConfig:
 
     def __post_init__(self):
         if not isinstance(self.batch, int):
-            object.__setattr__(self, "batch", tuple(int(b) for b in self.batch))  # frozen
-            if len(self.batch) != len(self.sizes):
-                raise ValueError(f"batch {list(self.batch)} needs one entry per size "
+            batch = tuple(int(b) for b in self.batch)
+            object.__setattr__(self, "batch", batch[0] if len(batch) == 1 else batch)  # frozen
+            if len(batch) not in (1, len(self.sizes)):
+                raise ValueError(f"batch {list(batch)} needs one entry per size "
                                  f"{list(self.sizes)} (or a single number)")
         if min(self.batches.values()) < 1:
             raise ValueError(f"batch sizes must be >= 1, got {self.batch}")
@@ -649,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = BenchConfig(results_dir=args.results_dir, sizes=tuple(args.sizes),
                       methods=tuple(args.methods), repeats=args.repeats, warmup=args.warmup,
                       threads=args.threads,
-                      batch=args.batch[0] if len(args.batch) == 1 else tuple(args.batch),
+                      batch=tuple(args.batch),
                       seed=args.seed,
                       captum_baseline=args.captum_baseline, memory=not args.no_memory,
                       progress=not args.no_progress)

@@ -2,7 +2,7 @@
 
 The rendering is a plain function, :func:`render`, that returns a matplotlib figure for one
 state (image, target class, mode) and is tested without a browser; :func:`build_explorer` only
-wires core ipywidgets (Dropdown, IntSlider, ToggleButtons, Output) to it, so it renders in
+wires core ipywidgets (IntSlider, Dropdown, HBox/VBox, Output) to it, so it renders in
 JupyterLab 4 without any custom front-end extension.
 """
 

@@ -108,7 +108,9 @@ def test_one_batch_per_size_or_a_clear_error(tmp_path):
     assert cfg.batches == {32: 64, 224: 8}
     assert bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=4).batches == \
         {32: 4, 224: 4}
+    assert bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=[4]).batches == \
+        {32: 4, 224: 4}
     with pytest.raises(ValueError, match="one entry per size"):
-        bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=(64,))
+        bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=(64, 8, 2))
     with pytest.raises(ValueError, match=">= 1"):
         bench.BenchConfig(results_dir=str(tmp_path), sizes=(32,), batch=0)
