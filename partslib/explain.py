@@ -82,22 +82,34 @@ class PartExplanation:
         return (lhs - self.score).abs() / scale.clamp_min(1e-12)
 
     def to_dataframe(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
-        """A tidy table: one row per (image, part)."""
+        """A tidy table: one row per (image, part), images in order, parts in label order."""
+        import numpy as np
+
         B, L = self.contributions.shape
-        name = (lambda k: class_names[k]) if class_names is not None else (lambda k: k)
-        rows = []
-        for b in range(B):
-            for p in range(L):
-                rows.append({
-                    "image": b, "target": name(int(self.target[b])),
-                    "contrast": None if self.contrast is None else name(int(self.contrast[b])),
-                    "mode": self.mode, "part": self.part_names[p],
-                    "contribution": float(self.contributions[b, p]),
-                    "share": float(self.shares[b, p]), "area": float(self.area[b, p]),
-                    "rank": int(self.ranking[b, p]), "score": float(self.score[b]),
-                    "bias": float(self.bias[b]),
-                })
-        return pd.DataFrame(rows)
+
+        def per_image(values: torch.Tensor) -> np.ndarray:  # [B] -> one entry per row
+            return np.repeat(values.detach().cpu().numpy(), L)
+
+        def per_row(values: torch.Tensor) -> np.ndarray:  # [B, L] -> one entry per row
+            return values.detach().cpu().reshape(-1).numpy()
+
+        def names(classes: torch.Tensor) -> list:
+            ks = per_image(classes).tolist()
+            return [class_names[k] for k in ks] if class_names is not None else ks
+
+        return pd.DataFrame({
+            "image": np.repeat(np.arange(B), L),
+            "target": names(self.target),
+            "contrast": [None] * (B * L) if self.contrast is None else names(self.contrast),
+            "mode": self.mode,
+            "part": np.tile(np.asarray(self.part_names, dtype=object), B),
+            "contribution": per_row(self.contributions).astype(float),
+            "share": per_row(self.shares).astype(float),
+            "area": per_row(self.area).astype(float),
+            "rank": per_row(self.ranking).astype(int),
+            "score": per_image(self.score).astype(float),
+            "bias": per_image(self.bias).astype(float),
+        })
 
     def __getitem__(self, i: int | slice) -> PartExplanation:
         """The explanation of image ``i`` (or a slice) as a batch of its own."""

@@ -56,6 +56,15 @@ def test_region_explanation_is_complete_and_logits_untouched(models, images):
     df = e.to_dataframe()
     assert len(df) == 6 * P1 and set(df.part) == set(NAMES)
     assert {"contribution", "share", "area", "rank", "score", "bias", "mode"} <= set(df.columns)
+    # row (image b, part p) holds the tensors' [b, p] entries
+    for b, p in [(0, 0), (2, 3), (5, P1 - 1)]:
+        row = df[(df.image == b) & (df.part == NAMES[p])].iloc[0]
+        assert row.contribution == pytest.approx(float(e.contributions[b, p]))
+        assert row.share == pytest.approx(float(e.shares[b, p]))
+        assert row.area == pytest.approx(float(e.area[b, p]))
+        assert row["rank"] == int(e.ranking[b, p]) and row.score == pytest.approx(float(e.score[b]))
+        assert row.target == int(e.target[b])
+    assert list(df.image[:P1]) == [0] * P1 and list(df.part[:P1]) == list(NAMES)
 
 
 @pytest.mark.parametrize("kwargs", [
