@@ -95,7 +95,10 @@ class BenchConfig:
     batch: int | tuple[int, ...] = 64  # one batch for every size, or one per size
     seed: int = 0
     captum_baseline: str = "blur"  # "blur" (the PDM-occlusion imputer) or "zero"
-    memory: bool = True  # per-method peak RSS in subprocesses
+    # per-method peak RSS: True / "size" = one subprocess per size, methods one after another
+    # (allocator trimmed and high-water mark reset between them); "process" = one subprocess per
+    # method; False = not measured
+    memory: bool | str = True
     progress: bool = True
 
     def __post_init__(self):
@@ -346,43 +349,50 @@ def _proc_status_mib(field: str) -> float | None:
     return None
 
 
-def _child_memory(method: str, size: int, batch: int, results_dir: str | None, seed: int,
-                  threads: int, captum_baseline: str) -> dict[str, Any]:
-    """In a fresh process: the peak RSS of two calls of ``method`` above the RSS after setup.
+def _child_memory(methods: Sequence[str], size: int, batch: int, results_dir: str | None,
+                  seed: int, threads: int, captum_baseline: str) -> dict[str, dict[str, Any]]:
+    """In a fresh process: per method, the peak RSS of two calls above the RSS before them.
 
-    The setup (models, batch, imports) can peak higher than the method itself, so the
-    high-water mark is reset after it where the kernel allows (see :func:`_reset_peak_rss`);
-    otherwise the delta is a lower bound (``reset`` False).
+    The setup (models, batch, imports) can peak higher than a method, and one method's peak
+    must not hide the next one's, so before each method the allocator hands back what it holds
+    and the high-water mark is reset (:func:`_reset_peak_rss`); where the kernel does not allow
+    that, the deltas are lower bounds (``reset`` False).
     """
     torch.set_num_threads(threads)
     case = build_case(size, batch, results_dir, seed)
-    fn = method_fns(case, [method], captum_baseline)[method]
+    fns = method_fns(case, list(methods), captum_baseline)
     setup_peak = _proc_status_mib("VmHWM") or _maxrss_mib()
-    # VmHWM, not ru_maxrss: a process started by vfork+exec (subprocess) inherits its parent's
-    # peak in ru_maxrss (the kernel keeps the larger of the pre-exec and current peaks)
-    reset = _reset_peak_rss() and _proc_status_mib("VmHWM") is not None
-    before = _proc_status_mib("VmRSS") if reset else setup_peak
-    fn()
-    fn()
-    after = _proc_status_mib("VmHWM") if reset else _maxrss_mib()
-    return {"setup_peak_mib": setup_peak, "rss_before_mib": before, "peak_mib": after,
-            "delta_mib": max(after - before, 0.0), "reset": reset}
+    out = {}
+    for method in methods:
+        # VmHWM, not ru_maxrss: a process started by vfork+exec (subprocess) inherits its
+        # parent's peak in ru_maxrss (the kernel keeps the larger of the pre-exec and current)
+        reset = _reset_peak_rss() and _proc_status_mib("VmHWM") is not None
+        before = _proc_status_mib("VmRSS") if reset else setup_peak
+        fns[method]()
+        fns[method]()
+        after = _proc_status_mib("VmHWM") if reset else _maxrss_mib()
+        out[method] = {"setup_peak_mib": setup_peak, "rss_before_mib": before,
+                       "peak_mib": after, "delta_mib": max(after - before, 0.0), "reset": reset}
+    return out
 
 
 def peak_memory(cfg: BenchConfig, size: int) -> dict[str, dict[str, float]]:
-    """Per method, the peak RSS growth over the setup in a subprocess of its own."""
+    """Per method, the peak RSS growth over the RSS before it, in one fresh subprocess per
+    size (``cfg.memory == "process"``: one per method, slower and fully isolated)."""
     from tqdm.auto import tqdm
 
+    groups = ([[m] for m in cfg.methods] if cfg.memory == "process" else [list(cfg.methods)])
     out = {}
-    for m in tqdm(cfg.methods, desc=f"memory@{size}", disable=not cfg.progress, leave=False):
-        cmd = [sys.executable, "-m", "partslib.bench", "--child-memory", m, "--sizes", str(size),
-               "--batch", str(cfg.batches[size]), "--results-dir", cfg.results_dir, "--seed",
-               str(cfg.seed), "--threads", str(cfg.threads), "--captum-baseline",
-               cfg.captum_baseline]
+    for group in tqdm(groups, desc=f"memory@{size}", disable=not cfg.progress, leave=False):
+        cmd = [sys.executable, "-m", "partslib.bench", "--child-memory", ",".join(group),
+               "--sizes", str(size), "--batch", str(cfg.batches[size]), "--results-dir",
+               cfg.results_dir, "--seed", str(cfg.seed), "--threads", str(cfg.threads),
+               "--captum-baseline", cfg.captum_baseline]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
-            raise RuntimeError(f"memory subprocess for {m}@{size} failed:\n{res.stderr[-2000:]}")
-        out[m] = json.loads(res.stdout.strip().splitlines()[-1])
+            raise RuntimeError(f"memory subprocess for {group}@{size} failed:\n"
+                               f"{res.stderr[-2000:]}")
+        out.update(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
 
 
@@ -504,9 +514,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                          "per_method_delta": {f"{m}@{s}": v["delta_mib"]
                                               for s, d in memory.items() for m, v in d.items()},
                          "per_method": memory,
-                         "note": ("per method: a fresh subprocess loads the models and batch, "
-                                  "resets its RSS high-water mark (/proc/self/clear_refs), runs "
-                                  "the method twice; delta = VmHWM after - VmRSS before")
+                         "isolation": ("one subprocess per method" if cfg.memory == "process"
+                                       else "one subprocess per size") if cfg.memory else None,
+                         "note": ("a fresh subprocess loads the models and batch; before each "
+                                  "method it trims the allocator (malloc_trim) and resets its "
+                                  "RSS high-water mark (/proc/self/clear_refs), then runs the "
+                                  "method twice; delta = VmHWM after - VmRSS before")
                          if cfg.memory else "per-method memory not measured (--no-memory)"},
         "stage_seconds": _stage_seconds(Path(cfg.results_dir)),
         "machine": {**_machine(), "loadavg_start": load0,
@@ -629,6 +642,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--captum-baseline", choices=("blur", "zero"), default="blur")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method subprocesses")
+    p.add_argument("--memory-per-process", action="store_true",
+                   help="one subprocess per method for peak memory (default: one per size)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--ops", action="store_true",
                    help="also print torch.profiler op tables of forward and pdm_region")
@@ -643,7 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.results_dir = str(find_root() / "results" / args.profile)
     if args.child_memory:
-        print(json.dumps(_child_memory(args.child_memory, args.sizes[0], args.batch[0],
+        print(json.dumps(_child_memory(args.child_memory.split(","), args.sizes[0], args.batch[0],
                                        args.results_dir, args.seed, args.threads,
                                        args.captum_baseline)))
         return 0
@@ -652,7 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       threads=args.threads,
                       batch=tuple(args.batch),
                       seed=args.seed,
-                      captum_baseline=args.captum_baseline, memory=not args.no_memory,
+                      captum_baseline=args.captum_baseline,
+                      memory=False if args.no_memory else
+                      ("process" if args.memory_per_process else True),
                       progress=not args.no_progress)
     payload = run_bench(cfg)
     js, tc = write_outputs(cfg.results_dir, payload)
