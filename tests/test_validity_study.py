@@ -364,3 +364,15 @@ def test_no_correct_image_gives_an_empty_table():
                                  methods=["pdm-region-soft", "random"])
     assert len(t2) == 2 and (t2.n_images == 0).all() and t2.spearman.isna().all()
     assert len(ex.sanity) == 0
+
+
+def test_headline_best_pdm_mode_leaves_out_the_basis_rule():
+    """pdm-basis reads no PDM map (its numbers are IBD's): it never counts as the best PDM mode."""
+    rows = [("pdm-region-soft", 0.5, 0.3), ("pdm-occlusion", 0.9, 0.6), ("pdm-basis", 0.95, 0.2),
+            ("ibd", 0.95, 0.2), ("random", 0.5, 0.0)]
+    t2 = pd.DataFrame([{"method": m, "operator": "blur", "decisive": d, "spearman": s,
+                        "decisive_ceiling": 0.8} for m, d, s in rows])
+    out = vs.headline(t2, reference="blur")
+    assert out["best_pdm_mode"] == "pdm-occlusion" and out["best_pdm_decisive"] == 0.9
+    assert out["pdm_region_spearman"] == 0.3 and out["ibd_spearman"] == 0.2
+    assert out["decisive_ceiling"] == 0.8
