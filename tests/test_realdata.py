@@ -473,6 +473,16 @@ def test_pascal_part_bad_file_is_named(tmp_path):
         PascalPartDataset(tmp_path / "JPEGImages", tmp_path / "Annotations_Part")
 
 
+def test_photo_and_mask_of_different_sizes_name_both_files(tmp_path):
+    _write_pascal_part(tmp_path)
+    Image.fromarray(_rgb(21, 24)).save(tmp_path / "JPEGImages" / "2008_000001.jpg")  # 1 row more
+    ds = PascalPartDataset(tmp_path / "JPEGImages", tmp_path / "Annotations_Part")
+    with pytest.raises(ValueError, match=r"2008_000001.mat.*\(20, 24\).*2008_000001.jpg.*\(21, 24\)"):
+        ds[0]
+    with pytest.raises(IndexError, match="out of range"):
+        ds[1]
+
+
 # =============================================================================== COCO parts
 
 # pycocotools.mask.encode of the masks below (checked once against pycocotools 2.0.11)

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .folder import IGNORE_INDEX, MAX_PARTS, ConversionResult, write_folder
-from .images import PathLike, Size, load_image, resize_image, resize_mask
+from .images import PathLike, Size, part_sample
 
 #: Category names treated as background rather than as a part.
 BACKGROUND_CATEGORY_NAMES = ("_background_", "background")
@@ -287,16 +287,7 @@ class CocoPartsDataset(Dataset):
         return mask
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        path = self.image_path(index)
-        image = load_image(path)
-        mask = torch.from_numpy(self.part_mask(index))
-        if mask.shape != image.shape[1:]:
-            raise ValueError(f"{path}: image is {tuple(image.shape[1:])} but {self.annotations_json} says {tuple(mask.shape)}")
-        if self.size is not None:
-            image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
-        return {"image": image, "mask": mask, "label": self.labels[index], "index": index, "name": self.names[index]}
+        return part_sample(self, index, self.annotations_json)
 
 
 def _dataset_samples(ds: CocoPartsDataset, split: str | None, skipped: dict[str, str]):

@@ -168,3 +168,24 @@ def read_mask(path: PathLike) -> np.ndarray:
             return np.asarray(img).astype(np.int64)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read mask ({err})") from err
+
+
+def part_sample(dataset, index: int, mask_source: str | None = None) -> dict:
+    """One item of a part-annotated photo dataset: the photo, its part mask, class and name.
+
+    ``dataset`` provides ``image_path(i)``, ``part_mask(i)`` (``[H, W]`` uint8 numpy), ``labels``,
+    ``names`` and ``size`` (``None`` keeps the photo's size). A mask whose size differs from the
+    photo's is an error naming ``mask_source`` (the annotation file) and the photo.
+    """
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"index {index} out of range for {len(dataset)} samples")
+    path = dataset.image_path(index)
+    image = load_image(path)
+    mask = torch.from_numpy(dataset.part_mask(index))
+    if mask.shape != image.shape[1:]:
+        raise ValueError(f"{mask_source or path}: the part mask is {tuple(mask.shape)} but "
+                         f"{path.name} is {tuple(image.shape[1:])}")
+    if dataset.size is not None:
+        image, mask = resize_image(image, dataset.size), resize_mask(mask, dataset.size)
+    return {"image": image, "mask": mask, "label": dataset.labels[index], "index": index,
+            "name": dataset.names[index]}

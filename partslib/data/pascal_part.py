@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .folder import MAX_PARTS, ConversionResult, write_folder
-from .images import PathLike, Size, load_image, resize_image, resize_mask
+from .images import PathLike, Size, part_sample
 
 #: The 20 PASCAL VOC classes, ``class_ind`` 1..20.
 PASCAL_VOC_CLASSES = (
@@ -173,16 +173,7 @@ class PascalPartDataset(Dataset):
         return mask
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        path = self.image_path(index)
-        image = load_image(path)
-        mask = torch.from_numpy(self.part_mask(index))
-        if mask.shape != image.shape[1:]:
-            raise ValueError(f"{self._files[index]}: masks are {tuple(mask.shape)} but {path.name} is {tuple(image.shape[1:])}")
-        if self.size is not None:
-            image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
-        return {"image": image, "mask": mask, "label": self.labels[index], "index": index, "name": self.names[index]}
+        return part_sample(self, index, self._files[index])
 
 
 def pascal_part_to_folder(
