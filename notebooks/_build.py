@@ -455,11 +455,10 @@ Mean contribution of each part to the logit of the predicted class, over correct
 images, by class. The decisive parts of each class's signature should stand out.
 """),
         code("""
-df = e.to_dataframe(test.class_names)
-df["correct"] = correct[df["image"].to_numpy()].numpy()
+from partslib.explain import part_class_table
+
+df, part_class = part_class_table(e, test.class_names, correct)
 df.to_csv(out_dir / "contributions.csv", index=False)
-part_class = (df[df.correct].pivot_table(index="part", columns="target", values="contribution")
-              .reindex(index=test.part_names, columns=test.class_names))
 part_class.to_csv(out_dir / "part_class.csv")
 part_class.round(2)
 """),

@@ -289,11 +289,10 @@ test photos, by class. With the viewpoint classes, the front parts should carry 
 back parts "back"; "side" has no defining part (see the T2 section for the choice made).
 '''),
         code('''
-df = e.to_dataframe(data.class_names)
-df["correct"] = correct[df["image"].to_numpy()].numpy()
+from partslib.explain import part_class_table
+
+df, part_class = part_class_table(e, data.class_names, correct)
 df.to_csv(out_dir / "contributions.csv", index=False)
-part_class = (df[df.correct].pivot_table(index="part", columns="target", values="contribution")
-              .reindex(index=data.part_names, columns=data.class_names))
 part_class.to_csv(out_dir / "part_class.csv")
 part_class.round(2)
 '''),

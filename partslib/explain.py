@@ -27,7 +27,7 @@ from partslib.models import ContractClassifier, check_images
 from partslib.pdm import PartsDetectionModule
 
 __all__ = ["PartExplanation", "PartExplainer", "explain", "region_contributions",
-           "resolve_targets", "MODES"]
+           "resolve_targets", "part_class_table", "MODES"]
 
 MODES = ("region", "occlusion")
 
@@ -289,3 +289,21 @@ def explain(classifier: ContractClassifier, pdm: PartsDetectionModule, images: t
             target=None, part_names: Sequence[str] | None = None, **kwargs) -> PartExplanation:
     """Functional form of :class:`PartExplainer` (see there for the arguments)."""
     return PartExplainer(classifier, pdm, part_names)(images, target=target, **kwargs)
+
+
+def part_class_table(explanation: PartExplanation, class_names: Sequence[str],
+                     correct: torch.Tensor) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy table of ``explanation`` with a ``correct`` column, and the part × class table.
+
+    Returns ``(df, part_class)``: ``df`` is :meth:`PartExplanation.to_dataframe` plus whether
+    each image was classified correctly (``correct``: bool ``[B]``); ``part_class`` holds the
+    mean contribution of each part (rows, in label order) to each target class (columns, in
+    ``class_names`` order) over the correctly classified images (NaN where a class has none).
+    """
+    if len(correct) != len(explanation):
+        raise ValueError(f"correct has {len(correct)} entries for {len(explanation)} images")
+    df = explanation.to_dataframe(class_names)
+    df["correct"] = correct.detach().cpu().bool().numpy()[df["image"].to_numpy()]
+    part_class = (df[df.correct].pivot_table(index="part", columns="target", values="contribution")
+                  .reindex(index=explanation.part_names, columns=list(class_names)))
+    return df, part_class

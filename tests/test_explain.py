@@ -184,3 +184,20 @@ def test_fused_pdm_matches_and_leaves_original(models, images):
         feats = clf.features(images)
         a, b = pdm(feats, clf.normalise(images)), fused(feats, clf.normalise(images))
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_part_class_table_averages_correct_images_per_target(models, images):
+    from partslib.explain import part_class_table
+
+    clf, pdm = models
+    e = PartExplainer(clf, pdm, NAMES)(images, target=torch.tensor([0, 1, 1, 2, 2, 2]))
+    correct = torch.tensor([True, True, False, True, True, False])
+    classes = [f"c{k}" for k in range(clf.num_classes)]
+    df, table = part_class_table(e, classes, correct)
+    assert list(df.correct[::P1]) == correct.tolist()
+    assert list(table.index) == list(NAMES) and list(table.columns) == classes
+    assert table.loc[NAMES[1], "c2"] == pytest.approx(float(e.contributions[[3, 4], 1].mean()))
+    assert table.loc[NAMES[0], "c1"] == pytest.approx(float(e.contributions[1, 0]))
+    assert table["c3"].isna().all()  # no image explained for class 3
+    with pytest.raises(ValueError, match="5 entries for 6 images"):
+        part_class_table(e, classes, correct[:5])
