@@ -87,8 +87,16 @@ class ContractClassifier(nn.Module):
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage features by name, shallow to deep. The default runs ``self.stem`` on the
+        normalised input, then the stage modules (attributes named as ``stage_names``) in order;
+        a model of another shape overrides it."""
+        out = OrderedDict()
+        h = self.stem(self.normalise(x))
+        for name in self.stage_names:
+            h = getattr(self, name)(h)
+            out[name] = h
+        return out
 
     def head(self, a: torch.Tensor) -> torch.Tensor:
         """Logits from the final feature map ``A`` ``[B,C,h,w]``: ``fc(mean_u A(u))``."""
@@ -143,14 +151,6 @@ class SmallResNet(ContractClassifier):
         self.stage_strides = {n: 2 ** (i + 1) for i, n in enumerate(self.stage_names)}
         self.fc = nn.Linear(cin, num_classes)
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = OrderedDict()
-        h = self.stem(self.normalise(x))
-        for name in self.stage_names:
-            h = getattr(self, name)(h)
-            out[name] = h
-        return out
-
     def config(self) -> dict:
         return {"arch": "small_resnet", "num_classes": self.num_classes,
                 "widths": list(self.widths), "input_size": self.input_size[0]}
@@ -203,14 +203,6 @@ class TorchvisionResNet(ContractClassifier):
                                zip(self.stage_names, (64, 128, 256, 512))}
         self.stage_strides = dict(zip(self.stage_names, (4, 8, 16, 32)))
         self.fc = net.fc
-
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = OrderedDict()
-        h = self.stem(self.normalise(x))
-        for name in self.stage_names:
-            h = getattr(self, name)(h)
-            out[name] = h
-        return out
 
     def config(self) -> dict:
         return {"arch": "torchvision", "tv_arch": self.arch, "num_classes": self.num_classes,
