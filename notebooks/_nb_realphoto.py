@@ -9,24 +9,23 @@
 ``_build.py`` registers both in its ``NOTEBOOKS``: ``python notebooks/_build.py`` writes them with
 the others.
 
-The cell helpers are repeated here (not imported from ``_build``) so that ``_build`` can import
-this module without an import cycle.
+The cell helpers come from ``_build`` when a cell is made (never at import time, so ``_build``
+can import this module).
 """
 
 from __future__ import annotations
 
-from nbformat.v4 import new_code_cell, new_markdown_cell
-
 
 def md(text: str):
-    return new_markdown_cell(text.strip("\n"))
+    from _build import md as _md
+
+    return _md(text)
 
 
 def code(text: str, tags: tuple[str, ...] = ()):
-    cell = new_code_cell(text.strip("\n"))
-    if tags:
-        cell.metadata["tags"] = list(tags)
-    return cell
+    from _build import code as _code
+
+    return _code(text, tags)
 
 
 RUN_PARAMS = '''\
