@@ -29,8 +29,12 @@ classes and a PDM ``for_classifier(clf, 6, widths=[128, 64, 32])``, both with ra
 Other sizes (tests) use a random SmallResNet below 128 pixels, a random resnet18 from 128 up.
 
 Peak memory: ``ru_maxrss`` of the benchmark process, and per method the peak RSS (``VmHWM``, the
-counter behind ``ru_maxrss``) above the RSS after setup, in a fresh subprocess whose high-water
-mark is reset after the setup (a high-water mark can only measure a method alone).
+counter behind ``ru_maxrss``) of two calls above the RSS just before them, in a fresh subprocess
+per size that loads the models once and, before each method, trims the allocator and resets the
+high-water mark (``--memory-per-process``: a subprocess per method, slower, fully isolated).
+
+The batch can differ by size (``--batch 64 8``: 64 at 64 px, 8 at 224 px, as the default study
+runs it): every method of a size explains the same batch, so the ratios stay like for like.
 
 Run ``python -m partslib.bench --profile default``; writes ``results/<profile>/bench.json`` and
 ``t4.csv`` (an existing pair is kept as ``bench.previous.json`` / ``t4.previous.csv``).
@@ -504,7 +508,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "statistic": ("top-level ratios and ms_per_batch: minimum wall time over the repeats; "
                       "ratios_median: medians; ratios_cpu / cpu_ms_per_batch: minimum process "
                       "CPU time (all threads), robust to other processes on the cores"),
-        "batch": {str(s): b for s, b in cfg.batches.items()}, "threads": cfg.threads, "repeats": cfg.repeats,
+        "batch": {str(s): b for s, b in cfg.batches.items()}, "threads": cfg.threads,
+        "repeats": cfg.repeats,
         "warmup": cfg.warmup, "sizes": list(cfg.sizes), "methods": list(cfg.methods),
         "captum_baseline": ("Gaussian blur k=11 sigma=5, replicate padding (computed in the "
                             "timed call)" if cfg.captum_baseline == "blur" else "0"),
