@@ -64,19 +64,25 @@ def test_outputs_are_written_and_never_silently_overwritten(payload):
     assert "pdm_region" in bench.format_table(p)
 
 
-def test_cli_with_per_method_memory(tmp_path, capsys):
-    """The command line, including the per-method ru_maxrss subprocesses."""
+@pytest.mark.parametrize("isolation", ["per size", "per method"])
+def test_cli_with_per_method_memory(tmp_path, capsys, isolation):
+    """The command line, including the peak-memory subprocesses (one per size or per method)."""
     threads = torch.get_num_threads()
+    extra = ["--memory-per-process"] if isolation == "per method" else []
     try:
         rc = bench.main(["--results-dir", str(tmp_path), "--sizes", str(TINY), "--batch", "2",
                          "--repeats", "1", "--warmup", "0", "--threads", str(threads),
-                         "--methods", "forward", "pdm_region", "--no-progress"])
+                         "--methods", "forward", "pdm_region", "--no-progress", *extra])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     p = json.loads((tmp_path / "bench.json").read_text())
     assert set(p["peak_rss_mib"]["per_method_delta"]) == {f"forward@{TINY}",
                                                           f"pdm_region@{TINY}"}
+    assert p["peak_rss_mib"]["isolation"] == f"one subprocess {isolation}"
+    for m in ("forward", "pdm_region"):
+        row = p["peak_rss_mib"]["per_method"][str(TINY)][m]
+        assert row["peak_mib"] >= row["rss_before_mib"] or not row["reset"]
     assert p["stage_seconds"] is None  # no timings.json in this folder
     assert "pdm_region_vs_forward" in capsys.readouterr().out
 
