@@ -24,8 +24,8 @@ test: ## package tests and the nbval regression of the notebooks (what CI runs)
 lab: ## open the notebooks in JupyterLab
 	scripts/bootstrap.sh jupyter lab notebooks/
 
-notebooks: ## rebuild notebooks/*.ipynb from notebooks/_build.py
-	scripts/bootstrap.sh python notebooks/_build.py
+notebooks: ## write notebooks/*.ipynb from their jupytext sources notebooks/NN_*.py
+	scripts/bootstrap.sh python scripts/notebooks.py
 
 nb-reference: ## re-execute the smoke profile into tests/nb_reference/ (after a deliberate change)
 	scripts/study.sh smoke --reference

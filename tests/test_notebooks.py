@@ -13,6 +13,7 @@ same code as notebooks/, same parameters as profiles/smoke.yaml. Regenerate them
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,10 +40,35 @@ def _code(nb) -> list[str]:
             and "injected-parameters" not in c.metadata.get("tags", [])]
 
 
-def test_built_notebooks_match_their_source():
-    done = subprocess.run([sys.executable, str(NOTEBOOKS / "_build.py"), "--check"],
+def test_notebook_pairs_are_in_sync():
+    """Every notebooks/NN_name.ipynb is exactly what its jupytext source NN_name.py renders to
+    (no outputs, stable ids): an edit to one file of a pair without the other fails here."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "notebooks.py"), "--check"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_notebook_pair_check_catches_an_edit(tmp_path, monkeypatch):
+    """The sync check is not vacuous: a changed cell in a source makes it report the pair."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nbsync", ROOT / "scripts" / "notebooks.py")
+    nbsync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nbsync)
+    src = NOTEBOOKS / "01_data.py"
+    (tmp_path / src.name).write_text(src.read_text() + "\n# %%\nprint('edited')\n")
+    ipynb = tmp_path / "01_data.ipynb"
+    ipynb.write_text(src.with_suffix(".ipynb").read_text())
+    monkeypatch.setattr(nbsync, "NOTEBOOKS", tmp_path)
+    assert nbsync.check() == ["01_data.ipynb differs from 01_data.py (cells differ)"]
+    os.utime(ipynb, (1, 1))  # the source is newer: the .ipynb is rewritten from it
+    assert nbsync.write() == 0
+    assert nbsync.check() == []
+    # an .ipynb edited after its source is kept, and the write says so
+    ipynb.write_text(ipynb.read_text().replace("edited", "edited in the notebook"))
+    os.utime(tmp_path / src.name, (1, 1))
+    assert nbsync.write() == 1
+    assert "edited in the notebook" in ipynb.read_text()
 
 
 @pytest.mark.parametrize("path", _study_notebooks(), ids=lambda p: p.stem)

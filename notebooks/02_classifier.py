@@ -1,0 +1,134 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · The classifier
+#
+# Trains the CNN whose decisions the study explains: a ResNet with the *feature contract* of
+# `partslib.models` (named stage features, global average pooling, linear head), so that
+# `logit_k = w_k · mean_u A(u) + b_k` holds exactly. Training is `partslib.training.fit`
+# (AdamW with a one-cycle schedule); the checkpoint `results_dir/checkpoints/classifier.pt` is
+# written atomically after every epoch, and a rerun with the same configuration resumes from it
+# (or just loads it when training had finished). Later notebooks load the trained model with
+# `pipeline.load_classifier(results_dir)`.
+#
+# Outputs: `results_dir/classifier/` (`metrics.json`, `params.json`, `history.json`,
+# `confusion_matrix.csv`, `learning_curves.png`, `confusion.png`).
+
+# %% tags=["parameters"]
+# Parameters: papermill overrides these; the defaults are the default profile's.
+profile: str = "interactive"  # study profile; the runner sets it
+results_dir: str = "../results/interactive"  # run folder (the runner passes an absolute path)
+data_dir: str = "../data"  # cache of generated SynthParts splits
+seed: int = 0  # global seed: torch, numpy, random
+threads: int = 2  # torch CPU threads (CPU results depend on the thread count)
+progress: bool = True  # progress bars (off in headless runs)
+image_size: int = 64  # SynthParts image side, pixels
+train_seed: int = 0  # stream seed of the training split
+n_train: int = 5000  # training images
+test_seed: int = 1  # stream seed of the test split (a disjoint stream)
+n_test: int = 1000  # test images
+device: str = "cpu"  # "cpu" or "cuda"
+arch: str = "small_resnet"  # "small_resnet" or a torchvision ResNet name ("resnet18", ...)
+widths: list[int] = [24, 48, 96]  # SmallResNet stage widths (ignored for torchvision ResNets)
+epochs: int = 14  # training epochs
+lr: float = 0.003  # peak learning rate of the one-cycle schedule
+weight_decay: float = 0.0001  # AdamW weight decay
+batch_size: int = 128  # training batch size
+resume: bool = True  # resume from / reuse a checkpoint of the same configuration
+
+# %%
+import pandas as pd
+from partslib import pipeline, viz
+
+pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
+viz.set_style()
+params = dict(
+    profile=profile,
+    results_dir=results_dir,
+    data_dir=data_dir,
+    seed=seed,
+    threads=threads,
+    progress=progress,
+    image_size=image_size,
+    train_seed=train_seed,
+    n_train=n_train,
+    test_seed=test_seed,
+    n_test=n_test,
+    device=device,
+    arch=arch,
+    widths=widths,
+    epochs=epochs,
+    lr=lr,
+    weight_decay=weight_decay,
+    batch_size=batch_size,
+    resume=resume,
+)
+out_dir = pipeline.stage_dir(results_dir, "classifier")
+pipeline.write_params(out_dir, params);
+
+# %% [markdown]
+# ## Data
+#
+# The splits of notebook 01 (generated here if that notebook has not run).
+
+# %%
+train, test = pipeline.load_splits(
+    data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
+    test_seed=test_seed, n_test=n_test, progress=progress)
+print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
+
+# %% [markdown]
+# ## Train
+#
+# No augmentation: SynthParts already randomises colour, position, scale and flip.
+
+# %%
+model, metrics, history = pipeline.train_classifier(
+    train, test, results_dir=results_dir, arch=arch, widths=widths, epochs=epochs, lr=lr,
+    weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device, resume=resume,
+    progress=progress)
+pipeline.write_json(out_dir / "history.json", history)
+print(f"{metrics['epochs_trained']} epoch(s) trained in {metrics['train_seconds']:.1f} s, "
+      f"{metrics['num_parameters']:,} parameters")
+
+# %% [markdown]
+# ## Learning curves
+#
+# Test loss and accuracy are recorded after every epoch for the curves only; nothing is selected on
+# them (no early stopping), so the final test accuracy stays an unbiased estimate.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_history(history)
+viz.save_figure(fig, out_dir / "learning_curves.png");
+
+# %% [markdown]
+# ## Evaluation
+#
+# Accuracy, balanced accuracy (mean per-class recall) and the confusion matrix on the test split.
+# Classes that share a pattern on different parts (stripes-head / stripes-body, dots-tail /
+# dots-body) are the ones a model that ignores *where* the pattern is would confuse.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_confusion(metrics["confusion_matrix"], test.class_names)
+viz.save_figure(fig, out_dir / "confusion.png");
+
+# %%
+confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.class_names,
+                         columns=test.class_names)
+confusion.to_csv(out_dir / "confusion_matrix.csv")
+pipeline.write_metrics(out_dir, metrics);
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"test accuracy: {metrics['test_accuracy']:.3f}")
+print(f"balanced accuracy: {metrics['balanced_accuracy']:.3f}")
+print(f"train accuracy: {metrics['train_accuracy']:.3f}")
+print(f"final train loss: {metrics['final_train_loss']:.3f}")

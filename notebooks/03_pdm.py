@@ -1,0 +1,141 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · The Parts Detection Module
+#
+# The PDM (SPEC §3) locates the parts the explanations are about. It is a top-down decoder on the
+# **frozen** classifier's stage features: start from the last stage, then repeatedly upsample ×2,
+# merge a 1×1 projection of the matching earlier stage, and apply 3×3 conv–BN–ReLU; a 1×1 conv
+# gives background + P part logits, resized to the image. Its heavy work runs at low resolution,
+# so explaining an image costs little more than classifying it (benchmark in notebook 07).
+#
+# The classifier's stage features are computed **once** and the decoder trains on them with the
+# same training loop as the classifier (`partslib.training.fit`); the classifier's weights and
+# predictions are untouched, which this notebook checks.
+#
+# Outputs: `results_dir/pdm/` (`metrics.json`, `iou.csv`, `history.json`, figures) and
+# `results_dir/checkpoints/pdm.pt`.
+
+# %% tags=["parameters"]
+# Parameters: papermill overrides these; the defaults are the default profile's.
+profile: str = "interactive"  # study profile; the runner sets it
+results_dir: str = "../results/interactive"  # run folder (the runner passes an absolute path)
+data_dir: str = "../data"  # cache of generated SynthParts splits
+seed: int = 0  # global seed: torch, numpy, random
+threads: int = 2  # torch CPU threads (CPU results depend on the thread count)
+progress: bool = True  # progress bars (off in headless runs)
+image_size: int = 64  # SynthParts image side, pixels
+train_seed: int = 0  # stream seed of the training split
+n_train: int = 5000  # training images
+test_seed: int = 1  # stream seed of the test split (a disjoint stream)
+n_test: int = 1000  # test images
+pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
+pdm_epochs: int = 14  # PDM training epochs (on features computed once)
+pdm_lr: float = 0.005  # peak learning rate
+pdm_batch_size: int = 16  # batch size
+pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow
+pdm_image_width: int = 0  # channels of a full-resolution image step; 0 disables it
+pdm_separable: bool = False  # depthwise-separable decoder blocks
+device: str = "cpu"  # "cpu" or "cuda"
+resume: bool = True  # resume from / reuse a checkpoint of the same configuration
+
+# %%
+import pandas as pd
+from partslib import pipeline, viz
+
+pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
+viz.set_style()
+params = dict(
+    profile=profile,
+    results_dir=results_dir,
+    data_dir=data_dir,
+    seed=seed,
+    threads=threads,
+    progress=progress,
+    image_size=image_size,
+    train_seed=train_seed,
+    n_train=n_train,
+    test_seed=test_seed,
+    n_test=n_test,
+    pdm_n_train=pdm_n_train,
+    pdm_epochs=pdm_epochs,
+    pdm_lr=pdm_lr,
+    pdm_batch_size=pdm_batch_size,
+    pdm_widths=pdm_widths,
+    pdm_image_width=pdm_image_width,
+    pdm_separable=pdm_separable,
+    device=device,
+    resume=resume,
+)
+out_dir = pipeline.stage_dir(results_dir, "pdm")
+pipeline.write_params(out_dir, params);
+
+# %%
+train, test = pipeline.load_splits(
+    data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
+    test_seed=test_seed, n_test=n_test, progress=progress)
+print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
+
+# %%
+classifier = pipeline.load_classifier(results_dir, device=device)
+pdm, metrics, history = pipeline.train_pdm(
+    classifier, train, test, results_dir=results_dir, n_train=pdm_n_train, epochs=pdm_epochs,
+    lr=pdm_lr, batch_size=pdm_batch_size, widths=pdm_widths, image_width=pdm_image_width,
+    separable=pdm_separable, seed=seed, resume=resume, progress=progress, device=device)
+pipeline.write_json(out_dir / "history.json", history)
+print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train_seconds']:.1f} s")
+
+# %% [markdown]
+# ## Learning curve
+#
+# Training loss, and the test mIoU on 500 images after each epoch (recorded for the curve only;
+# nothing is selected on it).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_history(history)
+viz.save_figure(fig, out_dir / "learning_curve.png");
+
+# %% [markdown]
+# ## Accuracy of the part maps
+#
+# Per-part IoU on the whole test split, summed over the dataset before dividing (the
+# segmentation convention), and the mean over parts (mIoU, background included).
+
+# %%
+iou = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("iou/")}
+iou_table = pd.DataFrame({"IoU": iou}).T
+iou_table.to_csv(out_dir / "iou.csv")
+iou_table.round(3)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+fig = viz.plot_iou(iou)
+viz.save_figure(fig, out_dir / "iou.png");
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from partslib.pdm import segment
+
+x = test.images[:6]
+pred = segment(classifier, pdm, x).argmax(1)  # on the classifier's device, returned on the CPU
+fig = viz.plot_segmentations(x, {"ground truth": test.masks[:6], "PDM": pred}, test.part_names)
+viz.save_figure(fig, out_dir / "segmentations.png");
+
+# %%
+confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.part_names,
+                         columns=test.part_names)
+confusion.to_csv(out_dir / "confusion_matrix.csv")
+pipeline.write_metrics(out_dir, metrics);
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print(f"PDM test mIoU: {metrics['miou']:.3f}")
+print("per-part IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in iou.items()))
+print(f"classifier unchanged by the PDM: {metrics['classifier_unchanged']}")
