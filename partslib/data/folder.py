@@ -21,9 +21,10 @@ import csv
 import io
 import shutil
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,11 +47,11 @@ CLASSES_HEADERS = (["image", "class"], ["image", "class", "split"])
 __all__ = [
     "IGNORE_INDEX",
     "MAX_PARTS",
-    "Problem",
-    "FolderSample",
     "ConversionResult",
-    "validate_folder",
     "FolderDataset",
+    "FolderSample",
+    "Problem",
+    "validate_folder",
     "write_folder",
 ]
 
@@ -75,7 +76,7 @@ class FolderSample(NamedTuple):
     """
 
     name: str
-    image: Union[np.ndarray, Image.Image, PathLike]
+    image: np.ndarray | Image.Image | PathLike
     mask: np.ndarray
     class_name: str
     split: str | None = None
@@ -93,20 +94,25 @@ class ConversionResult:
 # ----------------------------------------------------------------------------- reading csv
 
 
-def _read_csv(path: Path, headers: Sequence[Sequence[str]], problems: list[Problem]) -> list[dict[str, str]] | None:
-    """Rows of a csv whose header is one of ``headers``; appends problems and returns None if unusable."""
+def _read_csv(
+    path: Path, headers: Sequence[Sequence[str]], problems: list[Problem]
+) -> list[dict[str, str]] | None:
+    """Rows of a csv whose header is one of ``headers``.
+
+    Appends what is wrong to ``problems``, and returns None when the file is unusable.
+    """
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         problems.append(Problem(path, f"not UTF-8 text ({err})"))
         return None
     rows = list(csv.reader(io.StringIO(text)))
+    expected = " or ".join(",".join(h) for h in headers)
     if not rows:
-        problems.append(Problem(path, "empty file (expected header " + " or ".join(",".join(h) for h in headers) + ")"))
+        problems.append(Problem(path, f"empty file (expected header {expected})"))
         return None
     header = [h.strip() for h in rows[0]]
     if header not in [list(h) for h in headers]:
-        expected = " or ".join(",".join(h) for h in headers)
         problems.append(Problem(path, f"bad header {','.join(rows[0])!r}, expected {expected!r}"))
         return None
     out = []
@@ -114,7 +120,9 @@ def _read_csv(path: Path, headers: Sequence[Sequence[str]], problems: list[Probl
         if not row or all(not c.strip() for c in row):
             continue
         if len(row) != len(header):
-            problems.append(Problem(path, f"line {line_no}: expected {len(header)} fields, got {len(row)}"))
+            problems.append(
+                Problem(path, f"line {line_no}: expected {len(header)} fields, got {len(row)}")
+            )
             continue
         out.append({k: v.strip() for k, v in zip(header, row)} | {"_line": str(line_no)})
     return out
@@ -142,7 +150,10 @@ def _read_parts(root: Path, problems: list[Problem]) -> tuple[list[str] | None, 
             ok = False
             continue
         if not 1 <= pid <= MAX_PARTS:
-            problems.append(Problem(path, f"line {line}: id {pid} out of range 1..{MAX_PARTS} (0 = background, 255 = ignore)"))
+            problems.append(Problem(
+                path,
+                f"line {line}: id {pid} out of range 1..{MAX_PARTS} (0 = background, 255 = ignore)",
+            ))
             ok = False
             continue
         if not row["name"]:
@@ -153,7 +164,11 @@ def _read_parts(root: Path, problems: list[Problem]) -> tuple[list[str] | None, 
             ok = False
             continue
         if row["name"] in seen_names:
-            problems.append(Problem(path, f"line {line}: duplicate part name {row['name']!r} (also id {seen_names[row['name']]})"))
+            problems.append(Problem(
+                path,
+                f"line {line}: duplicate part name {row['name']!r} "
+                f"(also id {seen_names[row['name']]})",
+            ))
             ok = False
         seen_names[row["name"]] = pid
         names[pid] = row["name"]
@@ -163,14 +178,15 @@ def _read_parts(root: Path, problems: list[Problem]) -> tuple[list[str] | None, 
         ok = False
     if not ok:
         return None, set(names)
-    return ["background"] + [names[i] for i in range(1, len(names) + 1)], set(names)
+    return ["background", *(names[i] for i in range(1, len(names) + 1))], set(names)
 
 
 def _read_class_names(root: Path, problems: list[Problem]) -> list[str] | None:
     path = root / "class_names.txt"
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    names = [line.strip() for line in lines if line.strip()]
     for name, count in Counter(names).items():
         if count > 1:
             problems.append(Problem(path, f"duplicate class name {name!r}"))
@@ -189,10 +205,14 @@ def _list_images(root: Path, problems: list[Problem]) -> dict[str, Path]:
         if path.name.startswith("."):
             continue
         if path.is_dir() or path.suffix.lower() not in IMAGE_EXTENSIONS:
-            problems.append(Problem(path, f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})"))
+            problems.append(
+                Problem(path, f"not an image file (expected {', '.join(IMAGE_EXTENSIONS)})")
+            )
             continue
         if path.stem in images:
-            problems.append(Problem(path, f"duplicate image name {path.stem!r} (also {images[path.stem].name})"))
+            problems.append(
+                Problem(path, f"duplicate image name {path.stem!r} (also {images[path.stem].name})")
+            )
             continue
         images[path.stem] = path
     return images
@@ -204,11 +224,15 @@ def _image_key(value: str) -> str:
     return p.stem if p.suffix.lower() in IMAGE_EXTENSIONS else value
 
 
-def _read_classes(root: Path, images: dict[str, Path], problems: list[Problem]) -> dict[str, tuple[str, str | None]] | None:
+def _read_classes(
+    root: Path, images: dict[str, Path], problems: list[Problem]
+) -> dict[str, tuple[str, str | None]] | None:
     """image name -> (class, split) from classes.csv."""
     path = root / "classes.csv"
     if not path.is_file():
-        problems.append(Problem(path, "missing (expected header 'image,class' or 'image,class,split')"))
+        problems.append(
+            Problem(path, "missing (expected header 'image,class' or 'image,class,split')")
+        )
         return None
     rows = _read_csv(path, CLASSES_HEADERS, problems)
     if rows is None:
@@ -227,10 +251,16 @@ def _read_classes(root: Path, images: dict[str, Path], problems: list[Problem]) 
             continue
         split = row.get("split") or None
         if "split" in row and split not in SPLITS:
-            problems.append(Problem(path, f"line {line}: image {name!r} has split {row['split']!r}, expected one of {SPLITS}"))
+            problems.append(Problem(
+                path,
+                f"line {line}: image {name!r} has split {row['split']!r}, "
+                f"expected one of {SPLITS}",
+            ))
             continue
         if name not in images:
-            problems.append(Problem(path, f"line {line}: image {name!r} is listed but images/{name}.* does not exist"))
+            problems.append(Problem(
+                path, f"line {line}: image {name!r} is listed but images/{name}.* does not exist"
+            ))
         table[name] = (row["class"], split)
     return table
 
@@ -258,7 +288,10 @@ def validate_folder(root: PathLike) -> list[Problem]:
         known = set(class_names)
         for name, (cls, _) in classes.items():
             if cls not in known:
-                problems.append(Problem(root / "classes.csv", f"image {name!r} has class {cls!r} not in class_names.txt"))
+                problems.append(Problem(
+                    root / "classes.csv",
+                    f"image {name!r} has class {cls!r} not in class_names.txt",
+                ))
 
     allowed = None if part_ids is None else part_ids | {BACKGROUND_INDEX, IGNORE_INDEX}
     masks_dir = root / "masks"
@@ -285,7 +318,8 @@ def validate_folder(root: PathLike) -> list[Problem]:
         if size is not None and mask.shape != (size[1], size[0]):
             problems.append(Problem(
                 mask_path,
-                f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but image {image_path.name} is {size[1]}x{size[0]}",
+                f"mask is {mask.shape[0]}x{mask.shape[1]} (HxW) "
+                f"but image {image_path.name} is {size[1]}x{size[0]}",
             ))
         if allowed is not None:
             unknown = sorted(set(np.unique(mask).tolist()) - allowed)
@@ -301,6 +335,14 @@ def validate_folder(root: PathLike) -> list[Problem]:
             elif mask_path.stem not in images:
                 problems.append(Problem(mask_path, "mask has no image in images/"))
     return problems
+
+
+def _invalid_folder(root: Path, problems: Sequence[Problem]) -> ValueError:
+    """The error for a folder that has problems; it lists every one."""
+    listing = "\n".join(f"  - {p}" for p in problems)
+    return ValueError(
+        f"{root}: not a valid partslib folder ({len(problems)} problems):\n{listing}"
+    )
 
 
 def _reason(err: Exception) -> str:
@@ -332,27 +374,41 @@ class FolderDataset(Dataset):
             asked for but classes.csv has no split column.
     """
 
-    def __init__(self, root: PathLike, size: Size | None = None, split: str | None = None, validate: bool = True):
+    def __init__(
+        self,
+        root: PathLike,
+        size: Size | None = None,
+        split: str | None = None,
+        validate: bool = True,
+    ):
         self.root = Path(root)
         self.size = size
         problems = validate_folder(self.root) if validate else []
-        if not problems:
-            part_names, _ = _read_parts(self.root, problems)
-            images = _list_images(self.root, problems)
-            classes = _read_classes(self.root, images, problems)
-            class_names = _read_class_names(self.root, problems)
         if problems:
-            listing = "\n".join(f"  - {p}" for p in problems)
-            raise ValueError(f"{self.root}: not a valid partslib folder ({len(problems)} problems):\n{listing}")
+            raise _invalid_folder(self.root, problems)
+        part_names, _ = _read_parts(self.root, problems)
+        images = _list_images(self.root, problems)
+        classes = _read_classes(self.root, images, problems)
+        class_names = _read_class_names(self.root, problems)
+        # part_names and classes are None only when a problem was found
+        if problems or part_names is None or classes is None:
+            raise _invalid_folder(self.root, problems)
         if split is not None:
             if split not in SPLITS:
                 raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
             if any(s is None for _, s in classes.values()):
-                raise ValueError(f"{self.root / 'classes.csv'}: split={split!r} asked for but not every row has a split")
+                raise ValueError(
+                    f"{self.root / 'classes.csv'}: split={split!r} asked for "
+                    "but not every row has a split"
+                )
         self.part_names: list[str] = part_names
-        self.class_names: list[str] = class_names if class_names is not None else sorted({c for c, _ in classes.values()})
+        self.class_names: list[str] = (
+            class_names if class_names is not None else sorted({c for c, _ in classes.values()})
+        )
         index = {c: i for i, c in enumerate(self.class_names)}
-        self.names: list[str] = sorted(n for n, (_, s) in classes.items() if n in images and (split is None or s == split))
+        self.names: list[str] = sorted(
+            n for n, (_, s) in classes.items() if n in images and (split is None or s == split)
+        )
         self.labels: list[int] = [index[classes[n][0]] for n in self.names]
         self._images = images
 
@@ -367,11 +423,16 @@ class FolderDataset(Dataset):
         mask_path = self.root / "masks" / f"{name}.png"
         mask = torch.from_numpy(read_mask(mask_path))
         if mask.shape != image.shape[1:]:
-            raise ValueError(f"{mask_path}: mask is {tuple(mask.shape)} but the image is {tuple(image.shape[1:])}")
+            raise ValueError(
+                f"{mask_path}: mask is {tuple(mask.shape)} "
+                f"but the image is {tuple(image.shape[1:])}"
+            )
         if self.size is not None:
             image = resize_image(image, self.size)
             mask = resize_mask(mask, self.size)
-        return {"image": image, "mask": mask, "label": self.labels[index], "index": index, "name": name}
+        return {
+            "image": image, "mask": mask, "label": self.labels[index], "index": index, "name": name,
+        }
 
 
 # ----------------------------------------------------------------------------- writing
@@ -379,7 +440,9 @@ class FolderDataset(Dataset):
 
 def _check_name(name: str) -> None:
     if not name or name != Path(name).name or name.startswith(".") or "," in name:
-        raise ValueError(f"sample name {name!r} must be a plain file name without '/', ',' or a leading '.'")
+        raise ValueError(
+            f"sample name {name!r} must be a plain file name without '/', ',' or a leading '.'"
+        )
 
 
 def _prepare_root(root: Path, overwrite: bool) -> None:
@@ -387,7 +450,9 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         raise ValueError(f"{root}: exists and is not a directory")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
-            raise ValueError(f"{root}: folder is not empty; pass overwrite=True to replace its partslib content")
+            raise ValueError(
+                f"{root}: folder is not empty; pass overwrite=True to replace its partslib content"
+            )
         for sub in ("images", "masks"):
             if (root / sub).is_dir():
                 shutil.rmtree(root / sub)
@@ -408,11 +473,18 @@ def _write_image(image, dst_stem: Path) -> tuple[Path, tuple[int, int]]:
         shutil.copyfile(src, dst)
         return dst, (h, w)
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
-            raise ValueError(f"{dst_stem.name}: image array must be uint8 [H, W], [H, W, 3] or [H, W, 4], got {image.dtype} {image.shape}")
+        channels_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))
+        if image.dtype != np.uint8 or not channels_ok:
+            raise ValueError(
+                f"{dst_stem.name}: image array must be uint8 [H, W], [H, W, 3] or [H, W, 4], "
+                f"got {image.dtype} {image.shape}"
+            )
         image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
-        raise ValueError(f"{dst_stem.name}: image must be a uint8 array, a PIL image or a file path, got {type(image).__name__}")
+        raise ValueError(
+            f"{dst_stem.name}: image must be a uint8 array, a PIL image or a file path, "
+            f"got {type(image).__name__}"
+        )
     dst = dst_stem.with_suffix(".png")
     image.save(dst)
     return dst, (image.height, image.width)
@@ -450,7 +522,9 @@ def write_folder(
     if part_names and part_names[0] == "background":
         raise ValueError("part_names lists parts 1..P; do not include 'background'")
     if len(part_names) > MAX_PARTS:
-        raise ValueError(f"{len(part_names)} parts; the folder format holds at most {MAX_PARTS} (255 = ignore)")
+        raise ValueError(
+            f"{len(part_names)} parts; the folder format holds at most {MAX_PARTS} (255 = ignore)"
+        )
     for label, names in (("part", part_names), ("class", class_names)):
         dup = [n for n, c in Counter(names).items() if c > 1]
         if dup or any(not n or "\n" in n for n in names):
@@ -473,14 +547,22 @@ def write_folder(
             raise ValueError(f"sample {s.name!r}: split {s.split!r} is not one of {SPLITS}")
         mask = np.asarray(s.mask)
         if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
-            raise ValueError(f"sample {s.name!r}: mask must be an integer array [H, W], got {mask.dtype} {mask.shape}")
+            raise ValueError(
+                f"sample {s.name!r}: mask must be an integer array [H, W], "
+                f"got {mask.dtype} {mask.shape}"
+            )
         bad = np.setdiff1d(np.unique(mask), allowed)
         if bad.size:
-            raise ValueError(f"sample {s.name!r}: mask values {bad[:10].tolist()} are not 0, 255 or part ids 1..{len(part_names)}")
+            raise ValueError(
+                f"sample {s.name!r}: mask values {bad[:10].tolist()} "
+                f"are not 0, 255 or part ids 1..{len(part_names)}"
+            )
         image_path, hw = _write_image(s.image, root / "images" / s.name)
         if mask.shape != hw:
             image_path.unlink()
-            raise ValueError(f"sample {s.name!r}: mask is {mask.shape} but the image is {hw} (H, W)")
+            raise ValueError(
+                f"sample {s.name!r}: mask is {mask.shape} but the image is {hw} (H, W)"
+            )
         Image.fromarray(mask.astype(np.uint8), mode="L").save(root / "masks" / f"{s.name}.png")
         rows.append((s.name, s.class_name, s.split))
 
