@@ -35,14 +35,14 @@ from scipy.sparse.linalg import spsolve
 
 __all__ = [
     "IGNORE_INDEX",
+    "FillRemover",
+    "GaussianBlurFill",
+    "MeanFill",
+    "NoisyLinearImputer",
     "RemovalOperator",
     "Remover",
-    "FillRemover",
-    "MeanFill",
-    "GaussianBlurFill",
-    "NoisyLinearImputer",
-    "removal_mask",
     "check_removal_inputs",
+    "removal_mask",
 ]
 
 IGNORE_INDEX = 255  # label of unannotated pixels, shared with the part segmenter's losses

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 __all__ = [
     "confusion_matrix",
-    "part_iou",
     "mean_iou",
-    "pointing_game",
     "netdissect_iou",
+    "part_iou",
+    "pointing_game",
     "relevance_mass",
 ]
 

@@ -39,17 +39,17 @@ from partslib.removal import RemovalOperator
 __all__ = [
     "ORDER_PAD",
     "SCORES",
-    "completeness_error",
-    "removal_effects",
-    "RemovalAgreement",
-    "removal_agreement",
-    "claimed_order",
-    "random_order",
-    "deletion_curve",
-    "deletion_auc",
-    "decisive_part_accuracy",
-    "cascading_randomisation",
     "RandomExplainer",
+    "RemovalAgreement",
+    "cascading_randomisation",
+    "claimed_order",
+    "completeness_error",
+    "decisive_part_accuracy",
+    "deletion_auc",
+    "deletion_curve",
+    "random_order",
+    "removal_agreement",
+    "removal_effects",
     "spearman",
 ]
 
@@ -295,9 +295,12 @@ def removal_agreement(claimed: torch.Tensor, effects: torch.Tensor, present: tor
             nae = float(np.abs(ci - di).mean() / scale[i])
         rows.append((int(n[i]), rho, top, nae))
     df = pd.DataFrame(rows, columns=["n_present", "spearman", "top_part", "norm_abs_error"])
-    summary = {col: (float(np.nanmean(df[col])) if df[col].notna().any() else math.nan)
-               for col in ("spearman", "top_part", "norm_abs_error")}
-    summary["n_images"] = float(df["spearman"].notna().sum())
+    summary: dict[str, float] = {}
+    for col in ("spearman", "top_part", "norm_abs_error"):
+        values = df[col].to_numpy(dtype=np.float64)
+        known = ~np.isnan(values)
+        summary[col] = float(np.nanmean(values)) if known.any() else math.nan
+    summary["n_images"] = float((~np.isnan(df["spearman"].to_numpy(dtype=np.float64))).sum())
     return RemovalAgreement(per_image=df, summary=summary)
 
 
@@ -476,10 +479,10 @@ def _reinitialise(module: nn.Module) -> list[str]:
     for m in module.modules():
         if isinstance(m, nn.modules.batchnorm._NormBase):
             m.reset_parameters()  # running stats to (0, 1) and affine to (1, 0): stays finite
-        elif hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-        elif hasattr(m, "_reset_parameters"):  # e.g. nn.MultiheadAttention
-            m._reset_parameters()
+        elif callable(reset := getattr(m, "reset_parameters", None)):
+            reset()
+        elif callable(reset := getattr(m, "_reset_parameters", None)):  # nn.MultiheadAttention
+            reset()
         else:
             continue
         covered.update(id(p) for p in m.parameters(recurse=False))
