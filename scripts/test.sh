@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Package tests, then the nbval regression of the smoke-profile reference notebooks.
+# Lint (ruff, pyright), package tests, then the nbval regression of the smoke-profile reference
+# notebooks. Every step runs; the script fails when any of them failed.
 # Extra arguments go to the package tests' pytest (e.g. scripts/test.sh -k study -x).
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
@@ -7,6 +8,11 @@ cd "$ROOT"
 # One thread everywhere: CPU results depend on the thread count (pytorch/pytorch#88718).
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONHASHSEED=0 MPLBACKEND=Agg
 set +e
+echo "== lint: ruff check, pyright (basic)"
+"$VENV/bin/ruff" check partslib tests scripts notebooks
+status_ruff=$?
+"$VENV/bin/pyright"
+status_pyright=$?
 echo "== package tests: pytest tests/"
 "$PY" -m pytest tests/ -q "$@"
 status_pkg=$?
@@ -15,7 +21,9 @@ echo "== notebook regression: nbval on tests/nb_reference (smoke profile)"
     tests/nb_reference
 status_nb=$?
 set -e
-if [ $status_pkg -ne 0 ] || [ $status_nb -ne 0 ]; then
-    echo "FAILED: package tests exit $status_pkg, notebook regression exit $status_nb" >&2
+if [ $status_pkg -ne 0 ] || [ $status_nb -ne 0 ] || [ $status_ruff -ne 0 ] \
+        || [ $status_pyright -ne 0 ]; then
+    echo "FAILED: ruff exit $status_ruff, pyright exit $status_pyright, package tests exit" \
+        "$status_pkg, notebook regression exit $status_nb" >&2
     exit 1
 fi
