@@ -635,6 +635,44 @@ def _concept_groups(sizes: Sequence[int], channels: int, budget: int) -> list[li
     return groups
 
 
+def _check_training_inputs(
+    feats: Tensor,
+    labels: Tensor,
+    concepts: Sequence[int],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+) -> tuple[int, ...]:
+    """Checks the arguments of ``train_concept_classifiers``; returns the concept ids."""
+    _check_ndim(feats, 4, "features", "(N, C, h, w)")
+    n, _, h, w = feats.shape
+    multi_label = labels.dtype == torch.bool
+    if multi_label:
+        ok = labels.ndim == 4 and labels.shape[0] == n and labels.shape[2:] == (h, w)
+    else:
+        ok = labels.shape == (n, h, w)
+    if not ok:
+        raise ValueError(
+            f"grid_labels must have shape (N, h, w) = {(n, h, w)}, or bool (N, L, h, w), "
+            f"to match features {tuple(feats.shape)}; got {tuple(labels.shape)} ({labels.dtype})"
+        )
+    if not multi_label and labels.dtype.is_floating_point:
+        raise ValueError(
+            f"grid_labels must hold integer label ids (or bool one-hot), got dtype {labels.dtype}"
+        )
+    concept_ids = tuple(int(c) for c in concepts)
+    if not concept_ids:
+        raise ValueError("concepts must name at least one label id, got an empty sequence")
+    if len(set(concept_ids)) != len(concept_ids):
+        raise ValueError(f"concepts must be distinct, got {list(concept_ids)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    return concept_ids
+
+
 def train_concept_classifiers(
     features: Tensor | np.ndarray,
     grid_labels: Tensor | np.ndarray,
@@ -670,32 +708,8 @@ def train_concept_classifiers(
     """
     feats = _as_tensor(features, "features")
     labels = _as_tensor(grid_labels, "grid_labels")
-    _check_ndim(feats, 4, "features", "(N, C, h, w)")
-    n, channels, h, w = feats.shape
-    multi_label = labels.dtype == torch.bool
-    if multi_label:
-        ok = labels.ndim == 4 and labels.shape[0] == n and labels.shape[2:] == (h, w)
-    else:
-        ok = labels.shape == (n, h, w)
-    if not ok:
-        raise ValueError(
-            f"grid_labels must have shape (N, h, w) = {(n, h, w)}, or bool (N, L, h, w), "
-            f"to match features {tuple(feats.shape)}; got {tuple(labels.shape)} ({labels.dtype})"
-        )
-    if not multi_label and labels.dtype.is_floating_point:
-        raise ValueError(
-            f"grid_labels must hold integer label ids (or bool one-hot), got dtype {labels.dtype}"
-        )
-    concept_ids = tuple(int(c) for c in concepts)
-    if not concept_ids:
-        raise ValueError("concepts must name at least one label id, got an empty sequence")
-    if len(set(concept_ids)) != len(concept_ids):
-        raise ValueError(f"concepts must be distinct, got {list(concept_ids)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    concept_ids = _check_training_inputs(feats, labels, concepts, epochs, lr, batch_size)
+    channels = feats.shape[1]
     positives, allowed = _concept_masks(labels, concept_ids)
     empty = [c for c, p in zip(concept_ids, positives) if not p.any()]
     if empty:

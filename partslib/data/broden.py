@@ -275,6 +275,22 @@ def _folder_name(image: str) -> str:
     return str(Path(image).with_suffix("")).replace("\\", "/").replace("/", "__")
 
 
+def _image_classes(ds: BrodenDataset, class_category: str) -> list[str | None]:
+    """Per image the class name of ``broden_to_folder`` (None: no label of the category)."""
+    classes: list[str | None] = []
+    for i in range(len(ds)):
+        if class_category in ds.image_categories:
+            entries = ds._rows[i].entries[class_category]
+            number = int(entries[0]) if entries else 0
+        else:
+            counts = Counter(ds.read_planes(i, class_category).ravel().tolist())
+            counts.pop(0, None)
+            number = min(counts, key=lambda n: (-counts[n], n)) if counts else 0
+        known = 0 < number < len(ds.labels) and ds.labels[number]
+        classes.append(ds.label_names[number] if known else None)
+    return classes
+
+
 def broden_to_folder(
     root: PathLike,
     out_root: PathLike,
@@ -319,18 +335,7 @@ def broden_to_folder(
     dup = {n for n, c in Counter(names).items() if c > 1}
     part_names = [f"{n}-{num}" if n in dup else n for n, num in zip(names, part_labels)]
     lut_size = max(len(ds.labels), max(part_labels, default=0) + 1)
-
-    classes: list[str | None] = []
-    for i in range(len(ds)):
-        if class_category in ds.image_categories:
-            entries = ds._rows[i].entries[class_category]
-            number = int(entries[0]) if entries else 0
-        else:
-            counts = Counter(ds.read_planes(i, class_category).ravel().tolist())
-            counts.pop(0, None)
-            number = min(counts, key=lambda n: (-counts[n], n)) if counts else 0
-        known = 0 < number < len(ds.labels) and ds.labels[number]
-        classes.append(ds.label_names[number] if known else None)
+    classes = _image_classes(ds, class_category)
     class_names = sorted({c for c in classes if c is not None})
     skipped: dict[str, str] = {}
 

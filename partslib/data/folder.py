@@ -566,6 +566,14 @@ def write_folder(
         Image.fromarray(mask.astype(np.uint8), mode="L").save(root / "masks" / f"{s.name}.png")
         rows.append((s.name, s.class_name, s.split))
 
+    _write_tables(root, rows, part_names, class_names)
+    return root
+
+
+def _write_tables(root: Path, rows: Sequence[tuple[str, str, str | None]],
+                  part_names: Sequence[str], class_names: Sequence[str]) -> None:
+    """parts.csv, classes.csv (with a split column when the samples have splits) and
+    class_names.txt."""
     splits = {r[2] for r in rows}
     if None in splits and len(splits) > 1:
         raise ValueError("either every sample has a split or none has")
@@ -579,4 +587,3 @@ def write_folder(
         writer.writerow(CLASSES_HEADERS[1] if has_split else CLASSES_HEADERS[0])
         writer.writerows(r if has_split else r[:2] for r in rows)
     (root / "class_names.txt").write_text("".join(f"{c}\n" for c in class_names), encoding="utf-8")
-    return root

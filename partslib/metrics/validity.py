@@ -498,6 +498,18 @@ def _to_cpu(x: torch.Tensor | None) -> torch.Tensor | None:
     return None if x is None else x.detach().double().cpu()
 
 
+def _check_module_names(model: nn.Module, module_names: Sequence[str]) -> list[str]:
+    names = list(module_names)
+    if not names:
+        raise ValueError("module_names_top_down must name at least one module")
+    for name in names:
+        try:
+            model.get_submodule(name)
+        except AttributeError as e:
+            raise ValueError(f"model has no submodule {name!r}") from e
+    return names
+
+
 def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[str],
                             explain_fn: ExplainFn, images: torch.Tensor,
                             targets: torch.Tensor, seed: int = 0,
@@ -525,15 +537,8 @@ def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[st
         images ignoring NaN (``spearman_maps`` is NaN when ``explain_fn`` gives no maps).
         ``df.attrs`` records the seed and the module order.
     """
-    names = list(module_names_top_down)
-    if not names:
-        raise ValueError("module_names_top_down must name at least one module")
+    names = _check_module_names(model, module_names_top_down)
     work = copy.deepcopy(model)
-    for name in names:
-        try:
-            work.get_submodule(name)
-        except AttributeError as e:
-            raise ValueError(f"model has no submodule {name!r}") from e
     B = images.shape[0]
     _check_targets(targets, B)
     if present is not None:
