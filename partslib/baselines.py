@@ -41,12 +41,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from partslib.explain import PartExplainer, region_contributions, resolve_targets
+from partslib.explain import resolve_targets
 from partslib.ibd import (
     ConceptClassifiers,
     IBDDecomposition,
@@ -60,7 +59,7 @@ from partslib.ibd import (
 )
 from partslib.metrics import relevance_mass
 from partslib.models import ContractClassifier, check_images
-from partslib.pdm import PartsDetectionModule, extract_features
+from partslib.pdm import extract_features
 
 __all__ = [
     "CAM_METHODS",

@@ -24,7 +24,12 @@ from partslib.explain.core import (
     runner_up,
     segment_parts,
 )
-from partslib.explain.explanation import PartExplanation, paint, part_areas, part_class_table
+from partslib.explain.explanation import (
+    PartExplanation,
+    paint,
+    part_areas,
+    part_class_table,
+)
 from partslib.explain.registry import (
     METHODS,
     REGISTRY,
