@@ -156,8 +156,11 @@ class PDMSegmenter:
     name = "pdm"
 
     def __init__(self, pdm: PartsDetectionModule, fuse: bool = True):
-        if not isinstance(pdm, PartsDetectionModule):
-            raise TypeError(f"pdm must be a PartsDetectionModule, got {type(pdm).__name__}")
+        missing = [a for a in ("num_labels", "stages", "input_size", "image_proj", "fused")
+                   if not hasattr(pdm, a)]
+        if missing:
+            raise TypeError(f"pdm must be a PartsDetectionModule (or have its {missing}), got "
+                            f"{type(pdm).__name__}")
         self.source = pdm
         self.pdm = pdm.eval().fused().to(memory_format=torch.channels_last) if fuse else pdm
         self.num_labels = pdm.num_labels
@@ -200,8 +203,11 @@ class IBDLinearSegmenter:
 
 
 def as_segmenter(parts: PartsDetectionModule | Segmenter) -> Segmenter:
-    """A PDM is wrapped in a :class:`PDMSegmenter`; a segmenter is returned as is."""
-    return PDMSegmenter(parts) if isinstance(parts, PartsDetectionModule) else parts
+    """A PDM (any module with the PDM's interface) is wrapped in a :class:`PDMSegmenter`; a
+    segmenter is returned as is."""
+    if isinstance(parts, torch.nn.Module):
+        return PDMSegmenter(parts)  # type: ignore[arg-type]
+    return parts
 
 
 # ---------------------------------------------------------------------------- context

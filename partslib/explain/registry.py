@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from partslib.explain.core import (
@@ -96,8 +97,8 @@ class Method:
         if src is None:
             raise ValueError(f"method {self.name!r} draws its parts from {self.maps}: pass "
                              f"{self.maps}=...")
-        if isinstance(src, (PDMSegmenter, IBDLinearSegmenter)):
-            return src
+        if not isinstance(src, torch.nn.Module) and hasattr(src, "check"):
+            return src  # a built segmenter
         return PDMSegmenter(src) if self.maps == "pdm" else IBDLinearSegmenter(src)
 
     def build(self, classifier: ContractClassifier, pdm: Any = None, ibd: Any = None, *,
@@ -105,10 +106,17 @@ class Method:
               fast: bool = False) -> PartExplainer:
         """A :class:`PartExplainer` running this method (``pdm`` may be a built
         :class:`PDMSegmenter`, to share its fused copy between explainers)."""
+        _check_ibd(classifier, ibd)
         seg = self.segmenter(pdm, ibd)
         rule = self.rule(Models(classifier, pdm, ibd, seed, fast))
         return PartExplainer(classifier, seg, part_names, rule=rule,
                              contrastive=self.contrastive, name=self.name)
+
+
+def _check_ibd(classifier: ContractClassifier, ibd: Any) -> None:
+    if ibd is not None and getattr(ibd, "classifier", classifier) is not classifier:
+        raise ValueError("ibd was fitted to another classifier object: pass the same classifier "
+                         "(IBD's decomposition is of that classifier's weights)")
 
 
 _BLUR_NOTE = "its claim is the blur counterfactual on PDM masks: against 'blur' it is nearly " \
@@ -166,6 +174,7 @@ def explain_methods(classifier: ContractClassifier, images: Tensor, methods: Ite
     the methods on one part map run from one context per batch."""
     names = list(methods)
     entries = [get_method(n) for n in names]
+    _check_ibd(classifier, ibd)
     segs: dict[str, Segmenter] = {}
     groups: dict[str, dict[str, tuple[Rule, bool]]] = {}
     models = Models(classifier, pdm, ibd, seed, fast)
