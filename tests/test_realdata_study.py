@@ -235,7 +235,8 @@ def test_explain_photo_any_mode_and_orientation(tiny_run, tmp_path):
     assert (rot - up).abs().mean() < 0.03
     assert (e_rot.labels == e_up.labels).float().mean() > 0.9
     e_occ, _ = rs.explain_photo(explainer, files["gray"], mode="occlusion", target=1)
-    assert int(e_occ.target) == 1 and e_occ.mode.startswith("occlusion")
+    assert int(e_occ.target) == 1 and e_occ.mode == "pdm-occlusion"
+    assert e_occ.rule.startswith("occlusion:")
 
 
 # ----------------------------------------------------------------------- data preparation
