@@ -19,7 +19,8 @@ from PIL import Image
 
 from partslib import realdata_study as rs
 from partslib.data.folder import FolderDataset, write_folder
-from partslib.data.prepare import ccp_outfit, ensure_dataset, main as prepare_main, prepare_ccp
+from partslib.data.prepare import ccp_outfit, ensure_dataset, prepare_ccp
+from partslib.data.prepare import main as prepare_main
 from partslib.explain import PartExplainer
 
 SHARED = Path(os.environ.get("PARTSLIB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
