@@ -19,7 +19,7 @@ from partslib import viz
 from partslib.explain import PartExplainer
 from partslib.explain.registry import REGISTRY, Models, get_method
 
-__all__ = ["ExplorerState", "EXPLORER_MODES", "explain_state", "render", "build_explorer"]
+__all__ = ["EXPLORER_MODES", "ExplorerState", "build_explorer", "explain_state", "render"]
 
 # registry name -> display name: the methods on PDM parts in logit units (the explorer has the
 # classifier and the PDM only)

@@ -105,7 +105,7 @@ def test_a_batch_equals_image_by_image(models, images, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_inputs_untouched_no_hooks_left_and_deterministic(models, images, method):
-    clf, pdm, ibd = models
+    clf, pdm, _ = models
     x = images.clone()
     target = torch.tensor([2, 0, 1, 0])
     t = target.clone()

@@ -19,26 +19,26 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from partslib.explain import PartExplainer, explain_methods, fused_features  # noqa: E402
-from partslib.explain.registry import METHODS  # noqa: E402
-from partslib.metrics import (  # noqa: E402
+from partslib.explain import PartExplainer, explain_methods, fused_features
+from partslib.explain.registry import METHODS
+from partslib.metrics import (
     claimed_order,
     deletion_curve,
     random_order,
     removal_effects,
 )
-from partslib.models import ContractClassifier, SmallResNet  # noqa: E402
-from partslib.removal import FillRemover, GaussianBlurFill, MeanFill  # noqa: E402
-from partslib.studies import validity as vs  # noqa: E402
-from partslib.studies.removal_cache import RemovalCache, region_gap  # noqa: E402
-from partslib.studies.validity_text import (  # noqa: E402
+from partslib.models import ContractClassifier, SmallResNet
+from partslib.removal import FillRemover, GaussianBlurFill, MeanFill
+from partslib.studies import validity as vs
+from partslib.studies.removal_cache import RemovalCache, region_gap
+from partslib.studies.validity_text import (
     ablation_table,
     headline,
     metrics_dict,
@@ -282,7 +282,7 @@ def test_removal_cache_reproduces_the_reference_metrics():
 
 def test_registry_methods_match_the_part_explainer():
     model, pdm = LinearModel().eval(), OraclePDM()
-    x, labels, _ = make_data(6, seed=4)
+    x, _, _ = make_data(6, seed=4)
     k = torch.tensor([0, 1, 0, 1, 0, 1])
     ex = explain_methods(model, x, ["pdm-region-soft", "pdm-occlusion",
                                     "pdm-occlusion-contrastive"], pdm=pdm, target=k)

@@ -56,7 +56,7 @@ if sys.argv and sys.argv[0] == "-m":  # `python -m partslib.bench`, before torch
     # time of the thread the others wait for (partslib.study sets the same for its kernels)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from partslib.bench.cases import (  # noqa: E402
+from partslib.bench.cases import (
     DEFAULT_SIZES,
     EXPLAINERS,
     METHODS,
@@ -65,10 +65,10 @@ from partslib.bench.cases import (  # noqa: E402
     build_case,
     method_fns,
 )
-from partslib.bench.cli import main  # noqa: E402
-from partslib.bench.memory import peak_memory  # noqa: E402
-from partslib.bench.outputs import format_table, write_outputs  # noqa: E402
-from partslib.bench.timing import (  # noqa: E402
+from partslib.bench.cli import main
+from partslib.bench.memory import peak_memory
+from partslib.bench.outputs import format_table, write_outputs
+from partslib.bench.timing import (
     REFERENCE,
     SUBJECT,
     TARGETS,
@@ -78,6 +78,23 @@ from partslib.bench.timing import (  # noqa: E402
     time_methods,
 )
 
-__all__ = ["METHODS", "EXPLAINERS", "REFERENCES", "DEFAULT_SIZES", "REFERENCE", "SUBJECT",
-           "TARGETS", "BenchConfig", "BenchCase", "build_case", "method_fns", "time_methods",
-           "run_bench", "peak_memory", "write_outputs", "format_table", "profile_ops", "main"]
+__all__ = [
+    "DEFAULT_SIZES",
+    "EXPLAINERS",
+    "METHODS",
+    "REFERENCE",
+    "REFERENCES",
+    "SUBJECT",
+    "TARGETS",
+    "BenchCase",
+    "BenchConfig",
+    "build_case",
+    "format_table",
+    "main",
+    "method_fns",
+    "peak_memory",
+    "profile_ops",
+    "run_bench",
+    "time_methods",
+    "write_outputs",
+]

@@ -14,7 +14,7 @@ from partslib.explain.registry import get_method
 from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet
 from partslib.pdm import PartsDetectionModule
 
-__all__ = ["METHODS", "EXPLAINERS", "REFERENCES", "BenchCase", "build_case", "method_fns"]
+__all__ = ["EXPLAINERS", "METHODS", "REFERENCES", "BenchCase", "build_case", "method_fns"]
 
 #: Registry explainers timed, and the benchmark-only references (not explainers of the registry)
 EXPLAINERS = ("pdm-region-soft", "ibd", "pdm-occlusion")

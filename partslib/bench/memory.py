@@ -18,7 +18,7 @@ from partslib.bench.cases import build_case, method_fns
 if TYPE_CHECKING:
     from partslib.bench.timing import BenchConfig
 
-__all__ = ["peak_memory", "child_memory"]
+__all__ = ["child_memory", "peak_memory"]
 
 
 def _maxrss_mib(who: int = resource.RUSAGE_SELF) -> float:

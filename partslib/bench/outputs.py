@@ -9,7 +9,7 @@ from typing import Any
 
 from partslib.bench.timing import REFERENCE, _key
 
-__all__ = ["write_outputs", "format_table"]
+__all__ = ["format_table", "write_outputs"]
 
 
 def _batch_of(payload: dict[str, Any], size: int) -> int:

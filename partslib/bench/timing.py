@@ -25,8 +25,15 @@ from partslib.bench.cases import (
 from partslib.bench.memory import _maxrss_mib, peak_memory
 from partslib.explain.registry import get_method
 
-__all__ = ["BenchConfig", "REFERENCE", "SUBJECT", "TARGETS", "time_methods", "run_bench",
-           "profile_ops"]
+__all__ = [
+    "REFERENCE",
+    "SUBJECT",
+    "TARGETS",
+    "BenchConfig",
+    "profile_ops",
+    "run_bench",
+    "time_methods",
+]
 
 REFERENCE = "forward"
 SUBJECT = "pdm-region-soft"
@@ -67,7 +74,7 @@ class BenchConfig:
     def batches(self) -> dict[int, int]:
         """The batch of each size (every method of a size explains the same batch)."""
         if isinstance(self.batch, int):
-            return {s: self.batch for s in self.sizes}
+            return dict.fromkeys(self.sizes, self.batch)
         return dict(zip(self.sizes, self.batch))
 
 

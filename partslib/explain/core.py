@@ -43,10 +43,26 @@ from partslib.explain.explanation import (
 from partslib.models import ContractClassifier, check_images
 from partslib.pdm import PartsDetectionModule
 
-__all__ = ["PartExplanation", "PartExplainer", "ExplainContext", "Segmenter", "PDMSegmenter",
-           "IBDLinearSegmenter", "as_segmenter", "segment_parts", "explain",
-           "region_contributions", "resolve_targets", "runner_up", "part_areas",
-           "part_class_table", "paint", "FinalFeatures", "fused_features", "MODES"]
+__all__ = [
+    "MODES",
+    "ExplainContext",
+    "FinalFeatures",
+    "IBDLinearSegmenter",
+    "PDMSegmenter",
+    "PartExplainer",
+    "PartExplanation",
+    "Segmenter",
+    "as_segmenter",
+    "explain",
+    "fused_features",
+    "paint",
+    "part_areas",
+    "part_class_table",
+    "region_contributions",
+    "resolve_targets",
+    "runner_up",
+    "segment_parts",
+]
 
 MODES = ("region", "occlusion")
 Targets = int | Sequence[int] | Tensor | None
@@ -123,7 +139,7 @@ def fused_features(classifier: ContractClassifier) -> Callable[[Tensor], Tensor]
     plain = FinalFeatures(classifier).eval()
     try:
         fast = fuse(plain).to(memory_format=torch.channels_last).eval()
-    except Exception:  # noqa: BLE001 - untraceable model: the plain one is correct, only slower
+    except Exception:
         return plain
     return fast
 

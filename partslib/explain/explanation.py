@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-__all__ = ["PartExplanation", "part_areas", "paint", "part_class_table"]
+__all__ = ["PartExplanation", "paint", "part_areas", "part_class_table"]
 
 
 @dataclass

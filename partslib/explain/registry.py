@@ -40,8 +40,17 @@ from partslib.explain.rules import (
 )
 from partslib.models import ContractClassifier
 
-__all__ = ["Method", "Models", "REGISTRY", "METHODS", "get_method", "methods_needing",
-           "explain_methods", "BLUR_KERNEL", "BLUR_SIGMA"]
+__all__ = [
+    "BLUR_KERNEL",
+    "BLUR_SIGMA",
+    "METHODS",
+    "REGISTRY",
+    "Method",
+    "Models",
+    "explain_methods",
+    "get_method",
+    "methods_needing",
+]
 
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's blur substrate (evaluation.md §2.1)
 

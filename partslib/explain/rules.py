@@ -29,8 +29,15 @@ from torch import Tensor
 
 from partslib.explain.core import ExplainContext, region_contributions
 
-__all__ = ["Rule", "RuleResult", "RegionRule", "OcclusionRule", "IBDBasisRule",
-           "HeatmapMassRule", "RandomRule"]
+__all__ = [
+    "HeatmapMassRule",
+    "IBDBasisRule",
+    "OcclusionRule",
+    "RandomRule",
+    "RegionRule",
+    "Rule",
+    "RuleResult",
+]
 
 
 @dataclass(frozen=True)

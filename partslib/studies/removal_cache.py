@@ -22,7 +22,7 @@ from partslib.explain.core import FinalFeatures, fused_features
 from partslib.models import ContractClassifier
 from partslib.removal import IGNORE_INDEX, RemovalOperator
 
-__all__ = ["RemovalCache", "region_gap", "margin", "FinalFeatures", "fused_features"]
+__all__ = ["FinalFeatures", "RemovalCache", "fused_features", "margin", "region_gap"]
 
 
 def margin(logits: Tensor, k: Tensor, j: Tensor | None) -> Tensor:

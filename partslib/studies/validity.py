@@ -66,8 +66,18 @@ from partslib.studies.removal_cache import (
     region_gap,
 )
 
-__all__ = ["METHODS", "OPERATORS", "CONTRASTIVE", "SANITY_METHODS", "NEEDS_IBD", "NOTES",
-           "ValidityExtras", "default_operators", "sanity_module_names", "run_validity"]
+__all__ = [
+    "CONTRASTIVE",
+    "METHODS",
+    "NEEDS_IBD",
+    "NOTES",
+    "OPERATORS",
+    "SANITY_METHODS",
+    "ValidityExtras",
+    "default_operators",
+    "run_validity",
+    "sanity_module_names",
+]
 
 OPERATORS = ("rerender", "mean", "blur", "road")
 CONTRASTIVE = tuple(n for n, m in REGISTRY.items() if m.contrastive)
@@ -234,7 +244,7 @@ def _empty_result(methods: list[str], operators: list[str], seed: int, num_label
     """T2 with no evaluated image: one row per (method, operator), every metric NaN."""
     rows = [{"method": m, "operator": op, "units": "", "score_v2": "margin"
              if m in CONTRASTIVE else "logit", "score_v3": "probability", "seed": seed,
-             "n_images": 0, "n_images_v3": 0, **{c: math.nan for c in _METRIC_COLS},
+             "n_images": 0, "n_images_v3": 0, **dict.fromkeys(_METRIC_COLS, math.nan),
              "note": NOTES.get(m, "")} for op in operators for m in methods]
     settings = {"n_eval_requested": n_eval, "n_images": 0, "n_images_v3": 0,
                 "sanity_images": 0}

@@ -16,7 +16,7 @@ from partslib.metrics.validity import claimed_order, removal_agreement
 if TYPE_CHECKING:
     from partslib.studies.validity import ValidityExtras
 
-__all__ = ["metrics_dict", "headline", "ablation_table", "reading", "gap_summary"]
+__all__ = ["ablation_table", "gap_summary", "headline", "metrics_dict", "reading"]
 
 PDM_METHODS = tuple(m for m in METHODS if m.startswith("pdm-"))
 
