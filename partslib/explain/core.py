@@ -172,7 +172,7 @@ class PDMSegmenter:
     name = "pdm"
 
     def __init__(self, pdm: PartsDetectionModule, fuse: bool = True):
-        missing = [a for a in ("num_labels", "stages", "input_size", "image_proj", "fused")
+        missing = [a for a in ("num_labels", "stages", "input_size", "fused")
                    if not hasattr(pdm, a)]
         if missing:
             raise TypeError(f"pdm must be a PartsDetectionModule (or have its {missing}), got "
