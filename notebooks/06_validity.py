@@ -60,6 +60,7 @@ ibd_components: int = 7  # IBD basis size (as notebook 05)
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -106,8 +107,10 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 # normalised error.
 
 # %%
-from partslib import validity_study as vs
 from partslib.baselines import fit_ibd
+from partslib.studies import validity as t2_study
+from partslib.studies import validity_plots as t2_plots
+from partslib.studies import validity_text as t2_text
 
 classifier = pipeline.load_classifier(results_dir)
 pdm = pipeline.load_pdm(results_dir)
@@ -122,9 +125,10 @@ ibd = fit_ibd(classifier, train.images[:ibd_n_train], train.masks[:ibd_n_train],
 
 # %%
 images, masks, labels = test.tensors()
-t2, extras = vs.run_validity(
+t2, extras = t2_study.run_validity(
     classifier, pdm, images, masks, labels, decisive=test.decisive,
-    operators=vs.default_operators(test, seed=seed, names=operators), keys=range(len(test)),
+    operators=t2_study.default_operators(test, seed=seed, names=operators),
+    keys=range(len(test)),
     ibd=ibd, n_eval=n_eval, n_deletion=n_deletion, methods=methods,
     sanity_methods=sanity_methods, n_sanity=n_sanity, seed=seed)
 t2.to_csv(out_dir / "t2.csv", index=False)
@@ -141,7 +145,7 @@ t2.set_index(["operator", "method"])[columns].round(3)
 # re-rendering and decisive-part accuracy. The basis row does not depend on the maps.
 
 # %%
-ablation = pd.concat({metric: vs.ablation_table(t2, "rerender", metric)
+ablation = pd.concat({metric: t2_text.ablation_table(t2, "rerender", metric)
                       for metric in ("spearman", "decisive")}, axis=1)
 ablation.round(3)
 
@@ -154,7 +158,7 @@ ablation.round(3)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-fig = vs.plot_claimed_vs_measured(extras, "rerender", test.part_names)
+fig = t2_plots.plot_claimed_vs_measured(extras, "rerender", test.part_names)
 viz.save_figure(fig, out_dir / "scatter.png")
 fig
 
@@ -167,7 +171,7 @@ fig
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-fig = vs.plot_deletion_curves(extras)
+fig = t2_plots.plot_deletion_curves(extras)
 viz.save_figure(fig, out_dir / "deletion.png")
 fig
 
@@ -185,7 +189,7 @@ extras.sanity.pivot_table(index=["step", "module"], columns="method",
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-fig = vs.plot_sanity(extras.sanity)
+fig = t2_plots.plot_sanity(extras.sanity)
 viz.save_figure(fig, out_dir / "sanity.png")
 fig
 
@@ -201,7 +205,7 @@ fig
 # the ground-truth masks, so segmentation errors play no part in it.
 
 # %%
-gap_parts, gap_stats = vs.gap_summary(extras, "rerender", test.part_names)
+gap_parts, gap_stats = t2_text.gap_summary(extras, "rerender", test.part_names)
 extras.gap.to_csv(out_dir / "gap.csv", index=False)
 extras.per_image.to_csv(out_dir / "per_image.csv", index=False)
 display(pd.Series(gap_stats).round(3).to_frame("rerender"))
@@ -220,11 +224,11 @@ gap_parts.round(3)
 # the other operators is the informative number.
 
 # %%
-display(Markdown(vs.reading(t2, gap=(gap_parts, gap_stats))))
+display(Markdown(t2_text.reading(t2, gap=(gap_parts, gap_stats))))
 
 # %%
-head = vs.headline(t2)
-metrics = {**vs.metrics_dict(t2, extras.sanity), **head,
+head = t2_text.headline(t2)
+metrics = {**t2_text.metrics_dict(t2, extras.sanity), **head,
            **{f"gap/rerender/{k}": v for k, v in gap_stats.items()},
            "n_images_v3": extras.settings["n_images_v3"],
            "sanity_images": extras.settings["sanity_images"],

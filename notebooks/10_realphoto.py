@@ -326,7 +326,8 @@ viz.save_figure(fig, out_dir / "t1_localization.png");
 # and wheels, which only a side or angled view shows at length.
 
 # %%
-from partslib import validity_study as vs
+from partslib.studies import validity_plots as t2_plots
+from partslib.studies import validity_text as t2_text
 
 t0 = time.perf_counter()
 t2, extras = rs.validity(model, pdm, ibd, data, decisive_parts, operators=t2_operators,
@@ -341,19 +342,20 @@ show = ["method", "operator", "n_images", "spearman", "top_part", "norm_abs_erro
 t2[show].round(3)
 
 # %%
-pd.concat({op: vs.ablation_table(t2, operator=op) for op in t2_operators}, names=["operator"]).round(3)
+pd.concat({op: t2_text.ablation_table(t2, operator=op) for op in t2_operators},
+          names=["operator"]).round(3)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 shown = [m for m in ("pdm-region-soft", "pdm-occlusion", "ibd", "gradcam-mass") if m in t2_methods]
 for op in t2_operators:
-    fig = vs.plot_deletion_curves(extras[op], operators=[op], methods=shown)
+    fig = t2_plots.plot_deletion_curves(extras[op], operators=[op], methods=shown)
     viz.save_figure(fig, out_dir / f"t2_deletion_{op}.png")
-    fig = vs.plot_claimed_vs_measured(extras[op], operator=op, part_names=data.part_names,
+    fig = t2_plots.plot_claimed_vs_measured(extras[op], operator=op, part_names=data.part_names,
                                       methods=shown)
     viz.save_figure(fig, out_dir / f"t2_claimed_vs_measured_{op}.png")
 if len(sanity):
-    fig = vs.plot_sanity(sanity)
+    fig = t2_plots.plot_sanity(sanity)
     viz.save_figure(fig, out_dir / "t2_sanity.png");
 
 # %% [markdown]
@@ -386,9 +388,9 @@ metrics = {
     **rs.prefixed(f"{name}/pdm", pdm_metrics),
     f"{name}/explanations/completeness_max_rel_error": completeness,
     **rs.prefixed(f"{name}/t1", rs.t1_metrics(t1)),
-    **rs.prefixed(f"{name}/t2", vs.metrics_dict(t2, sanity)),
+    **rs.prefixed(f"{name}/t2", t2_text.metrics_dict(t2, sanity)),
     **{f"{name}/t2/headline/{op}/{k}": v for op in t2_operators
-       for k, v in vs.headline(t2, reference=op).items()},
+       for k, v in t2_text.headline(t2, reference=op).items()},
     f"{name}/timing/t1_seconds": t1_seconds,
     f"{name}/timing/t2_seconds": t2_seconds,
     f"{name}/timing/wall_seconds": time.perf_counter() - wall0,

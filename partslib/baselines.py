@@ -15,7 +15,8 @@
   maps give and IBD's heatmaps.
 * :func:`heatmap_part_contributions`: part contributions from any heatmap (its positive mass per
   part region, Relevance Mass Accuracy per part).
-* :func:`ablation_2x2`: SPEC §4's {linear 1×1 maps, PDM maps} × {basis rule, region rule}.
+* SPEC §4's {linear 1×1 maps, PDM maps} × {basis rule, region rule} ablation is run by T2
+  through the method registry (:mod:`partslib.explain.registry`).
 
 Choices made here (the reference code has no segmentation task, so these are ours):
 
@@ -29,7 +30,7 @@ Choices made here (the reference code has no segmentation task, so these are our
   in the basis get contribution 0; the residual is reported separately.
 * **Units.** IBD explains the cosine ``ŵ_k·â`` (ibd.md §1). Since ``w_k·a = ‖w_k‖‖a‖ ŵ_k·â``,
   multiplying every term by ``‖w_k‖‖a‖`` gives logit units with
-  ``b_k + Σ_p c_p + residual = logit_k`` exactly; :func:`ablation_2x2` reports all four cells in
+  ``b_k + Σ_p c_p + residual = logit_k`` exactly; T2's 2×2 ablation compares all four cells in
   logit units so that only the map and the rule differ between cells.
 """
 
@@ -40,12 +41,11 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from partslib.explain import PartExplainer, region_contributions, resolve_targets
+from partslib.explain import resolve_targets
 from partslib.ibd import (
     ConceptClassifiers,
     IBDDecomposition,
@@ -59,15 +59,13 @@ from partslib.ibd import (
 )
 from partslib.metrics import relevance_mass
 from partslib.models import ContractClassifier, check_images
-from partslib.pdm import PartsDetectionModule, extract_features
+from partslib.pdm import extract_features
 
 __all__ = [
     "CAM_METHODS",
-    "Ablation2x2",
     "IBDContributions",
     "IBDModel",
     "Targets",
-    "ablation_2x2",
     "cam_maps",
     "fit_ibd",
     "gradcam_maps",
@@ -468,95 +466,3 @@ def _select_concepts(classifiers: ConceptClassifiers, labels: Sequence[int]
     rows = [classifiers.concepts.index(c) for c in labels]
     return ConceptClassifiers(weight=classifiers.weight[rows], bias=classifiers.bias[rows],
                               concepts=tuple(labels), ap=classifiers.ap[rows])
-
-
-# --------------------------------------------------------------------------- 2×2 ablation
-
-
-@dataclass(frozen=True)
-class Ablation2x2:
-    """Per-image contributions ``[B, P+1]`` (logit units) of SPEC §4's 2×2 ablation.
-
-    * ``linear_basis`` — IBD: basis coefficients, parts located by the 1×1 linear maps.
-    * ``pdm_basis`` — basis coefficients, parts located by the PDM. The basis rule never reads a
-      map (``s_i q_ci · â`` comes from the GAP feature), so these are the *same numbers* as
-      ``linear_basis``: the map only changes *where* the part is shown, not how much it counts.
-    * ``linear_region`` — region rule ``mean_u π_p(u) CAM_k(u)`` with π from the softmax over
-      the upsampled linear concept scores.
-    * ``pdm_region`` — region rule with the PDM's probabilities (:class:`PartExplainer`).
-
-    For a validity test only the contribution vector matters, so the cells that can differ are
-    basis rule vs region rule, and, within the region rule, linear maps vs PDM maps. Basis-rule
-    cells have background = 0 and leave ``basis_residual`` unexplained
-    (``bias + Σ c + basis_residual = score``); region-rule cells are complete
-    (``bias + Σ c = score``).
-    """
-
-    linear_basis: Tensor
-    pdm_basis: Tensor
-    linear_region: Tensor
-    pdm_region: Tensor
-    targets: Tensor  # [B]
-    score: Tensor  # [B] logit_k
-    bias: Tensor  # [B] b_k
-    basis_residual: Tensor  # [B] IBD's residual term in logit units
-    hard: bool = False  # region rule on argmax maps
-
-    def cells(self) -> dict[tuple[str, str], Tensor]:
-        """``{(maps, rule): contributions}`` with maps ∈ {linear, pdm}, rule ∈ {basis, region}."""
-        return {("linear", "basis"): self.linear_basis, ("pdm", "basis"): self.pdm_basis,
-                ("linear", "region"): self.linear_region, ("pdm", "region"): self.pdm_region}
-
-    def to_dataframe(self, part_names: Sequence[str] | None = None) -> pd.DataFrame:
-        """Tidy table: one row per (image, maps, rule, part)."""
-        frames = []
-        for (maps, rule), c in self.cells().items():
-            B, L = c.shape
-            names = list(part_names) if part_names is not None else list(range(L))
-            frames.append(pd.DataFrame({
-                "image": torch.arange(B).repeat_interleave(L).numpy(),
-                "maps": maps, "rule": rule, "part": names * B,
-                "contribution": c.detach().double().flatten().numpy(),
-                "target": self.targets.repeat_interleave(L).numpy()}))
-        return pd.concat(frames, ignore_index=True)
-
-
-@torch.no_grad()
-def ablation_2x2(classifier: ContractClassifier, pdm: PartsDetectionModule, ibd: IBDModel,
-                 images: Tensor, targets: Targets = None, hard: bool = False,
-                 batch_size: int = 256) -> Ablation2x2:
-    """Contributions of the four {linear, PDM maps} × {basis, region rule} cells (SPEC §4).
-
-    Args:
-        classifier: the explained classifier; ``ibd`` must have been fitted to it.
-        pdm: a PDM on its features.
-        ibd: from :func:`fit_ibd`.
-        images: float ``[B,3,H,W]`` in [0, 1] (or uint8).
-        targets: class per image, one int, or None (the predicted class).
-        hard: region rule on the argmax maps instead of the probabilities.
-
-    Returns:
-        An :class:`Ablation2x2` (see there for what each cell is).
-    """
-    if ibd.classifier is not classifier:
-        raise ValueError("ibd was fitted to another classifier: fit_ibd(classifier, ...) first")
-    if pdm.num_labels != ibd.num_labels:
-        raise ValueError(f"the PDM segments {pdm.num_labels} labels, IBD has {ibd.num_labels}")
-    images = check_images(images)
-    region = PartExplainer(classifier, pdm)(images, target=targets, mode="region", hard=hard,
-                                            batch_size=batch_size)
-    k = region.target
-    basis = ibd.contributions(images, k, batch_size)
-    linear = []
-    for start in _chunks(len(images), batch_size):
-        x = images[start:start + batch_size]
-        A = classifier.features(x)[classifier.final_stage]
-        w = classifier.fc.weight[k[start:start + len(x)]]
-        probs = ibd.linear_maps_from_features(A, tuple(x.shape[-2:])).softmax(1)
-        linear.append(region_contributions(A, w, probs, hard)[0])
-    b = basis.logit_contributions.to(region.contributions.dtype)
-    return Ablation2x2(linear_basis=b, pdm_basis=b.clone(), linear_region=torch.cat(linear),
-                       pdm_region=region.contributions, targets=k, score=region.score,
-                       bias=region.bias,
-                       basis_residual=basis.logit_residual.to(region.contributions.dtype),
-                       hard=hard)

@@ -17,24 +17,22 @@ from matplotlib.figure import Figure
 
 from partslib import viz
 from partslib.explain import PartExplainer
+from partslib.explain.registry import REGISTRY, Models, get_method
 
-__all__ = ["ExplorerState", "EXPLORER_MODES", "explain_state", "render", "build_explorer"]
+__all__ = ["EXPLORER_MODES", "ExplorerState", "build_explorer", "explain_state", "render"]
 
-# label -> keyword arguments of PartExplainer.__call__
-EXPLORER_MODES: dict[str, dict] = {
-    "region (soft)": {"mode": "region"},
-    "region (hard)": {"mode": "region", "hard": True},
-    "region, vs runner-up": {"mode": "region", "contrastive": True},
-    "occlusion (blur)": {"mode": "occlusion"},
-    "occlusion, vs runner-up": {"mode": "occlusion", "contrastive": True},
-}
+# registry name -> display name: the methods on PDM parts in logit units (the explorer has the
+# classifier and the PDM only)
+EXPLORER_MODES: dict[str, str] = {
+    n: m.display for n, m in REGISTRY.items()
+    if m.needs == ("pdm",) and m.units in ("logit", "margin")}
 
 
 @dataclass(frozen=True)
 class ExplorerState:
     index: int = 0  # image index
     target: int | None = None  # class to explain; None = predicted
-    mode: str = "region (soft)"  # a key of EXPLORER_MODES
+    mode: str = "pdm-region-soft"  # a key of EXPLORER_MODES (a registry name)
     part: int | None = None  # part whose probability map is shown; None = top contributor
 
 
@@ -44,8 +42,10 @@ def explain_state(explainer: PartExplainer, images: torch.Tensor, state: Explore
     if state.mode not in EXPLORER_MODES:
         raise ValueError(f"mode must be one of {list(EXPLORER_MODES)}, got {state.mode!r}")
     x = images[state.index:state.index + 1]
+    method = get_method(state.mode)
     return explainer(x, target=None if state.target is None else [state.target],
-                     **EXPLORER_MODES[state.mode])
+                     rule=method.rule(Models(explainer.classifier)),
+                     contrastive=method.contrastive)
 
 
 def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
@@ -100,8 +100,8 @@ def build_explorer(explainer: PartExplainer, images: torch.Tensor,
                                 description="image", continuous_update=False)
     w_target = widgets.Dropdown(options=cls_options, value=-1 if state.target is None
                                 else state.target, description="class")
-    w_mode = widgets.Dropdown(options=list(EXPLORER_MODES), value=state.mode,
-                              description="mode")
+    w_mode = widgets.Dropdown(options=[(d, n) for n, d in EXPLORER_MODES.items()],
+                              value=state.mode, description="mode")
     w_part = widgets.Dropdown(options=part_options, value=-1 if state.part is None
                               else state.part, description="part map")
     out = widgets.Output()

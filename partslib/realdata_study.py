@@ -11,7 +11,7 @@ and on any classifier with the feature contract of :mod:`partslib.models`:
    masks (255 = ignore) with median-frequency class weights for rare parts (``balance=True``).
 4. :func:`localization` -- table T1 (PDM vs IBD's linear maps vs Grad-CAM/CAM; per-part IoU,
    mIoU) through :func:`partslib.localization_study.localization_table`.
-5. :func:`validity` -- table T2 (V1-V5) through :func:`partslib.validity_study.run_validity`
+5. :func:`validity` -- table T2 (V1-V5) through :func:`partslib.studies.validity.run_validity`
    with the **imputation operators** (mean colour, Gaussian blur, ROAD's noisy linear
    imputation); the measured effects remove the **ground-truth** part masks. The decisive
    parts of each class (V4, and T1's region columns) come from a ``{class: [part, ...]}``
@@ -48,9 +48,21 @@ from torch import nn
 
 from partslib.data.folder import FolderDataset
 from partslib.data.images import PathLike, load_image
-from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet, _read_state_dict
+from partslib.explain.registry import METHODS
+from partslib.models import (
+    ContractClassifier,
+    SmallResNet,
+    TorchvisionResNet,
+    _read_state_dict,
+)
 from partslib.models import build_classifier as _restore_classifier
-from partslib.training import TensorLoader, evaluate_classifier, fit, load_checkpoint, predict
+from partslib.training import (
+    TensorLoader,
+    evaluate_classifier,
+    fit,
+    load_checkpoint,
+    predict,
+)
 
 __all__ = ["RealData", "CARPARTS_DECISIVE", "T2_OPERATORS", "T2_METHODS", "resolve_path",
            "load_real_data", "data_tables", "build_classifier", "train_classifier",
@@ -72,10 +84,8 @@ CARPARTS_DECISIVE: dict[str, list[str]] = {
 }
 #: Removal operators of T2 on real photos (no exact counterfactual exists).
 T2_OPERATORS = ("mean", "blur", "road")
-#: Methods of T2 on real photos (all of validity_study's).
-T2_METHODS = ("pdm-region-soft", "pdm-region-hard", "pdm-occlusion",
-              "pdm-region-soft-contrastive", "pdm-occlusion-contrastive", "pdm-basis", "ibd",
-              "ibd-linear-region", "gradcam-mass", "random")
+#: Methods of T2 on real photos: every method of the registry.
+T2_METHODS = METHODS
 IGNORE_INDEX = 255
 
 
@@ -601,7 +611,7 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
              n_eval: int = 100, n_eval_by_operator: Mapping[str, int] | None = None,
              n_sanity: int = 32, seed: int = 0, batch_size: int = 128):
     """Table T2 on the test photos with the imputation operators (``mean``, ``blur``,
-    ``road``): :func:`partslib.validity_study.run_validity` on the first ``n_eval`` correctly
+    ``road``): :func:`partslib.studies.validity.run_validity` on the first ``n_eval`` correctly
     classified test photos, effects measured by removing the ground-truth part masks.
 
     ``n_eval_by_operator`` evaluates an operator on fewer photos (ROAD solves a sparse system
@@ -613,7 +623,7 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
         ``(t2, extras)``: the rows of every call concatenated (``n_images`` says how many photos
         each row used) and ``{operator: ValidityExtras}`` (operators of one call share it).
     """
-    from partslib.validity_study import default_operators, run_validity
+    from partslib.studies.validity import default_operators, run_validity
 
     bad = [o for o in operators if o not in T2_OPERATORS]
     if bad:

@@ -13,7 +13,6 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from partslib.baselines import (  # noqa: E402
-    ablation_2x2,
     cam_maps,
     fit_ibd,
     gradcam_maps,
@@ -254,29 +253,26 @@ def test_fit_ibd_label_missing_from_grid_warns():
 # --------------------------------------------------------------------------- 2×2 ablation
 
 
-@pytest.mark.parametrize("hard", [False, True])
-def test_ablation_2x2(toy, hard):
+def test_ablation_2x2_through_the_registry(toy):
+    """SPEC §4's {linear, PDM maps} x {basis, region rule} cells, as T2 runs them."""
+    from partslib.explain import explain_methods
+
     clf, ibd, pdm = toy
     images, _ = toy_data(6, seed=8)
-    ab = ablation_2x2(clf, pdm, ibd, images, hard=hard)
-    for (maps, rule), c in ab.cells().items():
-        assert c.shape == (6, L), (maps, rule)
-    e = PartExplainer(clf, pdm)(images, mode="region", hard=hard)
-    assert torch.equal(ab.pdm_region, e.contributions)
-    assert torch.equal(ab.pdm_basis, ab.linear_basis)  # the basis rule never reads a map
-    # region cells are complete; basis cells are complete with IBD's residual
-    for c in (ab.linear_region, ab.pdm_region):
-        torch.testing.assert_close(ab.bias + c.sum(1), ab.score, atol=1e-4, rtol=0)
-    torch.testing.assert_close(ab.bias + ab.linear_basis.sum(1) + ab.basis_residual, ab.score,
-                               atol=1e-4, rtol=0)
-    df = ab.to_dataframe(NAMES)
-    assert len(df) == 4 * 6 * L and set(df.part) == set(NAMES)
-
-
-def test_ablation_rejects_ibd_of_another_classifier(toy):
-    clf, ibd, pdm = toy
-    with pytest.raises(ValueError, match="another classifier"):
-        ablation_2x2(ToyClassifier(), pdm, ibd, torch.rand(1, 3, 64, 64))
+    cells = ("ibd", "pdm-basis", "ibd-linear-region", "pdm-region-soft")
+    ex = explain_methods(clf, images, cells, pdm=pdm, ibd=ibd)
+    for m in cells:
+        assert ex[m].contributions.shape == (6, L), m
+    e = PartExplainer(clf, pdm)(images, mode="region")
+    assert torch.equal(ex["pdm-region-soft"].contributions, e.contributions)
+    # the basis rule never reads a map
+    assert torch.equal(ex["pdm-basis"].contributions, ex["ibd"].contributions)
+    for m in ("ibd-linear-region", "pdm-region-soft"):  # region cells are complete
+        assert ex[m].completeness_error().max() <= 1e-5
+    basis = ibd.contributions(images, e.target)  # basis cells: complete with IBD's residual
+    torch.testing.assert_close(ex["ibd"].contributions, basis.logit_contributions.float())
+    torch.testing.assert_close(ex["ibd"].bias + ex["ibd"].contributions.sum(1)
+                               + basis.logit_residual.float(), e.score, atol=1e-4, rtol=0)
 
 
 # --------------------------------------------------------------------------- table T1

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from partslib import bench
+from partslib.explain.registry import REGISTRY
 
 TINY = 32  # a random SmallResNet case
 
@@ -24,18 +25,19 @@ def _config(tmp_path, **kw) -> bench.BenchConfig:
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory):
     rd = tmp_path_factory.mktemp("bench")
-    (rd / "timings.json").write_text(json.dumps(
-        {"profile": "x", "started": "2026-01-01T00:00:00", "status": "ok",
-         "stages": {"01_data": 1.5, "02_classifier": 2.5}, "total_seconds": 4.0}))
+    (rd / "previous" / "old").mkdir(parents=True)  # an earlier run's files are never read
+    (rd / "previous" / "old" / "timings.json").write_text("not json")
     return rd, bench.run_bench(_config(rd))
 
 
 def test_payload_has_the_ratio_keys_and_metadata(payload):
     _, p = payload
-    for other in ("forward", "ibd", "gradcam", "captum_occlusion", "pdm_occlusion"):
-        key = f"pdm_region_vs_{other}@{TINY}"
+    for other in ("forward", "ibd", "gradcam", "captum_occlusion", "pdm-occlusion"):
+        key = f"pdm-region-soft_vs_{other}@{TINY}"
         assert p[key] > 0 and key in p["ratios_median"] and key in p["ratios_cpu"]
-    assert f"pdm_occlusion_vs_captum_occlusion@{TINY}" in p
+    assert f"pdm-occlusion_vs_captum_occlusion@{TINY}" in p
+    # the explainers timed are the registry's, under its names
+    assert set(bench.EXPLAINERS) <= set(REGISTRY) and not set(bench.REFERENCES) & set(REGISTRY)
     for m in bench.METHODS:
         for table in ("ms_per_batch", "ms_per_batch_median", "cpu_ms_per_batch", "images_per_s"):
             assert p[table][f"{m}@{TINY}"] > 0
@@ -44,7 +46,7 @@ def test_payload_has_the_ratio_keys_and_metadata(payload):
     assert p["torch"] == torch.__version__
     assert p["machine"]["cpu_count"] >= 1 and "torch" in p["machine"]["versions"]
     assert p["setup"][str(TINY)]["classifier"].startswith("random")
-    assert p["stage_seconds"]["stages"] == {"01_data": 1.5, "02_classifier": 2.5}
+    assert "stage_seconds" not in p  # the benchmark reads nothing of the study's timings
     assert p["peak_rss_mib"]["process"] > 0
 
 
@@ -52,7 +54,7 @@ def test_outputs_are_written_and_never_silently_overwritten(payload):
     rd, p = payload
     js, tc = bench.write_outputs(rd, p)
     first = json.loads(js.read_text())
-    assert first["batch"] == {str(TINY): 2} and f"pdm_region_vs_forward@{TINY}" in first
+    assert first["batch"] == {str(TINY): 2} and f"pdm-region-soft_vs_forward@{TINY}" in first
     rows = list(csv.DictReader(tc.open()))
     assert [r["method"] for r in rows] == list(bench.METHODS)
     assert {"size", "ms_per_batch", "images_per_s", "ratio_to_forward"} <= set(rows[0])
@@ -61,7 +63,7 @@ def test_outputs_are_written_and_never_silently_overwritten(payload):
     assert json.loads((rd / "bench.previous.json").read_text())["started"] == first["started"]
     assert json.loads(js.read_text())["started"] == "later"
     assert (rd / "t4.previous.csv").exists()
-    assert "pdm_region" in bench.format_table(p)
+    assert "pdm-region-soft" in bench.format_table(p)
 
 
 @pytest.mark.parametrize("isolation", ["per size", "per method"])
@@ -72,19 +74,18 @@ def test_cli_with_per_method_memory(tmp_path, capsys, isolation):
     try:
         rc = bench.main(["--results-dir", str(tmp_path), "--sizes", str(TINY), "--batch", "2",
                          "--repeats", "1", "--warmup", "0", "--threads", str(threads),
-                         "--methods", "forward", "pdm_region", "--no-progress", *extra])
+                         "--methods", "forward", "pdm-region-soft", "--no-progress", *extra])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
     p = json.loads((tmp_path / "bench.json").read_text())
     assert set(p["peak_rss_mib"]["per_method_delta"]) == {f"forward@{TINY}",
-                                                          f"pdm_region@{TINY}"}
+                                                          f"pdm-region-soft@{TINY}"}
     assert p["peak_rss_mib"]["isolation"] == f"one subprocess {isolation}"
-    for m in ("forward", "pdm_region"):
+    for m in ("forward", "pdm-region-soft"):
         row = p["peak_rss_mib"]["per_method"][str(TINY)][m]
         assert row["peak_mib"] >= row["rss_before_mib"] or not row["reset"]
-    assert p["stage_seconds"] is None  # no timings.json in this folder
-    assert "pdm_region_vs_forward" in capsys.readouterr().out
+    assert "pdm-region-soft_vs_forward" in capsys.readouterr().out
 
 
 def test_torchvision_case_runs_every_method():
@@ -96,7 +97,8 @@ def test_torchvision_case_runs_every_method():
     assert out["forward"].shape == (2, 365)
     assert out["gradcam"].shape == (2, 128, 128)
     assert out["captum_occlusion"].shape == (2, 3, 128, 128)
-    assert out["pdm_region"].contributions.shape == (2, 6)
+    assert out["pdm-region-soft"].contributions.shape == (2, 6)
+    assert out["pdm-occlusion"].mode == "pdm-occlusion" and out["ibd"].mode == "ibd"
 
 
 def test_bad_arguments_are_refused():

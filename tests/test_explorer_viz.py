@@ -30,6 +30,8 @@ def setup():
 def test_render_every_mode(setup, mode):
     ex, images = setup
     fig = render(ex, images, ExplorerState(index=2, target=1, mode=mode), CLASSES, [0, 1, 2, 0])
+    assert mode in ("pdm-region-soft", "pdm-region-hard", "pdm-occlusion",
+                    "pdm-region-soft-contrastive", "pdm-occlusion-contrastive")
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[0].startswith("#2: explain b")
     assert "true c" in titles[0]
@@ -53,9 +55,11 @@ def test_widgets_drive_the_state_without_a_browser(setup):
     (w_index, w_target), (w_mode, w_part) = box.children[0].children, box.children[1].children
     w_index.value = 3
     w_target.value = 2
-    w_mode.value = "occlusion (blur)"
+    assert w_mode.label == "region (soft)"  # display names in the dropdown, registry names kept
+    w_mode.value = "pdm-occlusion"
+    assert w_mode.label == "occlusion (blur)"
     w_part.value = 1
-    assert box.render_state() == ExplorerState(index=3, target=2, mode="occlusion (blur)", part=1)
+    assert box.render_state() == ExplorerState(index=3, target=2, mode="pdm-occlusion", part=1)
     plt.close("all")
 
 

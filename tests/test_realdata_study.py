@@ -19,7 +19,8 @@ from PIL import Image
 
 from partslib import realdata_study as rs
 from partslib.data.folder import FolderDataset, write_folder
-from partslib.data.prepare import ccp_outfit, ensure_dataset, main as prepare_main, prepare_ccp
+from partslib.data.prepare import ccp_outfit, ensure_dataset, prepare_ccp
+from partslib.data.prepare import main as prepare_main
 from partslib.explain import PartExplainer
 
 SHARED = Path(os.environ.get("PARTSLIB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -235,7 +236,8 @@ def test_explain_photo_any_mode_and_orientation(tiny_run, tmp_path):
     assert (rot - up).abs().mean() < 0.03
     assert (e_rot.labels == e_up.labels).float().mean() > 0.9
     e_occ, _ = rs.explain_photo(explainer, files["gray"], mode="occlusion", target=1)
-    assert int(e_occ.target) == 1 and e_occ.mode.startswith("occlusion")
+    assert int(e_occ.target) == 1 and e_occ.mode == "pdm-occlusion"
+    assert e_occ.rule.startswith("occlusion:")
 
 
 # ----------------------------------------------------------------------- data preparation

@@ -225,7 +225,7 @@ def _is_timing(key: str) -> bool:
 
 
 def test_timing_keys_are_the_only_ones_excluded():
-    assert _is_timing("benchmark/pdm_region_vs_forward@64")
+    assert _is_timing("benchmark/pdm-region-soft_vs_forward@64")
     assert _is_timing("validity/seconds") and _is_timing("stages/03_pdm_seconds")
     assert _is_timing("summary/targets_met") and not _is_timing("summary/quality_targets_met")
     assert not _is_timing("pdm/miou") and not _is_timing("validity/pdm-occlusion/rerender/decisive")

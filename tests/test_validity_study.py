@@ -1,4 +1,4 @@
-"""Table T2's study (partslib.validity_study) on a hand-built model with known part effects.
+"""Table T2's study (partslib.studies.validity) on a hand-built model with known part effects.
 
 The model is linear in the image: its only stage is the image itself (a 1×1 identity conv at
 stride 1), so ``logit_k = b_k + w_k · mean_u x(u)``. Blue encodes the part label
@@ -19,22 +19,31 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from partslib import validity_study as vs  # noqa: E402
-from partslib.metrics import (  # noqa: E402
+from partslib.explain import PartExplainer, explain_methods, fused_features
+from partslib.explain.registry import METHODS
+from partslib.metrics import (
     claimed_order,
     deletion_curve,
     random_order,
     removal_effects,
 )
-from partslib.models import ContractClassifier, SmallResNet  # noqa: E402
-from partslib.removal import FillRemover, GaussianBlurFill, MeanFill  # noqa: E402
+from partslib.models import ContractClassifier, SmallResNet
+from partslib.removal import FillRemover, GaussianBlurFill, MeanFill
+from partslib.studies import validity as vs
+from partslib.studies.removal_cache import RemovalCache, region_gap
+from partslib.studies.validity_text import (
+    ablation_table,
+    headline,
+    metrics_dict,
+    reading,
+)
 
 H = W = 16
 L = 4  # background + 3 parts
@@ -130,7 +139,7 @@ def study():
     decisive = F.one_hot(claimed_order(c, present)[:, 0], L).bool()
     ops = {"black": MeanFill((0.0, 0.0, 0.0)), "blur": GaussianBlurFill(11, 5.0),
            "stored": StoredRemoval(plates)}
-    methods = [m for m in vs.METHODS if m not in vs.NEEDS_IBD]
+    methods = [m for m in METHODS if m not in vs.NEEDS_IBD]
     t2, ex = vs.run_validity(model, pdm, x, labels, y, decisive=decisive, operators=ops,
                              keys=list(plates), n_eval=150, n_deletion=60, methods=methods,
                              sanity_methods=["pdm-region-soft", "gradcam-mass"], n_sanity=16,
@@ -202,7 +211,8 @@ def test_random_explainer_sits_at_chance(study):
     t2 = study["t2"]
     for op in ("black", "blur", "stored"):
         r = t2.loc[("random", op)]
-        assert abs(r.spearman) < 0.1
+        # mean of 150 per-image Spearmans over <= 4 parts: its sd across seeds is ~0.07
+        assert abs(r.spearman) < 0.25
         assert abs(r.decisive - r.decisive_chance) < 0.1
         assert r.auc_claimed == pytest.approx(r.auc_random, abs=0.05)
         assert math.isnan(r.norm_abs_error)  # no logit units
@@ -219,7 +229,7 @@ def test_rows_record_operator_score_seed_and_n(study):
     assert set(t2[t2.method.str.endswith("contrastive")].score_v2) == {"margin"}
     assert set(t2[~t2.method.str.endswith("contrastive")].score_v2) == {"logit"}
     assert set(t2.score_v3) == {"probability"}
-    metrics = vs.metrics_dict(study["t2"].reset_index(), study["ex"].sanity)
+    metrics = metrics_dict(study["t2"].reset_index(), study["ex"].sanity)
     assert "pdm-region-soft/black/spearman" in metrics
     assert "pdm-occlusion/blur/decisive" in metrics
     assert "gradcam-mass/sanity/fc/spearman_maps" in metrics
@@ -255,7 +265,7 @@ def test_removal_cache_reproduces_the_reference_metrics():
     t = torch.arange(12) % 3
     pr = torch.stack([(labels == p).flatten(1).any(1) for p in range(L)], 1)
     op = GaussianBlurFill(11, 5.0)
-    cache = vs.RemovalCache(model, x, labels, op, batch_size=5)
+    cache = RemovalCache(model, x, labels, op, batch_size=5)
     ref = removal_effects(model, x, labels, t, pr, op)
     torch.testing.assert_close(cache.effects(t, pr), ref, atol=1e-5, rtol=1e-4, equal_nan=True)
     order = random_order(pr, seed=0)
@@ -266,26 +276,25 @@ def test_removal_cache_reproduces_the_reference_metrics():
     cache.deletion_curve(t, order, pr)  # everything is cached now
     assert cache.n_removals == n
     # the fused scorer gives the same logits up to float rounding
-    fast = vs.RemovalCache(model, x, labels, op, features=vs.fused_features(model))
+    fast = RemovalCache(model, x, labels, op, features=fused_features(model))
     torch.testing.assert_close(fast.effects(t, pr), ref, atol=1e-4, rtol=1e-3, equal_nan=True)
 
 
-def test_explainers_match_the_part_explainer():
-    from partslib.explain import PartExplainer
-
+def test_registry_methods_match_the_part_explainer():
     model, pdm = LinearModel().eval(), OraclePDM()
-    x, labels, _ = make_data(6, seed=4)
+    x, _, _ = make_data(6, seed=4)
     k = torch.tensor([0, 1, 0, 1, 0, 1])
-    ex = vs.build_explainers(model, pdm, methods=["pdm-region-soft", "pdm-occlusion",
-                                                  "pdm-occlusion-contrastive"],
-                             use_fused=False)
+    ex = explain_methods(model, x, ["pdm-region-soft", "pdm-occlusion",
+                                    "pdm-occlusion-contrastive"], pdm=pdm, target=k)
     pe = PartExplainer(model, pdm)
-    torch.testing.assert_close(ex["pdm-region-soft"](x, k).contributions,
+    torch.testing.assert_close(ex["pdm-region-soft"].contributions,
                                pe(x, target=k).contributions)
-    torch.testing.assert_close(ex["pdm-occlusion"](x, k).contributions,
+    torch.testing.assert_close(ex["pdm-occlusion"].contributions,
                                pe(x, target=k, mode="occlusion").contributions)
-    torch.testing.assert_close(ex["pdm-occlusion-contrastive"](x, k).contributions,
+    torch.testing.assert_close(ex["pdm-occlusion-contrastive"].contributions,
                                pe(x, target=k, mode="occlusion", contrastive=True).contributions)
+    assert ex["pdm-occlusion-contrastive"].mode == "pdm-occlusion-contrastive"
+    assert ex["pdm-occlusion-contrastive"].units == "margin"
 
 
 @pytest.mark.parametrize("unannotated", [False, True])
@@ -297,8 +306,8 @@ def test_region_gap_splits_the_effect_exactly(unannotated):
         labels[:, :3, :5] = 255
     t = torch.arange(8) % 3
     pr = torch.stack([(labels == p).flatten(1).any(1) for p in range(L)], 1)
-    cache = vs.RemovalCache(model, x, labels, MeanFill(), pool_labels=labels, num_labels=L)
-    gap = vs.region_gap(cache, model.fc.weight.detach()[t], pr)
+    cache = RemovalCache(model, x, labels, MeanFill(), pool_labels=labels, num_labels=L)
+    gap = region_gap(cache, model.fc.weight.detach()[t], pr)
     effects = cache.effects(t, pr)
     rows, parts = torch.tensor(gap.row.to_numpy()), torch.tensor(gap.part.to_numpy())
     np.testing.assert_allclose(gap.effect, effects[rows, parts].double(), atol=1e-5)
@@ -316,8 +325,11 @@ def test_region_gap_splits_the_effect_exactly(unannotated):
 
 def test_bad_inputs_are_named():
     model, pdm = LinearModel().eval(), OraclePDM()
-    with pytest.raises(ValueError, match="unknown methods"):
-        vs.build_explainers(model, pdm, methods=["pdm-region"])
+    x, labels, _ = make_data(4)
+    with pytest.raises(ValueError, match="unknown method 'pdm-region'"):
+        vs.run_validity(model, pdm, x, labels, torch.zeros(4, dtype=torch.long),
+                        decisive=torch.zeros(4, L, dtype=torch.bool), operators={},
+                        methods=["pdm-region"])
     with pytest.raises(ValueError, match="rerender operator needs"):
         vs.default_operators(None, names=["rerender"])
     x, labels, _ = make_data(4)
@@ -345,11 +357,11 @@ def test_ibd_rows_and_the_2x2():
     assert not torch.equal(ex.claims["pdm-basis"].maps, ex.claims["ibd"].maps)
     rows = t2.set_index("method")
     assert rows.loc["ibd-linear-region", "completeness_error_max"] < 1e-5
-    ab = vs.ablation_table(t2, "black")
+    ab = ablation_table(t2, "black")
     assert ab.loc["pdm", "basis"] == ab.loc["linear", "basis"]
     assert ab.loc["pdm", "region"] == pytest.approx(1.0)  # exact masks, linear model
     assert list(ex.sanity.module) == ["(trained)", "fc", "s1"]
-    assert "2×2 ablation" not in vs.reading(t2)  # no rerender operator here
+    assert "2×2 ablation" not in reading(t2)  # no rerender operator here
 
 
 def test_no_correct_image_gives_an_empty_table():
@@ -372,7 +384,7 @@ def test_headline_best_pdm_mode_leaves_out_the_basis_rule():
             ("ibd", 0.95, 0.2), ("random", 0.5, 0.0)]
     t2 = pd.DataFrame([{"method": m, "operator": "blur", "decisive": d, "spearman": s,
                         "decisive_ceiling": 0.8} for m, d, s in rows])
-    out = vs.headline(t2, reference="blur")
+    out = headline(t2, reference="blur")
     assert out["best_pdm_mode"] == "pdm-occlusion" and out["best_pdm_decisive"] == 0.9
     assert out["pdm_region_spearman"] == 0.3 and out["ibd_spearman"] == 0.2
     assert out["decisive_ceiling"] == 0.8

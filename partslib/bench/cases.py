@@ -1,0 +1,180 @@
+"""The benchmark's cases (model pair and batch per size) and the timed callables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from partslib.explain.registry import get_method
+from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet
+from partslib.pdm import PartsDetectionModule
+
+__all__ = ["EXPLAINERS", "METHODS", "REFERENCES", "BenchCase", "build_case", "method_fns"]
+
+#: Registry explainers timed, and the benchmark-only references (not explainers of the registry)
+EXPLAINERS = ("pdm-region-soft", "ibd", "pdm-occlusion")
+REFERENCES = ("forward", "gradcam", "captum_occlusion")
+METHODS = ("forward", "pdm-region-soft", "ibd", "gradcam", "captum_occlusion", "pdm-occlusion")
+DEFAULT_SIZES = (64, 224)
+SMALL_WIDTHS = (24, 48, 96)  # profiles/default.yaml 02_classifier.widths
+SMALL_PDM = {"widths": [48, 24], "image_width": 0, "separable": False}  # 03_pdm
+NUM_LABELS = 6  # SynthParts: background + 5 parts
+NUM_CLASSES_64, NUM_CLASSES_224 = 6, 365
+TV_PDM_WIDTHS = [128, 64, 32]
+
+
+@dataclass
+class BenchCase:
+    """One model and batch that every method explains."""
+
+    size: int
+    classifier: ContractClassifier
+    pdm: PartsDetectionModule
+    images: torch.Tensor  # [B,3,H,W] float in [0,1]
+    targets: torch.Tensor  # [B] the predicted classes, explained by every method
+    weights: dict[str, str] = field(default_factory=dict)  # where each model came from
+
+
+def _images(size: int, batch: int, seed: int) -> tuple[torch.Tensor, str]:
+    """SynthParts test-stream images (seed 1, as the study's test split) at ``size``."""
+    from partslib.data.synthparts import SynthParts, SynthPartsConfig
+
+    ds = SynthParts(SynthPartsConfig(size=size), seed=1 + seed, n=batch, progress=False)
+    return ds.images.float() / 255.0, f"SynthParts(size={size}, seed={1 + seed})"
+
+
+def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None = None,
+               seed: int = 0) -> BenchCase:
+    """The model pair and batch of one size (see the module docstring)."""
+    from partslib import pipeline
+
+    torch.manual_seed(seed)
+    weights: dict[str, str] = {}
+    rd = Path(results_dir) if results_dir is not None else None
+    if size < 128:
+        clf: ContractClassifier | None = None
+        pdm: PartsDetectionModule | None = None
+        if rd is not None and (rd / pipeline.CLASSIFIER_CHECKPOINT).exists():
+            try:  # a study may be training it right now: an unfinished checkpoint refuses
+                clf = pipeline.load_classifier(rd)
+                weights["classifier"] = f"trained: {rd / pipeline.CLASSIFIER_CHECKPOINT}"
+            except (ValueError, RuntimeError) as e:
+                weights["classifier_not_loaded"] = str(e)
+            if clf is not None and clf.input_size != (size, size):
+                weights["classifier_not_loaded"] = f"checkpoint is for {clf.input_size} images"
+                clf = None
+        if clf is None:
+            clf = SmallResNet(NUM_CLASSES_64, widths=SMALL_WIDTHS, input_size=size)
+            weights["classifier"] = (f"random: SmallResNet(num_classes={NUM_CLASSES_64}, "
+                                     f"widths={list(SMALL_WIDTHS)})")
+        elif (rd / pipeline.PDM_CHECKPOINT).exists():
+            try:
+                pdm = pipeline.load_pdm(rd)
+                weights["pdm"] = f"trained: {rd / pipeline.PDM_CHECKPOINT}"
+            except (ValueError, RuntimeError) as e:
+                weights["pdm_not_loaded"] = str(e)
+        if pdm is None:
+            pdm = PartsDetectionModule.for_classifier(clf, NUM_LABELS, **SMALL_PDM)
+            weights["pdm"] = f"random: for_classifier(clf, {NUM_LABELS}, **{SMALL_PDM})"
+    else:
+        clf = TorchvisionResNet("resnet18", num_classes=NUM_CLASSES_224, input_size=size)
+        weights["classifier"] = f"random: torchvision resnet18, {NUM_CLASSES_224} classes"
+        pdm = PartsDetectionModule.for_classifier(clf, NUM_LABELS, widths=TV_PDM_WIDTHS)
+        weights["pdm"] = f"random: for_classifier(clf, {NUM_LABELS}, widths={TV_PDM_WIDTHS})"
+    clf.requires_grad_(False).eval()
+    pdm.requires_grad_(False).eval()
+    x, weights["images"] = _images(size, batch, seed)
+    with torch.inference_mode():
+        targets = clf(x).argmax(1)
+    return BenchCase(size, clf, pdm, x, targets.clone(), weights)
+
+
+def _random_ibd(case: BenchCase, seed: int = 0):
+    """An :class:`~partslib.baselines.IBDModel` with random concept classifiers (timing only)."""
+    from partslib.baselines import IBDModel
+    from partslib.ibd import ConceptClassifiers, decompose
+
+    g = torch.Generator().manual_seed(seed)
+    C = case.classifier.fc.in_features
+    L = case.pdm.num_labels
+    concepts = ConceptClassifiers(weight=torch.randn(L, C, generator=g) / C ** 0.5,
+                                  bias=torch.zeros(L), concepts=tuple(range(L)),
+                                  ap=torch.zeros(L))
+    parts = tuple(range(1, L))
+    q = concepts.concept_vectors()[1:]
+    dec = decompose(case.classifier.fc.weight.detach(), q, min(7, len(parts), C))
+    return IBDModel(classifier=case.classifier, concept_classifiers=concepts, decomposition=dec,
+                    part_concepts=parts, num_labels=L)
+
+
+def method_fns(case: BenchCase, methods: Sequence[str] = METHODS,
+               captum_baseline: str = "blur") -> dict[str, Callable[[], Any]]:
+    """One zero-argument callable per method; each explains ``case.images`` for ``case.targets``.
+
+    Registry explainers are built once here (the fused PDM among them), references wrap the
+    library calls; heavy imports and object construction happen here, not in the timed calls.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    if captum_baseline not in ("blur", "zero"):
+        raise ValueError(f"captum_baseline must be 'blur' or 'zero', got {captum_baseline!r}")
+    clf, x, k = case.classifier, case.images, case.targets
+    fns: dict[str, Callable[[], Any]] = {}
+
+    def no_grad(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.inference_mode():
+                return fn()
+        return run
+
+    region = get_method("pdm-region-soft").build(clf, pdm=case.pdm)
+    for name in (m for m in methods if m in EXPLAINERS):
+        ex = region if name == "pdm-region-soft" else get_method(name).build(
+            clf, pdm=region.segmenter, ibd=_random_ibd(case) if name == "ibd" else None)
+        fns[name] = no_grad(lambda ex=ex: ex(x, target=k))
+    if "forward" in methods:
+        fns["forward"] = no_grad(lambda: clf(x))
+    if "gradcam" in methods:
+        fns["gradcam"] = _gradcam_fn(clf, x, k)
+    if "captum_occlusion" in methods:
+        fns["captum_occlusion"] = no_grad(_captum_fn(region, x, k, captum_baseline))
+    return {m: fns[m] for m in methods}
+
+
+def _gradcam_fn(clf: ContractClassifier, x: torch.Tensor, k: torch.Tensor
+                ) -> Callable[[], Any]:
+    """pytorch-grad-cam's GradCAM as its README calls it (frozen classifier, input grad)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer = getattr(clf, clf.final_stage)
+
+    def gradcam_fn() -> Any:
+        xg = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad(), GradCAM(model=clf, target_layers=[layer]) as cam:
+            return cam(input_tensor=xg, targets=[ClassifierOutputTarget(int(c)) for c in k])
+    return gradcam_fn
+
+
+def _captum_fn(explainer: Any, x: torch.Tensor, k: torch.Tensor, baseline: str
+               ) -> Callable[[], Any]:
+    """Captum's FeatureAblation over the part label map of the PDM explainer's context."""
+    from captum.attr import FeatureAblation
+
+    from partslib.removal import GaussianBlurFill
+
+    ablation = FeatureAblation(explainer.classifier)
+    blur = GaussianBlurFill()
+
+    def captum_fn() -> Any:
+        labels = explainer.context(x, k).labels  # [B, H, W] the PDM part label map
+        mask = labels[:, None].expand(-1, 3, -1, -1)
+        base = blur.blur(x) if baseline == "blur" else 0.0
+        return ablation.attribute(x, target=k, feature_mask=mask, baselines=base)
+    return captum_fn

@@ -1,0 +1,208 @@
+"""The method table: every part explainer of the study, by one name.
+
+T1, T2 (:mod:`partslib.studies.validity`), the real-photo study, the explorer and the
+benchmark read :data:`REGISTRY`; its names are the T2 method names and the metric keys
+``validity/<method>/...``. An entry says what the method needs (a PDM, IBD), its units, and
+builds a configured :class:`~partslib.explain.core.PartExplainer` from the models::
+
+    explainer = get_method("pdm-occlusion").build(classifier, pdm=pdm)
+    e = explainer(images)                  # e.mode == "pdm-occlusion"
+
+Adding a method: a rule in :mod:`partslib.explain.rules` (if it is new) and one
+:class:`Method` entry below; ``tests/test_rules.py`` checks every entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from partslib.explain.core import (
+    IBDLinearSegmenter,
+    PartExplainer,
+    PDMSegmenter,
+    Segmenter,
+    Targets,
+    fused_features,
+)
+from partslib.explain.explanation import PartExplanation
+from partslib.explain.rules import (
+    HeatmapMassRule,
+    IBDBasisRule,
+    OcclusionRule,
+    RandomRule,
+    RegionRule,
+    Rule,
+)
+from partslib.models import ContractClassifier
+
+__all__ = [
+    "BLUR_KERNEL",
+    "BLUR_SIGMA",
+    "METHODS",
+    "REGISTRY",
+    "Method",
+    "Models",
+    "explain_methods",
+    "get_method",
+    "methods_needing",
+]
+
+BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's blur substrate (evaluation.md §2.1)
+
+
+@dataclass(frozen=True)
+class Models:
+    """What a rule factory may read: the models and settings of one explainer."""
+
+    classifier: ContractClassifier
+    pdm: Any = None
+    ibd: Any = None
+    seed: int = 0
+    fast: bool = False  # occlusion scores removed images with fused_features
+
+
+def _blur_occlusion(m: Models) -> Rule:
+    from partslib.removal import GaussianBlurFill
+
+    return OcclusionRule(GaussianBlurFill(BLUR_KERNEL, BLUR_SIGMA),
+                         features=fused_features(m.classifier) if m.fast else None)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One explainer of the study.
+
+    Attributes:
+        name: registry name (T2 method name, metric key part).
+        display: name shown to readers (explorer dropdown, tables).
+        units: ``"logit"``, ``"margin"``, ``"share"`` or ``"none"``.
+        note: one line on what to keep in mind when reading its numbers.
+        needs: models it needs beyond the classifier (``"pdm"``, ``"ibd"``).
+        maps: where its parts come from: ``"pdm"`` or ``"ibd"`` (IBD's linear maps).
+        contrastive: explains the margin against the runner-up class.
+        rule: factory of the rule from :class:`Models`.
+    """
+
+    name: str
+    display: str
+    units: str
+    note: str
+    needs: tuple[str, ...]
+    maps: str
+    contrastive: bool
+    rule: Callable[[Models], Rule]
+
+    def segmenter(self, pdm: Any = None, ibd: Any = None) -> Segmenter:
+        """The part map of this method from the given models (a built segmenter is kept)."""
+        for need, model in (("pdm", pdm), ("ibd", ibd)):
+            if need in self.needs and model is None:
+                raise ValueError(f"method {self.name!r} needs {need}=...")
+        src = pdm if self.maps == "pdm" else ibd
+        if src is None:
+            raise ValueError(f"method {self.name!r} draws its parts from {self.maps}: pass "
+                             f"{self.maps}=...")
+        if not isinstance(src, torch.nn.Module) and hasattr(src, "check"):
+            return src  # a built segmenter
+        return PDMSegmenter(src) if self.maps == "pdm" else IBDLinearSegmenter(src)
+
+    def build(self, classifier: ContractClassifier, pdm: Any = None, ibd: Any = None, *,
+              seed: int = 0, part_names: Sequence[str] | None = None,
+              fast: bool = False) -> PartExplainer:
+        """A :class:`PartExplainer` running this method (``pdm`` may be a built
+        :class:`PDMSegmenter`, to share its fused copy between explainers)."""
+        _check_ibd(classifier, ibd)
+        seg = self.segmenter(pdm, ibd)
+        rule = self.rule(Models(classifier, pdm, ibd, seed, fast))
+        return PartExplainer(classifier, seg, part_names, rule=rule,
+                             contrastive=self.contrastive, name=self.name)
+
+
+def _check_ibd(classifier: ContractClassifier, ibd: Any) -> None:
+    if ibd is not None and getattr(ibd, "classifier", classifier) is not classifier:
+        raise ValueError("ibd was fitted to another classifier object: pass the same classifier "
+                         "(IBD's decomposition is of that classifier's weights)")
+
+
+_BLUR_NOTE = "its claim is the blur counterfactual on PDM masks: against 'blur' it is nearly " \
+             "scored by its own operator"
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("pdm-region-soft", "region (soft)", "logit",
+           "CAM x PDM part probabilities; complete: bias + sum = logit", ("pdm",), "pdm", False,
+           lambda m: RegionRule(hard=False)),
+    Method("pdm-region-hard", "region (hard)", "logit",
+           "CAM x argmax PDM part map; complete", ("pdm",), "pdm", False,
+           lambda m: RegionRule(hard=True)),
+    Method("pdm-occlusion", "occlusion (blur)", "logit", _BLUR_NOTE, ("pdm",), "pdm", False,
+           _blur_occlusion),
+    Method("pdm-region-soft-contrastive", "region, vs runner-up", "margin",
+           "region rule on the margin logit_k - logit_j", ("pdm",), "pdm", True,
+           lambda m: RegionRule(hard=False)),
+    Method("pdm-occlusion-contrastive", "occlusion, vs runner-up", "margin",
+           "blur on PDM masks, margin", ("pdm",), "pdm", True, _blur_occlusion),
+    Method("pdm-basis", "IBD basis, PDM maps", "logit",
+           "same numbers as ibd: the basis rule reads no map (2x2 cell pdm x basis = "
+           "linear x basis)", ("pdm", "ibd"), "pdm", False, lambda m: IBDBasisRule(m.ibd)),
+    Method("ibd", "IBD", "logit", "IBD = (linear maps, basis rule)", ("ibd",), "ibd", False,
+           lambda m: IBDBasisRule(m.ibd)),
+    Method("ibd-linear-region", "region, IBD linear maps", "logit",
+           "2x2 cell (linear maps, region rule)", ("ibd",), "ibd", False,
+           lambda m: RegionRule(hard=False)),
+    Method("gradcam-mass", "Grad-CAM mass", "share",
+           "share of positive Grad-CAM mass per PDM part (no logit units)", ("pdm",), "pdm",
+           False, lambda m: HeatmapMassRule("gradcam")),
+    Method("random", "random", "none", "chance floor", ("pdm",), "pdm", False,
+           lambda m: RandomRule(m.seed)),
+)}
+METHODS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """The registry entry ``name``; a clear error names the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {list(REGISTRY)}") from None
+
+
+def methods_needing(model: str) -> tuple[str, ...]:
+    """Names of the methods that need ``model`` (``"pdm"`` or ``"ibd"``)."""
+    return tuple(n for n, m in REGISTRY.items() if model in m.needs)
+
+
+def explain_methods(classifier: ContractClassifier, images: Tensor, methods: Iterable[str],
+                    pdm: Any = None, ibd: Any = None, target: Targets = None, seed: int = 0,
+                    batch_size: int = 128, fast: bool = False,
+                    part_names: Sequence[str] | None = None) -> dict[str, PartExplanation]:
+    """Every method of ``methods`` on ``images``, sharing the classifier and segmenter passes:
+    the methods on one part map run from one context per batch."""
+    names = list(methods)
+    entries = [get_method(n) for n in names]
+    _check_ibd(classifier, ibd)
+    segs: dict[str, Segmenter] = {}
+    groups: dict[str, dict[str, tuple[Rule, bool]]] = {}
+    models = Models(classifier, pdm, ibd, seed, fast)
+    for e in entries:
+        if e.maps not in segs:
+            segs[e.maps] = e.segmenter(pdm, ibd)
+        else:
+            e.segmenter(pdm, ibd)  # checks the needs
+        groups.setdefault(e.maps, {})[e.name] = (e.rule(models), e.contrastive)
+    out: dict[str, PartExplanation] = {}
+    for maps, rules in groups.items():
+        explainer = PartExplainer(classifier, segs[maps], part_names)
+        res = explainer.explain_many(images, rules, target, batch_size)
+        for name, expl in res.items():
+            expl.mode = name
+            out[name] = expl
+    return {n: out[n] for n in names}
+
+
+def display_names(methods: Iterable[str] | None = None) -> Mapping[str, str]:
+    """Registry name -> display name."""
+    return {n: REGISTRY[n].display for n in (methods or REGISTRY)}
