@@ -3,17 +3,8 @@
     python -m partslib.runner --profile smoke|default|gpu [--only NAME ...] [--dry-run]
                               [--results results] [--retrain] [--reference]
 
-A profile is ``profiles/<profile>.yaml``::
-
-    description: one line
-    notebooks: [01_data, 02_classifier]   # run in this order
-    common:                               # given to every notebook that declares the name
-      seed: 0
-    02_classifier:                        # given to that notebook only
-      epochs: 14
-
-The runner adds ``profile``, ``results_dir`` (absolute) and ``data_dir`` to every notebook that
-declares them. Notebook ``NN_<stage>.ipynb`` writes its outputs under ``results_dir/<stage>/``
+A profile is ``profiles/<profile>.yaml`` (format: :mod:`partslib.profiles`). The runner adds
+``profile``, ``results_dir`` (absolute) and ``data_dir`` to every notebook that declares them. Notebook ``NN_<stage>.ipynb`` writes its outputs under ``results_dir/<stage>/``
 (``metrics.json`` among them). Results flow one way: after EACH stage the runner merges the
 stages' metrics into ``results/<profile>/metrics.json`` (keys ``<stage>/<key>``) and rewrites
 ``results/<profile>/timings.json`` (status ``running``, the stages so far), so a later stage
@@ -37,22 +28,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import difflib
 import json
 import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from partslib.io import StudyRootError, find_root, merge_metrics, stage_name, write_json
+from partslib.profiles import RUNNER_PARAMS, Profile, ProfileError, load_profile, validate_profile
 
 __all__ = [
+    "RUNNER_PARAMS",
     "Profile",
     "ProfileError",
     "RunTimings",
@@ -67,165 +57,12 @@ __all__ = [
     "validate_profile",
 ]
 
-RUNNER_PARAMS = ("profile", "results_dir", "data_dir")
 # Subfolders of results/<profile>/ that are not part of one run's results.
 KEEP_DIRS = ("previous", "checkpoints")
-_RESERVED_KEYS = ("notebooks", "common", "description")
-
-
-class ProfileError(ValueError):
-    """The profile file is malformed or does not fit the notebooks (all problems, one per line)."""
 
 
 class StageError(RuntimeError):
     """A notebook failed; the message names the executed notebook and the failing cell."""
-
-
-@dataclass
-class Profile:
-    name: str
-    path: Path
-    notebooks: list[str]
-    common: dict[str, Any] = field(default_factory=dict)
-    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
-    description: str = ""
-
-    def parameters(self, notebook: str, declared: Sequence[str]) -> dict[str, Any]:
-        """Parameters for ``notebook``: the common ones it declares, then its own section."""
-        params = {k: v for k, v in self.common.items() if k in declared}
-        params.update(self.sections.get(notebook, {}))
-        return params
-
-
-def load_profile(profile: str | os.PathLike, root: Path) -> Profile:
-    """Read ``profiles/<profile>.yaml`` (or a path to a .yaml file) and check its structure."""
-    p = Path(profile)
-    path = p if p.suffix in (".yaml", ".yml") else root / "profiles" / f"{profile}.yaml"
-    if not path.is_file():
-        known = sorted(f.stem for f in (root / "profiles").glob("*.yaml"))
-        raise ProfileError(f"profile {str(profile)!r} not found: no file {path} "
-                           f"(known profiles: {', '.join(known) or 'none'})")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ProfileError(f"{path} is not valid YAML: {e}") from e
-    errors = []
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{path}: expected a mapping with 'notebooks' and 'common', "
-                           f"got {type(raw).__name__}")
-    notebooks = raw.get("notebooks")
-    if not isinstance(notebooks, list) or not notebooks or \
-            not all(isinstance(n, str) for n in notebooks):
-        errors.append(f"{path}: 'notebooks' must be a non-empty list of notebook names")
-        notebooks = []
-    elif len(set(notebooks)) != len(notebooks):
-        errors.append(f"{path}: 'notebooks' lists a notebook twice: {notebooks}")
-    common = raw.get("common") or {}
-    if not isinstance(common, dict):
-        errors.append(f"{path}: 'common' must be a mapping of parameter: value")
-        common = {}
-    sections = {}
-    for key, value in raw.items():
-        if key in _RESERVED_KEYS:
-            continue
-        if key not in notebooks:
-            hint = _suggest(key, notebooks)
-            errors.append(f"{path}: section {key!r} is not a notebook of this profile's "
-                          f"'notebooks' list{hint}")
-            continue
-        if not isinstance(value, dict):
-            errors.append(f"{path}: section {key!r} must be a mapping of parameter: value")
-            continue
-        sections[key] = value
-    for where, params in [("common", common), *sections.items()]:
-        for k in params:
-            if k in RUNNER_PARAMS:
-                errors.append(f"{path}: {where}.{k} is set by the runner, not by a profile "
-                              f"(use --results / --data)")
-    if errors:
-        raise ProfileError("\n".join(errors))
-    return Profile(name=path.stem, path=path, notebooks=list(notebooks), common=dict(common),
-                   sections=sections, description=str(raw.get("description", "")))
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# Types a parameter's annotation admits, by annotation base name.
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
-          "list": (list,), "tuple": (list,), "dict": (dict,)}
-
-
-def _type_problem(value: Any, annotation: str) -> str | None:
-    base = annotation.split("[")[0].strip()
-    allowed = _TYPES.get(base)
-    if allowed is None or value is None:
-        return None
-    if isinstance(value, bool) and bool not in allowed:
-        return f"is {value!r} (bool), the notebook declares {annotation}"
-    if not isinstance(value, allowed):
-        hint = ""
-        if isinstance(value, str) and base == "float":
-            hint = " (YAML reads 3e-3 as a string: write 0.003 or 3.0e-3)"
-        return f"is {value!r} ({type(value).__name__}), the notebook declares {annotation}{hint}"
-    return None
-
-
-def validate_profile(profile: Profile, notebooks_dir: Path,
-                     only: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Check that every notebook exists and declares every parameter the profile sets for it.
-
-    Returns ``{notebook: parameters from the profile}`` for the notebooks to run; raises
-    :class:`ProfileError` listing every problem found.
-    """
-    import papermill as pm
-
-    errors, declared_by = [], {}
-    for name in only or ():
-        if name not in profile.notebooks:
-            errors.append(f"--only {name}: not in the notebooks of profile {profile.name!r} "
-                          f"({', '.join(profile.notebooks)}){_suggest(name, profile.notebooks)}")
-    for name in profile.notebooks:
-        nb_path = notebooks_dir / f"{name}.ipynb"
-        if not nb_path.is_file():
-            errors.append(f"{profile.path}: notebook {name!r} does not exist (looked for "
-                          f"{nb_path})")
-            continue
-        try:
-            declared = pm.inspect_notebook(str(nb_path))
-        except Exception as e:  # unreadable notebook
-            errors.append(f"{nb_path}: cannot be read as a notebook ({type(e).__name__}: {e})")
-            continue
-        if not declared:
-            errors.append(f"{nb_path}: has no cell tagged 'parameters' (or it declares nothing)")
-        declared_by[name] = declared
-        for key, value in profile.sections.get(name, {}).items():
-            if key not in declared:
-                errors.append(f"{profile.path}: {name}.{key}: unknown parameter; the parameters "
-                              f"cell of {nb_path} declares {', '.join(declared) or 'nothing'}"
-                              f"{_suggest(key, list(declared))}")
-                continue
-            problem = _type_problem(value, declared[key]["inferred_type_name"])
-            if problem:
-                errors.append(f"{profile.path}: {name}.{key} {problem}")
-    if len(declared_by) == len(profile.notebooks):  # every notebook was readable
-        all_declared = {k for d in declared_by.values() for k in d}
-        for key, value in profile.common.items():
-            if key not in all_declared:
-                errors.append(f"{profile.path}: common.{key}: no notebook of the profile declares "
-                              f"this parameter{_suggest(key, sorted(all_declared))}")
-            for name, declared in declared_by.items():
-                if key in declared:
-                    problem = _type_problem(value, declared[key]["inferred_type_name"])
-                    if problem:
-                        errors.append(f"{profile.path}: common.{key} {problem} ({name})")
-                        break
-    if errors:
-        raise ProfileError("\n".join(errors))
-    selected = [n for n in profile.notebooks if not only or n in only]
-    return {n: profile.parameters(n, list(declared_by[n])) for n in selected}
 
 
 def archive_previous_run(run_dir: Path, include_checkpoints: bool = False,
@@ -503,7 +340,8 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m partslib.runner", description=(__doc__ or "").split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m partslib.runner",
+                                 description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--profile", default="default",
                     help="profile name (profiles/NAME.yaml) or path to a .yaml file")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these notebooks")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -137,6 +138,11 @@ def test_report_without_runner_metrics_merges_the_stage_folders(run_dir):
     run = report.read_run(run_dir)
     assert run.metrics["pdm/miou"] == 0.75 and "no metrics.json" in run.notes[0]
     assert "no metrics.json from the runner" in report.build_report(run_dir)
+    # a stage rerun by hand after the runner merged: its newer metrics win, and the page says so
+    (run_dir / "metrics.json").write_text(json.dumps({"pdm/miou": 0.5}))
+    os.utime(run_dir / "metrics.json", (1_000_000, 1_000_000))
+    run = report.read_run(run_dir)
+    assert run.metrics["pdm/miou"] == 0.75 and "pdm wrote metrics after" in run.notes[0]
 
 
 def test_write_report_and_readme_block(run_dir, tmp_path):

@@ -146,10 +146,12 @@ def test_archive_keeps_checkpoints_unless_asked(tmp_path):
     (run / "timings.json").write_text(json.dumps({"started": "2026-01-02T03:04:05"}))
     dest = runner.archive_previous_run(run)
     assert dest == run / "previous" / "20260102-030405"
+    assert dest is not None
     assert sorted(p.name for p in dest.iterdir()) == ["metrics.json", "timings.json"]
     assert (run / "checkpoints" / "m.pt").exists()
     assert runner.archive_previous_run(run) is None  # nothing left to move
     dest2 = runner.archive_previous_run(run, include_checkpoints=True)
+    assert dest2 is not None
     assert (dest2 / "checkpoints" / "m.pt").exists() and dest2 != dest
 
 
@@ -241,7 +243,8 @@ def test_timings_and_metrics_are_written_after_each_stage(tmp_path):
     assert merged["gamma/status"] == "running"
     assert merged["gamma/stages"] == "01_alpha,02_beta"
     assert merged["gamma/total_is_set"] is False
-    assert merged["gamma/merged_keys"] == "alpha/nested/rate,alpha/value,beta/nested/rate,beta/value"
+    assert merged["gamma/merged_keys"] == \
+        "alpha/nested/rate,alpha/value,beta/nested/rate,beta/value"
     timings = json.loads((tmp_path / "results" / "p" / "timings.json").read_text())
     assert timings["status"] == "ok" and list(timings["stages"]) == ["01_alpha", "02_beta",
                                                                       "03_gamma"]

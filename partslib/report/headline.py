@@ -131,11 +131,14 @@ def read_run(run_dir: str | Path) -> Run:
     notes = []
     metrics = read_json(run_dir / "metrics.json")
     timings = read_json(run_dir / "timings.json")
-    if metrics is None:
-        stages = sorted(p.parent.name for p in run_dir.glob("*/metrics.json"))
-        metrics, _ = merge_metrics(run_dir, stages)
-        notes.append("no metrics.json from the runner: the stage folders' metrics were merged "
-                     "for this report")
+    stage_files = sorted(run_dir.glob("*/metrics.json"))
+    newer = [p.parent.name for p in stage_files if metrics is not None
+             and p.stat().st_mtime > (run_dir / "metrics.json").stat().st_mtime]
+    if metrics is None or newer:
+        metrics, _ = merge_metrics(run_dir, [p.parent.name for p in stage_files])
+        why = (f"{', '.join(newer)} wrote metrics after the runner's metrics.json (a notebook "
+               f"rerun by hand)" if newer else "no metrics.json from the runner")
+        notes.append(f"{why}: the stage folders' metrics were merged for this report")
     minutes, note = wall_time(timings)
     if minutes is not None:
         metrics["study/total_minutes"] = minutes

@@ -83,7 +83,10 @@ def _facts(run: Run) -> str:
     machine = (read_json(run.path / "bench.json") or {}).get("machine") or {}
     cpu = machine.get("cpu")
     cores = machine.get("cpus_usable") or machine.get("cpu_count") or t.get("cpu_count")
-    n = lambda key, spec=",": fmt(m.get(key), spec)
+
+    def n(key: str, spec: str = ",") -> str:
+        return fmt(m.get(key), spec)
+
     size = m.get("data/image_size")
     facts = [
         ("profile", f"<b>{escape(run.profile)}</b>"),
