@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -106,6 +105,12 @@ def test_report_says_why_the_wall_time_is_not_measured(run_dir):
     assert report.wall_time(only)[0] is None and "--only" in report.wall_time(only)[1]
 
 
+def test_numbers_are_rounded_without_nan_or_negative_zero():
+    assert tables.fmt(float("nan")) == tables.DASH and tables.fmt(None) == tables.DASH
+    assert tables.fmt(-0.0004, ".2f") == "0.00" and tables.fmt(-0.004, ".3f") == "-0.004"
+    assert tables.fmt(-0.02, ".2f") == "-0.02" and tables.fmt(1234, ",") == "1,234"
+
+
 def test_t2_is_a_method_by_operator_matrix(run_dir):
     import pandas as pd
 
@@ -140,9 +145,11 @@ def test_report_without_runner_metrics_merges_the_stage_folders(run_dir):
     assert "no metrics.json from the runner" in report.build_report(run_dir)
     # a stage rerun by hand after the runner merged: its newer metrics win, and the page says so
     (run_dir / "metrics.json").write_text(json.dumps({"pdm/miou": 0.5}))
-    os.utime(run_dir / "metrics.json", (1_000_000, 1_000_000))
     run = report.read_run(run_dir)
-    assert run.metrics["pdm/miou"] == 0.75 and "pdm wrote metrics after" in run.notes[0]
+    assert run.metrics["pdm/miou"] == 0.75 and "differs from what pdm wrote" in run.notes[0]
+    (run_dir / "metrics.json").write_text(json.dumps({"pdm/miou": 0.75, "x/y": 1}))
+    assert report.read_run(run_dir).notes == []  # consistent: the runner's file is read as is
+    assert report.read_run(run_dir).metrics["x/y"] == 1
 
 
 def test_write_report_and_readme_block(run_dir, tmp_path):

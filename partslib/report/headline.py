@@ -131,13 +131,16 @@ def read_run(run_dir: str | Path) -> Run:
     notes = []
     metrics = read_json(run_dir / "metrics.json")
     timings = read_json(run_dir / "timings.json")
-    stage_files = sorted(run_dir.glob("*/metrics.json"))
-    newer = [p.parent.name for p in stage_files if metrics is not None
-             and p.stat().st_mtime > (run_dir / "metrics.json").stat().st_mtime]
-    if metrics is None or newer:
-        metrics, _ = merge_metrics(run_dir, [p.parent.name for p in stage_files])
-        why = (f"{', '.join(newer)} wrote metrics after the runner's metrics.json (a notebook "
-               f"rerun by hand)" if newer else "no metrics.json from the runner")
+    stages = sorted(p.parent.name for p in run_dir.glob("*/metrics.json"))
+    in_folders, _ = merge_metrics(run_dir, stages)
+    # a notebook rerun by hand after the runner merged leaves metrics.json behind its folder
+    stale = sorted({k.split("/", 1)[0] for k, v in in_folders.items()
+                    if metrics is not None and k in metrics and metrics[k] != v
+                    and v == v})  # v == v: NaN equals nothing
+    if metrics is None or stale:
+        metrics = in_folders
+        why = (f"the runner's metrics.json differs from what {', '.join(stale)} wrote since "
+               f"(a notebook rerun by hand)" if stale else "no metrics.json from the runner")
         notes.append(f"{why}: the stage folders' metrics were merged for this report")
     minutes, note = wall_time(timings)
     if minutes is not None:

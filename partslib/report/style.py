@@ -9,7 +9,7 @@ h2 { font-size: 19px; margin: 26px 0 8px; padding-bottom: 4px; border-bottom: 2p
 code { font-size: 90%; }
 section { margin-bottom: 8px; }
 .row { display: flex; gap: 28px; align-items: flex-start; flex-wrap: wrap; }
-.row > div { flex: 0 1 auto; }
+.row > div { flex: 0 1 auto; max-width: 880px; }
 .row > figure { flex: 1 1 340px; }
 p.verdict { margin: 2px 0 10px; font-size: 16px; max-width: 1050px; }
 p.lead { max-width: 1050px; margin: 4px 0 10px; }

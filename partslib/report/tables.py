@@ -62,7 +62,8 @@ def fmt(value: Any, spec: str = ".3f") -> str:
     if _missing(value):
         return DASH
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format(value, spec)
+        text = format(value, spec)
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
     return escape(str(value))
 
 
