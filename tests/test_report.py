@@ -39,7 +39,7 @@ Grad-CAM (thresholded),,,,,0.3,0.6,
 """
 T4 = """size,method,batch,ms_per_batch,ratio_to_forward
 64,forward,8,10.0,1.0
-64,pdm_region,8,15.0,1.5
+64,pdm-region-soft,8,15.0,1.5
 """
 
 
@@ -125,6 +125,21 @@ def test_t2_is_a_method_by_operator_matrix(run_dir):
     assert "–" in body[2] and "not computed" in html  # missing ρ: a dash and its footnote
 
 
+def test_benchmark_targets_read_the_keys_of_earlier_runs_too():
+    old = report.headline_table({"benchmark/pdm_region_vs_forward@64": 1.5}).set_index("what")
+    new = report.headline_table({"benchmark/pdm-region-soft_vs_forward@64": 1.5}).set_index("what")
+    row = "PDM-region cost / classifier forward (batch 64)"
+    assert old.loc[row, "measured"] == new.loc[row, "measured"] == "1.50"
+
+
+def test_method_names_come_from_the_registry():
+    from partslib.explain.registry import REGISTRY
+
+    assert tables.method_label("pdm-region-soft") == REGISTRY["pdm-region-soft"].display
+    assert tables.method_label("pdm_region") == tables.method_label("pdm-region-soft")
+    assert tables.method_label("forward") == tables.BENCH_LABELS["forward"]
+
+
 def test_report_has_no_nan_and_no_index_column(run_dir):
     html = report.build_report(run_dir)
     text = _text(html)
@@ -134,6 +149,7 @@ def test_report_has_no_nan_and_no_index_column(run_dir):
     linked = report.build_report(run_dir, embed=False)
     assert "data:image" not in linked and "src='explanations/gallery_correct.png'" in linked
     assert "not defined for the method" in text  # T1's blanks are explained
+    assert "<tr class='default'><td class='left'>region (soft)</td>" in text  # T4's subject row
 
 
 def test_report_without_runner_metrics_merges_the_stage_folders(run_dir):

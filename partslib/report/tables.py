@@ -16,10 +16,11 @@ import pandas as pd
 __all__ = [
     "BENCH_LABELS",
     "DASH",
-    "METHOD_LABELS",
+    "DEFAULT_RULE",
     "OPERATOR_LABELS",
     "fmt",
     "html_table",
+    "method_label",
     "t1_compact",
     "t2_details",
     "t2_matrix",
@@ -28,24 +29,22 @@ __all__ = [
 
 DASH = "–"
 
-# Display names of the T2 methods (metric keys keep the method names).
-METHOD_LABELS = {
-    "pdm-region-soft": "PDM · region (default rule)",
-    "pdm-region-hard": "PDM · region, hard masks",
-    "pdm-occlusion": "PDM · occlusion (blur)",
-    "pdm-region-soft-contrastive": "PDM · region, contrastive",
-    "pdm-occlusion-contrastive": "PDM · occlusion, contrastive",
-    "pdm-basis": "PDM · IBD basis rule",
-    "ibd": "IBD",
-    "ibd-linear-region": "IBD linear maps · region",
-    "gradcam-mass": "Grad-CAM mass in PDM parts",
-    "random": "random (chance floor)",
-}
+# The benchmark's references, and its explainers under the names of runs made before the
+# method registry (partslib.explain.registry) named them.
 BENCH_LABELS = {"forward": "classifier forward (reference)",
-                "pdm_region": "PDM · region (default rule)", "ibd": "IBD",
                 "gradcam": "Grad-CAM (pytorch-grad-cam)",
                 "captum_occlusion": "Captum occlusion of PDM parts",
-                "pdm_occlusion": "PDM · occlusion (blur)"}
+                "pdm_region": "pdm-region-soft", "pdm_occlusion": "pdm-occlusion"}
+DEFAULT_RULE = "pdm-region-soft"
+
+
+def method_label(name: str) -> str:
+    """The display name of a T2 or T4 method: the registry's, else the benchmark's."""
+    from partslib.explain.registry import REGISTRY
+
+    name = BENCH_LABELS.get(name, name) if name not in REGISTRY else name
+    entry = REGISTRY.get(name)
+    return entry.display if entry is not None else name.replace("_", " ")
 OPERATOR_LABELS = {"rerender": "re-render", "mean": "mean fill", "blur": "blur",
                    "road": "ROAD"}
 OPERATOR_NOTES = {"rerender": "exact: the image drawn again without the part",
@@ -98,7 +97,7 @@ def _ordered(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def t2_matrix(t2: pd.DataFrame, default: str = "pdm-region-soft",
+def t2_matrix(t2: pd.DataFrame, default: str = DEFAULT_RULE,
               best: str | None = None) -> str:
     """T2 as a method x operator matrix: Spearman of claimed contributions against the measured
     removal effects, and decisive-part accuracy beside the ceiling of the same operator (the
@@ -135,7 +134,7 @@ def t2_matrix(t2: pd.DataFrame, default: str = "pdm-region-soft",
             tds.append(f"<td class='num' style='{_shade(None if _missing(rho) else rho)}'>"
                        f"{fmt(rho, '.2f')}</td><td class='num sep' style='"
                        f"{_shade(rel, 210)}'>{fmt(dec, '.2f')}{own}</td>")
-        label = escape(METHOD_LABELS.get(m, m))
+        label = escape(method_label(m))
         cls = " class='default'" if m == default else ""
         rows.append(f"<tr{cls}><td class='left' title='{escape(m)}'>{label}{tags}</td>"
                     + "".join(tds) + f"<td class='txt'>{escape(str(units))}</td></tr>")
@@ -159,7 +158,7 @@ def t2_details(t2: pd.DataFrame) -> str:
     cols = ["method", "operator", "top_part", "norm_abs_error", "auc_claimed", "auc_random",
             "auc_oracle", "completeness_error_max"]
     df = t2.loc[:, [c for c in cols if c in t2.columns]].copy()
-    df["method"] = df.method.map(lambda m: METHOD_LABELS.get(m, m))
+    df["method"] = df.method.map(method_label)
     return html_table(df, {"completeness_error_max": ".1e"}, cls="long")
 
 
@@ -200,8 +199,8 @@ def t4_compact(t4: pd.DataFrame) -> str:
             ratio = float(r.ratio_to_forward.iloc[0])
             tds.append(f"<td class='num'>{fmt(float(r.ms_per_batch.iloc[0]), '.0f')}</td>"
                        f"<td class='num sep'>{fmt(ratio, '.2f')}</td>")
-        cls = " class='default'" if m in ("pdm_region", "pdm-region-soft") else ""
-        label = BENCH_LABELS.get(m) or METHOD_LABELS.get(m) or m.replace("_", " ")
+        cls = " class='default'" if BENCH_LABELS.get(m, m) == DEFAULT_RULE else ""
+        label = method_label(m)
         rows.append(f"<tr{cls}><td class='left'>{escape(label)}</td>"
                     + "".join(tds) + "</tr>")
     return "<table class='matrix'>" + "".join(rows) + "</table>"
