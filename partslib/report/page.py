@@ -66,13 +66,19 @@ def _verdict(table: pd.DataFrame) -> str:
     counted = [r for r in rows if r["counted"]]
     met = sum(r["met"] == "yes" for r in counted)
     measured = sum(r["met"] != DASH for r in counted)
-    missed = [f"{r['what']} ({r['measured']}, target {r['target']})"
-              for r in rows if r["met"] == "no"]
+    def describe(r: dict) -> str:
+        return escape(f"{r['what']} ({r['measured']}, target {r['target']})")
+
+    missed = [describe(r) for r in counted if r["met"] == "no"]
+    below = [describe(r) for r in rows if not r["counted"] and r["met"] == "no"]
     text = f"<b>{met} of {measured} measured targets met.</b>"
     if measured < len(counted):
         text += f" {len(counted) - measured} not measured."
     if missed:
-        text += " Missed: " + "; ".join(escape(m) for m in missed) + "."
+        text += " Missed: " + "; ".join(missed) + "."
+    if below:
+        text += " Also below its target (shown beside a target, not counted): " \
+            + "; ".join(below) + "."
     return f"<p class='verdict'>{text}</p>"
 
 
