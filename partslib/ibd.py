@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from partslib.constants import IGNORE_INDEX
+
 __all__ = [
     "ConceptClassifiers",
     "IBDDecomposition",
@@ -64,7 +66,7 @@ __all__ = [
     "train_concept_classifiers",
 ]
 
-IGNORE_LABEL = 255  # label id that is never a positive nor a negative cell
+IGNORE_LABEL = IGNORE_INDEX  # label id that is never a positive nor a negative cell
 _DEGENERATE_TOL = 1e-10  # relative squared norm below which a candidate lies in the chosen span
 _LOCKSTEP_BUDGET = 2**25  # floats in one padded (concepts, rows, C) training batch (128 MiB)
 

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partslib.constants import IGNORE_INDEX
 from partslib.data.folder import FolderDataset
 from partslib.data.images import PathLike, load_image
 from partslib.explain.registry import METHODS
@@ -86,7 +87,6 @@ CARPARTS_DECISIVE: dict[str, list[str]] = {
 T2_OPERATORS = ("mean", "blur", "road")
 #: Methods of T2 on real photos: every method of the registry.
 T2_METHODS = METHODS
-IGNORE_INDEX = 255
 
 
 def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
