@@ -143,7 +143,7 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
         with torch.no_grad():
             feats = classifier.features(x)
             A = feats[classifier.final_stage]
-            probs = {"PDM": pdm(feats, classifier.normalise(x)).softmax(1).cpu()}
+            probs = {"PDM": pdm(feats, x).softmax(1).cpu()}
             lin = ibd.linear_maps_from_features(A, tuple(x.shape[-2:])).cpu()
             probs["IBD linear maps"] = lin.softmax(1)
             grid_scores.append(ibd.linear_scores_from_features(A).cpu())
