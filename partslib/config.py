@@ -67,9 +67,9 @@ class DataConfig(_Config):
         self._check(self.image_size >= 8, "image_size", self.image_size, ">= 8")
         self._check(self.n_train >= 1, "n_train", self.n_train, ">= 1")
         self._check(self.n_test >= 1, "n_test", self.n_test, ">= 1")
-        self._check(self.train_seed != self.test_seed, "test_seed", self.test_seed,
-                    f"different from train_seed ({self.train_seed}): the splits would share "
-                    f"their first samples")
+        if self.train_seed == self.test_seed:
+            raise ValueError(f"train_seed and test_seed must differ (got {self.train_seed} for "
+                             f"both): the splits would share their first samples")
 
 
 @dataclass(frozen=True)
