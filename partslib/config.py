@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-__all__ = ["DataConfig", "ClassifierConfig", "PDMConfig", "resolve"]
+__all__ = ["ClassifierConfig", "DataConfig", "PDMConfig", "resolve"]
 
 _C = TypeVar("_C", bound="_Config")
 

@@ -24,8 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ContractClassifier", "SmallResNet", "TorchvisionResNet", "build_classifier",
-           "create_classifier", "check_images"]
+__all__ = [
+    "ContractClassifier",
+    "SmallResNet",
+    "TorchvisionResNet",
+    "build_classifier",
+    "check_images",
+    "create_classifier",
+]
 
 
 def check_images(x: torch.Tensor, name: str = "images", size: tuple[int, int] | None = None

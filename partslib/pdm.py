@@ -4,8 +4,9 @@ Start from the final stage ``A_S``; repeat {upsample ×2, add a 1×1 projection 
 earlier stage, 3×3 conv–BN–ReLU}; optionally add a stride-1 step that merges a 1×1 projection
 of the input image itself (sharp part boundaries for the price of a few channels at full
 resolution; the PDM normalises the raw image as its classifier does); a 1×1 conv gives ``P+1``
-logits per pixel (background + P parts); a final bilinear resize gives ``H×W``. The heavy convolutions run at low resolution, where the channels are;
-widths shrink as the resolution grows.
+logits per pixel (background + P parts); a final bilinear resize gives ``H×W``. The heavy
+convolutions run at low resolution, where the channels are; widths shrink as the resolution
+grows.
 
 The PDM only *reads* the classifier's features: it never changes its weights or predictions.
 """
@@ -13,6 +14,7 @@ The PDM only *reads* the classifier's features: it never changes its weights or 
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from partslib.training import TensorLoader, fit, load_checkpoint
 # bump when the decoder's layout changes, so checkpoints of an older layout are not reused
 DECODER_VERSION = 2
 
-__all__ = ["PartsDetectionModule", "extract_features", "train_pdm", "segment", "load_pdm"]
+__all__ = ["PartsDetectionModule", "extract_features", "load_pdm", "segment", "train_pdm"]
 
 _DEFAULT = PDMConfig()
 
@@ -71,6 +73,9 @@ class PartsDetectionModule(nn.Module):
     :class:`~partslib.config.PDMConfig`'s.
     """
 
+    image_mean: torch.Tensor
+    image_std: torch.Tensor
+
     def __init__(self, stage_channels: dict[str, int], stage_strides: dict[str, int],
                  num_labels: int, widths: Sequence[int] | None = None,
                  image_width: int = _DEFAULT.image_width,
@@ -83,7 +88,7 @@ class PartsDetectionModule(nn.Module):
         if unknown:
             raise ValueError(f"PDM stages {unknown} are not in the classifier's contract "
                              f"{list(stage_channels)}")
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             if stage_strides[b] != 2 * stage_strides[a]:
                 raise ValueError(f"stages {a!r} (stride {stage_strides[a]}) and {b!r} (stride "
                                  f"{stage_strides[b]}) must differ by a factor 2")
@@ -141,7 +146,8 @@ class PartsDetectionModule(nn.Module):
             cin = image_width
             self.out_stride = 1
         self.classifier = nn.Conv2d(cin, num_labels, 1)
-        self._arch = {"decoder_version": DECODER_VERSION, "stage_channels": {n: stage_channels[n] for n in names},
+        self._arch = {"decoder_version": DECODER_VERSION,
+                      "stage_channels": {n: stage_channels[n] for n in names},
                       "stage_strides": {n: stage_strides[n] for n in names},
                       "num_labels": num_labels, "widths": widths, "image_width": image_width,
                       "image_kernel": image_kernel, "separable": separable,
@@ -308,16 +314,15 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
 
-    inputs: Any = feats
-    forward = None
-    if pdm.uses_image:  # batches of (features, raw images), made float on the device
-        inputs = (feats, images)
+    def with_images(m: nn.Module, batch: tuple) -> torch.Tensor:
+        return m(batch[0], _to_unit_float(batch[1]))
 
-        def forward(m: nn.Module, batch: tuple) -> torch.Tensor:
-            return m(batch[0], _to_unit_float(batch[1]))
-
+    # a PDM with an image step trains on batches of (features, raw images), made float on the
+    # device; the others on the features alone
+    inputs = (feats, images) if pdm.uses_image else feats
     loader = TensorLoader(inputs, masks.long(), batch_size=cfg.batch_size, seed=seed)
-    result = fit(pdm, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr, forward=forward,
+    result = fit(pdm, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr,
+                 forward=with_images if pdm.uses_image else None,
                  checkpoint=checkpoint, config=pdm.config(), kind="pdm", resume=resume,
                  seed=seed, progress=progress, evaluate=evaluate, desc="PDM", device=device)
     return pdm, result.history

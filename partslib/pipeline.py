@@ -46,10 +46,24 @@ from partslib.training import (
     seed_everything,
 )
 
-__all__ = ["setup", "stage_dir", "library_versions", "write_json", "write_params",
-           "write_metrics", "load_splits", "train_classifier", "load_classifier",
-           "classifier_checkpoint_config", "Augment", "CLASSIFIER_CHECKPOINT", "PDM_CHECKPOINT",
-           "train_pdm", "load_pdm", "evaluate_segmentation"]
+__all__ = [
+    "CLASSIFIER_CHECKPOINT",
+    "PDM_CHECKPOINT",
+    "Augment",
+    "classifier_checkpoint_config",
+    "evaluate_segmentation",
+    "library_versions",
+    "load_classifier",
+    "load_pdm",
+    "load_splits",
+    "setup",
+    "stage_dir",
+    "train_classifier",
+    "train_pdm",
+    "write_json",
+    "write_metrics",
+    "write_params",
+]
 
 CLASSIFIER_CHECKPOINT = Path("checkpoints") / "classifier.pt"
 PDM_CHECKPOINT = Path("checkpoints") / "pdm.pt"

@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TensorLoader", "fit", "FitResult", "save_checkpoint", "load_checkpoint",
-           "archive_if_stale", "seed_everything", "evaluate_classifier", "predict"]
+__all__ = [
+    "FitResult",
+    "TensorLoader",
+    "archive_if_stale",
+    "evaluate_classifier",
+    "fit",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "seed_everything",
+]
 
 CHECKPOINT_FORMAT = "partslib-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -37,7 +46,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-Inputs = torch.Tensor | dict[str, "Inputs"] | tuple["Inputs", ...]
+Inputs = torch.Tensor | Mapping[str, "Inputs"] | tuple["Inputs", ...]
 
 
 def _leaves(x: Any) -> list[torch.Tensor]:
@@ -211,7 +220,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(train_loader),
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
+                                                total_steps=epochs * len(train_loader),
                                                 pct_start=0.15)
     result, start = FitResult(), 0
     full_config = {"model": config or {}, "epochs": epochs, "lr": lr,

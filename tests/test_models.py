@@ -2,8 +2,13 @@ import pytest
 import torch
 
 from partslib.models import SmallResNet, TorchvisionResNet, build_classifier, check_images
-from partslib.training import (TensorLoader, evaluate_classifier, fit, load_checkpoint,
-                               save_checkpoint)
+from partslib.training import (
+    TensorLoader,
+    evaluate_classifier,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.fixture

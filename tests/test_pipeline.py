@@ -8,14 +8,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
 
-from partslib import pipeline, viz  # noqa: E402
-from partslib.data import summary  # noqa: E402
-from partslib.data.synthparts import SynthParts, SynthPartsConfig  # noqa: E402
+from partslib import pipeline, viz
+from partslib.data import summary
+from partslib.data.synthparts import SynthParts, SynthPartsConfig
 
 TINY = dict(arch="small_resnet", widths=(8, 16, 32), epochs=2, lr=3e-3, batch_size=16, seed=0)
 
