@@ -106,7 +106,8 @@ class PartsDetectionModule(nn.Module):
         widths = list(widths)
         if len(widths) != len(skips):
             raise ValueError(f"widths needs one entry per upsampling step ({len(skips)}: "
-                             f"{skips}), got {widths}")
+                             f"{skips}), got {widths}; widths=None derives them from the "
+                             f"stages' channels")
         self.widths = widths
         top = names[-1]
         first = widths[0] if widths else stage_channels[top]
