@@ -65,7 +65,7 @@ def test_train_classifier_resumes_loads_and_restarts(splits, tmp_path):
     assert abs(np.trace(cm) / cm.sum() - metrics["test_accuracy"]) < 1e-6
 
     # a second call with the same configuration loads the finished checkpoint: no training
-    model2, metrics2, history2 = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
+    _, metrics2, history2 = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
     assert metrics2["epochs_trained"] == 0 and history2 == history
     assert metrics2["test_accuracy"] == metrics["test_accuracy"]
 
