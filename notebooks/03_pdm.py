@@ -47,6 +47,7 @@ resume: bool = True  # resume from / reuse a checkpoint of the same configuratio
 
 # %%
 import pandas as pd
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -86,7 +87,7 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 from partslib.config import PDMConfig
 
 config = PDMConfig(n_train=pdm_n_train, epochs=pdm_epochs, lr=pdm_lr, batch_size=pdm_batch_size,
-                   widths=pdm_widths, image_width=pdm_image_width, separable=pdm_separable)
+                   widths=tuple(pdm_widths), image_width=pdm_image_width, separable=pdm_separable)
 classifier = pipeline.load_classifier(results_dir, device=device)
 pdm, metrics, history = pipeline.train_pdm(
     classifier, train, test, results_dir=results_dir, config=config, seed=seed, resume=resume,

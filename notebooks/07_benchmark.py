@@ -42,6 +42,7 @@ bench_memory: bool = True  # per-method peak memory in subprocesses
 import shutil
 
 import pandas as pd
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -70,7 +71,7 @@ pipeline.write_params(out_dir, params);
 from partslib import bench
 
 cfg = bench.BenchConfig(results_dir=str(results_dir), sizes=tuple(bench_sizes),
-                        repeats=bench_repeats, batch=bench_batch, threads=threads,
+                        repeats=bench_repeats, batch=tuple(bench_batch), threads=threads,
                         memory=bench_memory, progress=progress)
 payload = bench.run_bench(cfg)
 bench_json, t4_csv = bench.write_outputs(results_dir, payload)
