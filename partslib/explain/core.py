@@ -87,7 +87,8 @@ def region_contributions(features: Tensor, weights: Tensor, part_probs: Tensor,
         occ = occ.to(features.dtype)
     else:
         occ = part_probs
-    pi = F.adaptive_avg_pool2d(occ, features.shape[-2:])  # sums to 1 over parts in every cell
+    # sums to 1 over parts in every cell
+    pi = F.adaptive_avg_pool2d(occ, (features.shape[-2], features.shape[-1]))
     return torch.einsum("bphw,bhw->bp", pi, cam) / cam[0].numel(), cam
 
 
