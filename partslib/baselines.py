@@ -264,10 +264,12 @@ class IBDContributions:
 
     @property
     def logit_contributions(self) -> Tensor:
+        """``contributions · scale``: the contributions in logit units ``[B, P+1]``."""
         return self.contributions * self.scale[:, None]
 
     @property
     def logit_residual(self) -> Tensor:
+        """``residual · scale``: the residual in logit units ``[B]``."""
         return self.residual * self.scale
 
     def completeness_error(self) -> Tensor:
