@@ -34,8 +34,8 @@ n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 bench_sizes: list[int] = [64, 224]  # image sizes: SynthParts backbone, torchvision resnet18
-bench_repeats: int = 15  # timed rounds (every method once per round; minimum reported)
-bench_batch: list[int] = [64, 16]  # batch of every method: one per size, or one for all
+bench_repeats: int = 10  # timed rounds (every method once per round; minimum reported)
+bench_batch: list[int] = [64, 8]  # batch of every method: one per size, or one for all
 bench_memory: bool = True  # per-method peak memory in subprocesses
 
 # %%

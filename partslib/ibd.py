@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from partslib.constants import IGNORE_INDEX
+
 __all__ = [
     "ConceptClassifiers",
     "IBDDecomposition",
@@ -64,7 +66,7 @@ __all__ = [
     "train_concept_classifiers",
 ]
 
-IGNORE_LABEL = 255  # label id that is never a positive nor a negative cell
+IGNORE_LABEL = IGNORE_INDEX  # label id that is never a positive nor a negative cell
 _DEGENERATE_TOL = 1e-10  # relative squared norm below which a candidate lies in the chosen span
 _LOCKSTEP_BUDGET = 2**25  # floats in one padded (concepts, rows, C) training batch (128 MiB)
 
@@ -90,7 +92,9 @@ def _check_targets(targets: Tensor | Sequence[int], batch: int, num_classes: int
     if t.numel() != batch:
         raise ValueError(f"targets must have one entry per image ({batch}), got {t.numel()}")
     if t.numel() and (t.min() < 0 or t.max() >= num_classes):
-        raise ValueError(f"targets must lie in [0, {num_classes}), got range [{int(t.min())}, {int(t.max())}]")
+        raise ValueError(
+            f"targets must lie in [0, {num_classes}), got range [{int(t.min())}, {int(t.max())}]"
+        )
     return t
 
 
@@ -120,7 +124,10 @@ def normalise_concepts(weights: Tensor | np.ndarray) -> Tensor:
     norms = centred.norm(dim=1, keepdim=True)
     bad = (norms.squeeze(1) == 0).nonzero().flatten()
     if bad.numel():
-        raise ValueError(f"concept rows {bad.tolist()[:10]} are constant, so they have no direction after centring")
+        raise ValueError(
+            f"concept rows {bad.tolist()[:10]} are constant, "
+            "so they have no direction after centring"
+        )
     return centred / norms
 
 
@@ -189,10 +196,15 @@ def decompose(
     _check_ndim(q, 2, "concept_vectors", "(M, C)")
     if w.shape[1] != q.shape[1]:
         raise ValueError(
-            f"class_weights (K, C) and concept_vectors (M, C) must share C, got {w.shape[1]} and {q.shape[1]}"
+            "class_weights (K, C) and concept_vectors (M, C) must share C, "
+            f"got {w.shape[1]} and {q.shape[1]}"
         )
     m, c = q.shape
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or not 1 <= n_components <= min(m, c):
+    if (
+        isinstance(n_components, bool)
+        or not isinstance(n_components, int)
+        or not 1 <= n_components <= min(m, c)
+    ):
         raise ValueError(
             f"n_components must be an int in [1, min(M, C)] = [1, {min(m, c)}] "
             f"(M={m} concepts, C={c} channels), got {n_components!r}"
@@ -218,7 +230,9 @@ def decompose(
 
 
 def _greedy_pursuit(target: Tensor, q: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Vectorised form of the reference loop; returns rankings (K, n), errvar (K, n), residual (K, C).
+    """Vectorised form of the reference loop.
+
+    Returns rankings (K, n), errvar (K, n) and the residual (K, C).
 
     Instead of re-orthogonalising all M candidates per class (K x M x C memory), it keeps
     the projections G_j = u_j . q_c of every chosen direction on every candidate:
@@ -372,7 +386,10 @@ class ConceptClassifiers:
     ap: Tensor
 
     def centred_weight(self) -> Tensor:
-        """(M, C) weights minus their row mean: the reference's ``unbiased`` snapshot used for heatmaps."""
+        """(M, C) weights minus their row mean.
+
+        This is the reference's ``unbiased`` snapshot, used for heatmaps.
+        """
         return self.weight - self.weight.mean(dim=1, keepdim=True)
 
     def concept_vectors(self) -> Tensor:
@@ -380,7 +397,9 @@ class ConceptClassifiers:
         return normalise_concepts(self.weight)
 
 
-def sample_labels_to_grid(labels: Tensor | np.ndarray, grid_hw: tuple[int, int]) -> Tensor | np.ndarray:
+def sample_labels_to_grid(
+    labels: Tensor | np.ndarray, grid_hw: tuple[int, int]
+) -> Tensor | np.ndarray:
     """Nearest-sample label maps at the feature grid's block centres (ibd.md §2).
 
     Row i of the grid takes label row floor((i + 1/2) H / h); for H = s h that is
@@ -400,7 +419,10 @@ def sample_labels_to_grid(labels: Tensor | np.ndarray, grid_hw: tuple[int, int])
     big_h, big_w = labels.shape[-2:]
     h, w = (int(v) for v in grid_hw)
     if not (1 <= h <= big_h and 1 <= w <= big_w):
-        raise ValueError(f"grid_hw must lie within [1, 1]..[{big_h}, {big_w}] (the label size), got {tuple(grid_hw)}")
+        raise ValueError(
+            f"grid_hw must lie within [1, 1]..[{big_h}, {big_w}] (the label size), "
+            f"got {tuple(grid_hw)}"
+        )
     rows = (2 * np.arange(h) + 1) * big_h // (2 * h)
     cols = (2 * np.arange(w) + 1) * big_w // (2 * w)
     if isinstance(labels, Tensor):
@@ -432,12 +454,15 @@ def average_precision(labels: Tensor | np.ndarray, scores: Tensor | np.ndarray) 
 
 
 def _concept_masks(grid_labels: Tensor, concepts: Sequence[int]) -> tuple[list[Tensor], Tensor]:
-    """Per concept a flat (N*h*w,) positive mask, plus the flat mask of cells usable as negatives."""
+    """Per concept a flat (N*h*w,) mask of its positive cells, and the flat mask of the cells
+    usable as negatives."""
     if grid_labels.dtype == torch.bool:  # one-hot (N, L, h, w)
         num_labels = grid_labels.shape[1]
         bad = [c for c in concepts if not 0 <= c < num_labels]
         if bad:
-            raise ValueError(f"concepts {bad} are not channels of the one-hot labels (L={num_labels})")
+            raise ValueError(
+                f"concepts {bad} are not channels of the one-hot labels (L={num_labels})"
+            )
         flat = grid_labels.transpose(0, 1).reshape(num_labels, -1)
         return [flat[c] for c in concepts], torch.ones(flat.shape[1], dtype=torch.bool)
     flat = grid_labels.reshape(-1)
@@ -459,7 +484,8 @@ class _ConceptRun:
 
     @property
     def n_neg(self) -> int:
-        return min(2 * len(self.pos_ids), len(self.pool_ids))  # the reference assumes the pool holds 2P
+        # the reference assumes the pool holds 2P
+        return min(2 * len(self.pos_ids), len(self.pool_ids))
 
     @property
     def pos_cut(self) -> int:
@@ -474,16 +500,22 @@ def _split(n: int, ratio: int = 3) -> int:
 def _start_concept(
     positive: Tensor, allowed_negative: Tensor, channels: int, seed: int, concept: int
 ) -> tuple[_ConceptRun, Tensor, Tensor]:
-    """Order the positives and draw the negative pool; return the run and the initial weight (C,) and bias."""
+    """Order the positives and draw the negative pool.
+
+    Returns the run, and the initial weight (C,) and bias.
+    """
     rng = np.random.default_rng([seed, concept])
     gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
-    bound = 1.0 / np.sqrt(channels)  # nn.Linear default init: U(-1/sqrt(C), 1/sqrt(C)) for weight and bias
+    # nn.Linear's default init: U(-1/sqrt(C), 1/sqrt(C)) for weight and bias
+    bound = 1.0 / np.sqrt(channels)
     weight = torch.from_numpy(rng.uniform(-bound, bound, size=channels)).float()
     bias = torch.tensor(rng.uniform(-bound, bound), dtype=torch.float32)
     pos_ids = rng.permutation(positive.nonzero().flatten().numpy())
     candidates = (allowed_negative & ~positive).nonzero().flatten().numpy()
     pool_ids = rng.choice(candidates, size=min(20 * len(pos_ids), len(candidates)), replace=False)
-    run = _ConceptRun(pos_ids=torch.from_numpy(pos_ids), pool_ids=torch.from_numpy(pool_ids), rng=rng, gen=gen)
+    run = _ConceptRun(
+        pos_ids=torch.from_numpy(pos_ids), pool_ids=torch.from_numpy(pool_ids), rng=rng, gen=gen
+    )
     return run, weight, bias
 
 
@@ -496,11 +528,15 @@ def _epoch_negatives(run: _ConceptRun) -> Tensor:
 
 
 def _top_k_stable(scores: Tensor, k: int) -> Tensor:
-    """Indices of the k largest scores, descending, ties by index: argsort(stable)[:k] without a full sort."""
+    """Indices of the k largest scores, descending, ties by index.
+
+    The same as argsort(stable)[:k], without a full sort.
+    """
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
     threshold = scores.topk(k, sorted=False).values.min()
-    candidates = (scores >= threshold).nonzero().flatten()  # ascending ids, so the stable sort keeps ties in order
+    # ascending ids, so the stable sort keeps ties in order
+    candidates = (scores >= threshold).nonzero().flatten()
     return candidates[scores[candidates].argsort(descending=True, stable=True)[:k]]
 
 
@@ -518,7 +554,8 @@ def _lockstep_sgd(
     """
     offsets = torch.arange(batch_size)
     for start in range(0, x.shape[1], batch_size):
-        xb, yb = x[:, start : start + batch_size], y[:, start : start + batch_size]  # (m, b, C), (m, b)
+        xb = x[:, start : start + batch_size]  # (m, b, C)
+        yb = y[:, start : start + batch_size]  # (m, b)
         real = (start + offsets[: xb.shape[1]])[None, :] < lengths[:, None]  # (m, b)
         count = real.sum(dim=1, keepdim=True).clamp_min(1)
         out = torch.sigmoid((xb * weight[:, None, :]).sum(dim=2) + bias[:, None])
@@ -535,7 +572,12 @@ def _score_cells(cells: Tensor, ids: list[Tensor], weight: Tensor, bias: Tensor)
         return [scores[i, k] for k, i in enumerate(ids)]
     chunk = 8192
     return [
-        torch.cat([torch.sigmoid(cells[i[s : s + chunk]] @ weight[k] + bias[k]) for s in range(0, len(i), chunk)])
+        torch.cat(
+            [
+                torch.sigmoid(cells[i[s : s + chunk]] @ weight[k] + bias[k])
+                for s in range(0, len(i), chunk)
+            ]
+        )
         if len(i)
         else weight.new_zeros(0)
         for k, i in enumerate(ids)
@@ -566,8 +608,11 @@ def _train_epoch(
         y[i, : len(ids)] = (perm < run.pos_cut).float()
         lengths.append(len(ids))
     _lockstep_sgd(x, y, torch.tensor(lengths), weight, bias, lr, batch_size)
-    # Test pass over the pool (the next epoch mines its negatives from these scores) and val positives.
-    scored = _score_cells(cells, [torch.cat([run.pool_ids, run.pos_ids[run.pos_cut :]]) for run in runs], weight, bias)
+    # Test pass over the pool (the next epoch mines its negatives from these scores) and the
+    # validation positives.
+    scored = _score_cells(
+        cells, [torch.cat([run.pool_ids, run.pos_ids[run.pos_cut :]]) for run in runs], weight, bias
+    )
     for run, neg, scores in zip(runs, negatives, scored):
         run.pool_scores = scores[: len(run.pool_ids)]
         val_neg = run.pool_scores[neg[_split(len(neg)) :]]
@@ -577,7 +622,10 @@ def _train_epoch(
 
 
 def _concept_groups(sizes: Sequence[int], channels: int, budget: int) -> list[list[int]]:
-    """Group concept indices (largest first) so that each padded (m, T, C) buffer stays under budget floats."""
+    """Groups concept indices (largest first).
+
+    Each group's padded (m, T, C) buffer stays under ``budget`` floats.
+    """
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
     groups: list[list[int]] = []
     for i in order:
@@ -587,6 +635,44 @@ def _concept_groups(sizes: Sequence[int], channels: int, budget: int) -> list[li
         else:
             groups.append([i])
     return groups
+
+
+def _check_training_inputs(
+    feats: Tensor,
+    labels: Tensor,
+    concepts: Sequence[int],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+) -> tuple[int, ...]:
+    """Checks the arguments of ``train_concept_classifiers``; returns the concept ids."""
+    _check_ndim(feats, 4, "features", "(N, C, h, w)")
+    n, _, h, w = feats.shape
+    multi_label = labels.dtype == torch.bool
+    if multi_label:
+        ok = labels.ndim == 4 and labels.shape[0] == n and labels.shape[2:] == (h, w)
+    else:
+        ok = labels.shape == (n, h, w)
+    if not ok:
+        raise ValueError(
+            f"grid_labels must have shape (N, h, w) = {(n, h, w)}, or bool (N, L, h, w), "
+            f"to match features {tuple(feats.shape)}; got {tuple(labels.shape)} ({labels.dtype})"
+        )
+    if not multi_label and labels.dtype.is_floating_point:
+        raise ValueError(
+            f"grid_labels must hold integer label ids (or bool one-hot), got dtype {labels.dtype}"
+        )
+    concept_ids = tuple(int(c) for c in concepts)
+    if not concept_ids:
+        raise ValueError("concepts must name at least one label id, got an empty sequence")
+    if len(set(concept_ids)) != len(concept_ids):
+        raise ValueError(f"concepts must be distinct, got {list(concept_ids)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    return concept_ids
 
 
 def train_concept_classifiers(
@@ -624,30 +710,8 @@ def train_concept_classifiers(
     """
     feats = _as_tensor(features, "features")
     labels = _as_tensor(grid_labels, "grid_labels")
-    _check_ndim(feats, 4, "features", "(N, C, h, w)")
-    n, channels, h, w = feats.shape
-    multi_label = labels.dtype == torch.bool
-    if multi_label:
-        ok = labels.ndim == 4 and labels.shape[0] == n and labels.shape[2:] == (h, w)
-    else:
-        ok = labels.shape == (n, h, w)
-    if not ok:
-        raise ValueError(
-            f"grid_labels must have shape (N, h, w) = {(n, h, w)}, or bool (N, L, h, w), to match features "
-            f"{tuple(feats.shape)}; got {tuple(labels.shape)} ({labels.dtype})"
-        )
-    if not multi_label and labels.dtype.is_floating_point:
-        raise ValueError(f"grid_labels must hold integer label ids (or bool one-hot), got dtype {labels.dtype}")
-    concept_ids = tuple(int(c) for c in concepts)
-    if not concept_ids:
-        raise ValueError("concepts must name at least one label id, got an empty sequence")
-    if len(set(concept_ids)) != len(concept_ids):
-        raise ValueError(f"concepts must be distinct, got {list(concept_ids)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
+    concept_ids = _check_training_inputs(feats, labels, concepts, epochs, lr, batch_size)
+    channels = feats.shape[1]
     positives, allowed = _concept_masks(labels, concept_ids)
     empty = [c for c, p in zip(concept_ids, positives) if not p.any()]
     if empty:
@@ -664,7 +728,9 @@ def train_concept_classifiers(
     train_sizes = [3 * int(p.sum()) for p in positives]  # bound on the P + 2P rows; groups by size
     with tqdm(total=m * epochs, desc="concept classifiers", disable=not progress) as bar:
         for group in _concept_groups(train_sizes, channels, _LOCKSTEP_BUDGET):
-            started = [_start_concept(positives[i], allowed, channels, seed, concept_ids[i]) for i in group]
+            started = [
+                _start_concept(positives[i], allowed, channels, seed, concept_ids[i]) for i in group
+            ]
             runs = [run for run, _, _ in started]
             group_weight = torch.stack([wt for _, wt, _ in started])
             group_bias = torch.stack([b for _, _, b in started])
@@ -699,7 +765,10 @@ def concept_score_maps(features: Tensor | np.ndarray, classifiers: ConceptClassi
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"features must have C={weight.shape[1]} channels, got {x.shape[1]}")
     x = x.to(weight.dtype)
-    return torch.einsum("bchw,mc->bmhw", x, weight) + classifiers.bias.to(weight.dtype)[None, :, None, None]
+    return (
+        torch.einsum("bchw,mc->bmhw", x, weight)
+        + classifiers.bias.to(weight.dtype)[None, :, None, None]
+    )
 
 
 def ibd_heatmaps(

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 
 from partslib.baselines import IBDModel, Targets, cam_maps, gradcam_maps, normalise_maps
+from partslib.constants import IGNORE_INDEX
 from partslib.explain import resolve_targets
 from partslib.metrics import confusion_matrix, mean_iou, netdissect_iou, part_iou, pointing_game
 from partslib.models import ContractClassifier, check_images
@@ -58,7 +59,6 @@ __all__ = ["METHODS", "localization_table", "localization_figure"]
 
 METHODS = ("PDM", "IBD linear maps", "Grad-CAM (thresholded)", "CAM")
 HEATMAP_THRESHOLD = 0.5  # CSAILVision/IBD settings.CAM_THRESHOLD
-IGNORE_INDEX = 255
 
 
 def _pointing_counts(maps: Tensor, labels: Tensor, classes: Sequence[int]) -> tuple[float, int]:
@@ -143,7 +143,7 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
         with torch.no_grad():
             feats = classifier.features(x)
             A = feats[classifier.final_stage]
-            probs = {"PDM": pdm(feats, classifier.normalise(x)).softmax(1).cpu()}
+            probs = {"PDM": pdm(feats, x).softmax(1).cpu()}
             lin = ibd.linear_maps_from_features(A, tuple(x.shape[-2:])).cpu()
             probs["IBD linear maps"] = lin.softmax(1)
             grid_scores.append(ibd.linear_scores_from_features(A).cpu())

@@ -33,19 +33,19 @@ import torch.nn.functional as F
 from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve
 
+from partslib.constants import IGNORE_INDEX
+
 __all__ = [
     "IGNORE_INDEX",
+    "FillRemover",
+    "GaussianBlurFill",
+    "MeanFill",
+    "NoisyLinearImputer",
     "RemovalOperator",
     "Remover",
-    "FillRemover",
-    "MeanFill",
-    "GaussianBlurFill",
-    "NoisyLinearImputer",
-    "removal_mask",
     "check_removal_inputs",
+    "removal_mask",
 ]
-
-IGNORE_INDEX = 255  # label of unannotated pixels, shared with the part segmenter's losses
 
 
 @runtime_checkable

@@ -1,7 +1,10 @@
-"""Figures for the notebooks: sample grids with part masks, confusion matrices, learning curves.
+"""Figures for the notebooks and the explorer: sample grids with part masks, confusion
+matrices, learning curves, part explanations.
 
-Every function returns a ``matplotlib.figure.Figure`` and shows nothing by itself; save it with
-:func:`save_figure`. Nothing else in partslib imports this module.
+The ``plot_*`` functions return a ``matplotlib.figure.Figure`` (those drawing into one given
+``ax`` return the axes) and show nothing by themselves; save a figure with :func:`save_figure`.
+:func:`part_palette` and :func:`overlay_parts` are the one part colouring of the study: the
+localization study and the explorer use them too.
 """
 
 from __future__ import annotations
@@ -14,14 +17,29 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.legend import Legend
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-__all__ = ["set_style", "part_palette", "overlay_parts", "plot_samples", "plot_confusion",
-           "plot_history", "save_figure", "part_legend", "plot_part_overlay", "plot_contributions",
-           "plot_explanation", "plot_gallery", "plot_part_class_heatmap", "plot_segmentations",
-           "plot_iou"]
+__all__ = [
+    "overlay_parts",
+    "part_legend",
+    "part_palette",
+    "plot_confusion",
+    "plot_contributions",
+    "plot_explanation",
+    "plot_gallery",
+    "plot_history",
+    "plot_iou",
+    "plot_part_class_heatmap",
+    "plot_part_overlay",
+    "plot_samples",
+    "plot_segmentations",
+    "save_figure",
+    "set_style",
+]
 
 
 def set_style() -> None:
@@ -147,16 +165,21 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 # -- part explanations -------------------------------------------------------------------------
 
-def part_legend(part_names: Sequence[str], ax=None, fig: Figure | None = None, **kwargs):
-    """A legend of the part colours (background included)."""
+def part_legend(part_names: Sequence[str], ax: Axes | None = None, fig: Figure | None = None,
+                **kwargs) -> Legend:
+    """A legend of the part colours (background included), on ``ax``, else on ``fig``."""
     colours = part_palette(len(part_names))
     handles = [Patch(color=colours[i], label=name) for i, name in enumerate(part_names)]
-    target = ax if ax is not None else fig
-    return target.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
+    options = {"fontsize": 8, "frameon": False, **kwargs}
+    if ax is not None:
+        return ax.legend(handles=handles, **options)
+    if fig is not None:
+        return fig.legend(handles=handles, **options)
+    raise ValueError("part_legend needs ax or fig to draw the legend on; both are None")
 
 
-def plot_part_overlay(image, labels, part_names: Sequence[str], ax=None, title: str = "parts",
-                      legend: bool = True, alpha: float = 0.6):
+def plot_part_overlay(image, labels, part_names: Sequence[str], ax: Axes | None = None,
+                      title: str = "parts", legend: bool = True, alpha: float = 0.6) -> Axes:
     """The image with its part map blended over it, and a legend of the parts it shows."""
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
@@ -164,14 +187,15 @@ def plot_part_overlay(image, labels, part_names: Sequence[str], ax=None, title: 
     ax.set(title=title, xticks=[], yticks=[])
     ax.grid(False)
     if legend:
-        shown = sorted(set(np.unique(np.asarray(labels)).tolist()) - {0, 255})
+        shown: list[int] = sorted(set(np.unique(np.asarray(labels)).tolist()) - {0, 255})
         colours = part_palette(len(part_names))
         ax.legend(handles=[Patch(color=colours[p], label=part_names[p]) for p in shown],
                   fontsize=7, frameon=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
-def plot_contributions(explanation, i: int = 0, ax=None, title: str | None = None):
+def plot_contributions(explanation, i: int = 0, ax: Axes | None = None,
+                       title: str | None = None) -> Axes:
     """Horizontal bars of one image's part contributions, coloured like the part map.
 
     The title states the explained score and, in region mode, ``bias + Σ c_p = score``.

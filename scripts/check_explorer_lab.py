@@ -24,7 +24,8 @@ chromedriver missing); 1 = a check failed ("FAIL:" lines say which); 2 = setup e
 checkpoints, no jupyter, port busy, server did not start).
 
 Prerequisites (none are partslib dependencies; nothing is added to pyproject.toml)
-  * Debian packages ``chromium`` and ``chromium-driver``:  apt-get install -y chromium chromium-driver
+  * Debian packages ``chromium`` and ``chromium-driver``:
+        apt-get install -y chromium chromium-driver
   * Selenium, in any Python (keep it out of the project venv):
         python3 -m venv /tmp/uivenv && /tmp/uivenv/bin/pip install selenium
   * the project venv with JupyterLab 4 and ipywidgets (.venv, found automatically), and a run
@@ -41,7 +42,6 @@ headless browser, a few explainer calls.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -54,6 +54,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = "explorer_check.ipynb"
@@ -63,12 +64,12 @@ DATA_DEFAULTS = {"image_size": 64, "train_seed": 0, "n_train": 600, "test_seed":
                  "n_test": 240}
 
 
-def skip(msg: str) -> None:
+def skip(msg: str) -> NoReturn:
     print(f"SKIP: {msg}")
     sys.exit(0)
 
 
-def setup_error(msg: str) -> None:
+def setup_error(msg: str) -> NoReturn:
     print(f"ERROR: {msg}", file=sys.stderr)
     sys.exit(2)
 
@@ -107,7 +108,7 @@ ok = torch.nonzero(e.target == labels).flatten()
 if len(ok) == 0:
     ok = torch.zeros(1, dtype=torch.long)
 print("kernel python:", sys.executable)""",
-        f"""# as in notebooks/04_explanations.ipynb (interactive=True)
+        f"""# as in notebooks/04_explanations.py (interactive=True)
 display(xp.build_explorer(explainer, images[:200], test.class_names, labels[:200],
                           state=xp.ExplorerState(index=int(ok[0]))))
 print({DONE_MARKER!r})""",
@@ -210,14 +211,14 @@ return {
   loading_widget: text.includes('Loading widget'),
   traceback: q('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
               .map(e => e.innerText).filter(t => /Traceback|Error\\b/.test(t)).slice(0, 3),
-  done_marker: text.includes('%s'),
+  done_marker: text.includes('@DONE_MARKER@'),
   img_src: imgs.length ? imgs[0].getAttribute('src') : null,
 };
-""" % DONE_MARKER
+""".replace("@DONE_MARKER@", DONE_MARKER)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--results-dir", default="results/smoke",
                     help="run folder with checkpoints/ (default results/smoke)")
     ap.add_argument("--data-dir", default="data", help="SynthParts cache (default data)")
@@ -233,13 +234,21 @@ def main() -> None:
     args = ap.parse_args()
 
     # prerequisites: missing browser tooling -> skip; missing project pieces -> setup error
+    # (selenium is optional and kept out of the project venv, so pyright cannot resolve it)
     try:
-        from selenium import webdriver
-        from selenium.common.exceptions import TimeoutException
-        from selenium.webdriver.chrome.service import Service
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-        from selenium.webdriver.support.ui import Select, WebDriverWait
+        from selenium import webdriver  # pyright: ignore[reportMissingImports]
+        from selenium.common.exceptions import (  # pyright: ignore[reportMissingImports]
+            TimeoutException,
+        )
+        from selenium.webdriver.chrome.service import (  # pyright: ignore[reportMissingImports]
+            Service,
+        )
+        from selenium.webdriver.common.by import By  # pyright: ignore[reportMissingImports]
+        from selenium.webdriver.common.keys import Keys  # pyright: ignore[reportMissingImports]
+        from selenium.webdriver.support.ui import (  # pyright: ignore[reportMissingImports]
+            Select,
+            WebDriverWait,
+        )
     except ImportError:
         skip("selenium is not importable by this Python "
              f"({sys.executable}); pip install selenium (in a separate venv)")
@@ -256,8 +265,9 @@ def main() -> None:
         if not (results_dir / "checkpoints" / f).exists():
             setup_error(f"no {results_dir / 'checkpoints' / f}: run the study first "
                         f"(e.g. the smoke profile) or pass --results-dir")
-    jupyter = args.jupyter or (str(REPO / ".venv/bin/jupyter")
-                               if (REPO / ".venv/bin/jupyter").exists() else shutil.which("jupyter"))
+    venv_jupyter = REPO / ".venv/bin/jupyter"
+    jupyter = args.jupyter or (str(venv_jupyter) if venv_jupyter.exists()
+                               else shutil.which("jupyter"))
     if not jupyter:
         setup_error("no jupyter executable (.venv/bin/jupyter or PATH); pass --jupyter")
     if not port_free(args.port):
@@ -279,24 +289,24 @@ def main() -> None:
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{args.port}/"
     failures: list[str] = []
-    driver = None
 
     def check(cond: bool, msg: str) -> None:
         print(("ok:   " if cond else "FAIL: ") + msg)
         if not cond:
             failures.append(msg)
 
-    def drive() -> None:
-        nonlocal driver
-        wait_server(base, server, 90)
+    def start_browser():
         opts = webdriver.ChromeOptions()
         opts.binary_location = chromium
         for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                   "--window-size=1500,1100", "--renderer-process-limit=2"):
             opts.add_argument(a)
         opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=Service(chromedriver), options=opts)
-        driver.set_script_timeout(args.timeout)
+        browser = webdriver.Chrome(service=Service(chromedriver), options=opts)
+        browser.set_script_timeout(args.timeout)
+        return browser
+
+    def drive(driver) -> None:
         driver.get(base + "lab/tree/" + NOTEBOOK)
         r = driver.execute_async_script(JS_WAIT_APP)
         print(f"lab app: {r}")
@@ -312,7 +322,7 @@ def main() -> None:
 
         try:
             WebDriverWait(driver, args.timeout, 0.5).until(
-                lambda d: (s := state())["done_marker"] and s["img_src"] or s["traceback"])
+                lambda d: ((s := state())["done_marker"] and s["img_src"]) or s["traceback"])
         except TimeoutException:
             pass
         s = state()
@@ -401,8 +411,11 @@ def main() -> None:
         s = state()
         check(not s["error_widget"] and not s["traceback"],
               "still no widget error / traceback after the changes")
+    driver = None
     try:
-        drive()
+        wait_server(base, server, 90)
+        driver = start_browser()
+        drive(driver)
     finally:
         if driver is not None:
             try:
@@ -410,7 +423,7 @@ def main() -> None:
                 print(f"browser console: {len(logs)} entries")
                 for e in logs:
                     print(f"  [{e.get('level')}] {e.get('message', '')[:300]}")
-            except Exception as exc:  # noqa: BLE001 - the log is informative only
+            except Exception as exc:  # the log is informative only
                 print(f"browser console: not available ({exc})")
             driver.quit()
         stop_server(server)

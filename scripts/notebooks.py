@@ -106,7 +106,7 @@ def from_ipynb(names: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="report pairs that differ")
     mode.add_argument("--from-ipynb", nargs="+", metavar="NAME",

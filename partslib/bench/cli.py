@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (with ``--child-memory``: measure peak memory in this process and print it as JSON)."""
     args = _parser().parse_args(argv)
     if args.results_dir is None:
-        from partslib.study import find_root
+        from partslib.io import find_root
 
         args.results_dir = str(find_root() / "results" / args.profile)
     if args.child_memory:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,10 @@ from torch.utils.data import Dataset
 from .folder import MAX_PARTS, ConversionResult, write_folder
 from .images import PathLike, Size, load_image, resize_image, resize_mask
 
-INDEX_COLUMNS = ["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part", "material", "scene", "texture"]
+INDEX_COLUMNS = [
+    "image", "split", "ih", "iw", "sh", "sw",
+    "color", "object", "part", "material", "scene", "texture",
+]
 LABEL_COLUMNS = ["number", "name", "category", "frequency", "coverage", "syns"]
 CATEGORY_COLUMNS = ["name", "first", "last", "count", "frequency"]
 #: Categories whose index entries are label numbers rather than PNG paths.
@@ -39,7 +42,14 @@ IMAGE_LEVEL_CATEGORIES = ("scene", "texture")
 #: Broden split -> folder-format split.
 BRODEN_SPLITS = {"train": "train", "val": "test"}
 
-__all__ = ["BrodenLabel", "read_broden_labels", "decode_broden_png", "BrodenDataset", "planes_to_multilabel", "broden_to_folder"]
+__all__ = [
+    "BrodenDataset",
+    "BrodenLabel",
+    "broden_to_folder",
+    "decode_broden_png",
+    "planes_to_multilabel",
+    "read_broden_labels",
+]
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,9 @@ def _read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         if [h.strip() for h in header] != list(columns):
-            raise ValueError(f"{path}: bad header {','.join(header)!r}, expected {','.join(columns)!r}")
+            raise ValueError(
+                f"{path}: bad header {','.join(header)!r}, expected {','.join(columns)!r}"
+            )
         return list(reader)
 
 
@@ -110,7 +122,10 @@ def decode_broden_png(path: PathLike) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             if img.mode not in ("RGB", "RGBA"):
-                raise ValueError(f"{path}: Broden segmentation must be RGB (label = R + 256*G), got mode {img.mode}")
+                raise ValueError(
+                    f"{path}: Broden segmentation must be RGB (label = R + 256*G), "
+                    f"got mode {img.mode}"
+                )
             rgb = np.asarray(img, dtype=np.int64)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read Broden segmentation ({err})") from err
@@ -145,7 +160,13 @@ class BrodenDataset(Dataset):
         planes: category -> K_c.  pixel_categories / image_categories: the kinds.
     """
 
-    def __init__(self, root: PathLike, categories: Sequence[str] = ("object", "part"), size: Size | None = None, split: str | None = None):
+    def __init__(
+        self,
+        root: PathLike,
+        categories: Sequence[str] = ("object", "part"),
+        size: Size | None = None,
+        split: str | None = None,
+    ):
         self.root = Path(root)
         self.size = size
         self.categories = tuple(categories)
@@ -158,17 +179,20 @@ class BrodenDataset(Dataset):
                 raise ValueError(f"unknown Broden category {c!r}; index.csv has {sorted(known)}")
         cat_path = self.root / "category.csv"
         if cat_path.is_file():
-            _read_rows(cat_path, CATEGORY_COLUMNS)  # header check only; the kinds come from index.csv
+            # header check only; the kinds come from index.csv
+            _read_rows(cat_path, CATEGORY_COLUMNS)
         rows = []
         for line, r in enumerate(_read_rows(index_path, INDEX_COLUMNS), start=2):
             try:
-                dims = [int(r[k]) for k in ("ih", "iw", "sh", "sw")]
+                ih, iw, sh, sw = (int(r[k]) for k in ("ih", "iw", "sh", "sw"))
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{index_path}: line {line}: ih/iw/sh/sw must be integers ({err})") from err
+                raise ValueError(
+                    f"{index_path}: line {line}: ih/iw/sh/sw must be integers ({err})"
+                ) from err
             if split is not None and r["split"] != split:
                 continue
             entries = {c: [s for s in (r[c] or "").split(";") if s] for c in self.categories}
-            rows.append(_Row(r["image"], r["split"], *dims, entries))
+            rows.append(_Row(r["image"], r["split"], ih, iw, sh, sw, entries))
         self._rows = rows
         self.image_categories = tuple(
             c for c in self.categories
@@ -179,7 +203,9 @@ class BrodenDataset(Dataset):
             for r in rows:
                 bad = [e for e in r.entries[c] if not e.isdigit()]
                 if bad:
-                    raise ValueError(f"{index_path}: image {r.image}: {c} entries {bad} are not label numbers")
+                    raise ValueError(
+                        f"{index_path}: image {r.image}: {c} entries {bad} are not label numbers"
+                    )
         self.planes = {c: max([len(r.entries[c]) for r in rows] + [1]) for c in self.categories}
         self.names = [r.image for r in rows]
 
@@ -194,7 +220,10 @@ class BrodenDataset(Dataset):
             path = self.root / "images" / rel
             plane = decode_broden_png(path)
             if plane.shape != (r.sh, r.sw):
-                raise ValueError(f"{path}: segmentation is {plane.shape[0]}x{plane.shape[1]}, index.csv says sh x sw = {r.sh}x{r.sw}")
+                raise ValueError(
+                    f"{path}: segmentation is {plane.shape[0]}x{plane.shape[1]}, "
+                    f"index.csv says sh x sw = {r.sh}x{r.sw}"
+                )
             out[k] = plane
         return out
 
@@ -205,14 +234,18 @@ class BrodenDataset(Dataset):
         path = self.root / "images" / r.image
         image = load_image(path)
         if tuple(image.shape[1:]) != (r.ih, r.iw):
-            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[2]}, index.csv says ih x iw = {r.ih}x{r.iw}")
+            raise ValueError(
+                f"{path}: image is {image.shape[1]}x{image.shape[2]}, "
+                f"index.csv says ih x iw = {r.ih}x{r.iw}"
+            )
         if self.size is not None:
             image = resize_image(image, self.size)
         item: dict = {"image": image}
         for c in self.categories:
             if c in self.image_categories:
                 values = [int(e) for e in r.entries[c]]
-                item[c] = torch.tensor(values + [0] * (self.planes[c] - len(values)), dtype=torch.int64)
+                padding = [0] * (self.planes[c] - len(values))
+                item[c] = torch.tensor(values + padding, dtype=torch.int64)
             else:
                 planes = torch.from_numpy(self.read_planes(index, c))
                 item[c] = resize_mask(planes, self.size) if self.size is not None else planes
@@ -222,9 +255,15 @@ class BrodenDataset(Dataset):
 
 
 def planes_to_multilabel(planes: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """Label planes [..., K, h, w] -> bool [..., num_labels, h, w]; label 0 (unlabelled) is never set."""
+    """Label planes [..., K, h, w] -> bool [..., num_labels, h, w].
+
+    Label 0 (unlabelled) is never set.
+    """
     if planes.numel() and (planes.min() < 0 or planes.max() >= num_labels):
-        raise ValueError(f"label numbers in [{int(planes.min())}, {int(planes.max())}] do not fit num_labels={num_labels}")
+        raise ValueError(
+            f"label numbers in [{int(planes.min())}, {int(planes.max())}] "
+            f"do not fit num_labels={num_labels}"
+        )
     one_hot = torch.zeros(*planes.shape[:-3], num_labels, *planes.shape[-2:], dtype=torch.bool)
     one_hot.scatter_(-3, planes, torch.ones_like(planes, dtype=torch.bool))
     one_hot[..., 0, :, :] = False
@@ -234,6 +273,22 @@ def planes_to_multilabel(planes: torch.Tensor, num_labels: int) -> torch.Tensor:
 def _folder_name(image: str) -> str:
     """``pascal/2008_000001.jpg`` -> ``pascal__2008_000001``."""
     return str(Path(image).with_suffix("")).replace("\\", "/").replace("/", "__")
+
+
+def _image_classes(ds: BrodenDataset, class_category: str) -> list[str | None]:
+    """Per image the class name of ``broden_to_folder`` (None: no label of the category)."""
+    classes: list[str | None] = []
+    for i in range(len(ds)):
+        if class_category in ds.image_categories:
+            entries = ds._rows[i].entries[class_category]
+            number = int(entries[0]) if entries else 0
+        else:
+            counts = Counter(ds.read_planes(i, class_category).ravel().tolist())
+            counts.pop(0, None)
+            number = min(counts, key=lambda n: (-counts[n], n)) if counts else 0
+        known = 0 < number < len(ds.labels) and ds.labels[number]
+        classes.append(ds.label_names[number] if known else None)
+    return classes
 
 
 def broden_to_folder(
@@ -261,30 +316,26 @@ def broden_to_folder(
         raise ValueError("part_category and class_category must differ")
     ds = BrodenDataset(root, categories=(part_category, class_category))
     if part_category in ds.image_categories:
-        raise ValueError(f"part_category {part_category!r} is image-level in {ds.root / 'index.csv'}")
+        raise ValueError(
+            f"part_category {part_category!r} is image-level in {ds.root / 'index.csv'}"
+        )
     if part_labels is None:
         part_labels = [lab.number for lab in ds.labels if lab and part_category in lab.categories]
-    part_labels = sorted(set(int(n) for n in part_labels))
+    part_labels = sorted({int(n) for n in part_labels})
     if len(part_labels) > MAX_PARTS:
-        raise ValueError(f"{len(part_labels)} {part_category} labels; the folder format holds {MAX_PARTS}: pass part_labels to choose")
-    missing = [n for n in part_labels if n >= len(ds.labels) or ds.labels[n] is None]
+        raise ValueError(
+            f"{len(part_labels)} {part_category} labels; the folder format holds {MAX_PARTS}: "
+            "pass part_labels to choose"
+        )
+    found = [ds.labels[n] if n < len(ds.labels) else None for n in part_labels]
+    missing = [n for n, lab in zip(part_labels, found) if lab is None]
     if missing:
         raise ValueError(f"part_labels {missing} are not in {ds.root / 'label.csv'}")
-    names = [ds.labels[n].name for n in part_labels]
+    names = [lab.name for lab in found if lab is not None]
     dup = {n for n, c in Counter(names).items() if c > 1}
     part_names = [f"{n}-{num}" if n in dup else n for n, num in zip(names, part_labels)]
     lut_size = max(len(ds.labels), max(part_labels, default=0) + 1)
-
-    classes: list[str | None] = []
-    for i in range(len(ds)):
-        if class_category in ds.image_categories:
-            entries = ds._rows[i].entries[class_category]
-            number = int(entries[0]) if entries else 0
-        else:
-            counts = Counter(ds.read_planes(i, class_category).ravel().tolist())
-            counts.pop(0, None)
-            number = min(counts, key=lambda n: (-counts[n], n)) if counts else 0
-        classes.append(ds.label_names[number] if 0 < number < len(ds.labels) and ds.labels[number] else None)
+    classes = _image_classes(ds, class_category)
     class_names = sorted({c for c in classes if c is not None})
     skipped: dict[str, str] = {}
 
@@ -298,7 +349,10 @@ def broden_to_folder(
                 continue
             planes = ds.read_planes(i, part_category)
             if planes.max(initial=0) >= lut_size:
-                raise ValueError(f"{ds.root / 'images' / r.image}: {part_category} label {int(planes.max())} not in label.csv")
+                raise ValueError(
+                    f"{ds.root / 'images' / r.image}: {part_category} label "
+                    f"{int(planes.max())} not in label.csv"
+                )
             ids = lut[planes]  # [K, sh, sw]
             mask = np.zeros(ids.shape[1:], dtype=np.int64)
             for plane in ids[::-1]:  # the first plane is painted last, so it wins
@@ -306,7 +360,10 @@ def broden_to_folder(
             mask = resize_mask(torch.from_numpy(mask), (r.ih, r.iw)).numpy()
             split = BRODEN_SPLITS.get(r.split)
             if split is None:
-                raise ValueError(f"{ds.root / 'index.csv'}: image {r.image} has split {r.split!r}, expected train or val")
+                raise ValueError(
+                    f"{ds.root / 'index.csv'}: image {r.image} has split {r.split!r}, "
+                    "expected train or val"
+                )
             yield (name, ds.root / "images" / r.image, mask, classes[i], split)
 
     out = write_folder(out_root, samples(), part_names, class_names, overwrite=overwrite)

@@ -10,12 +10,11 @@ lower_clothes, full_body, shoes, accessories); see ``docs/data_format.md``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import scipy.io
-import torch
 from torch.utils.data import Dataset
 
 from .folder import MAX_PARTS, ConversionResult, write_folder
@@ -29,12 +28,17 @@ CCP_PART_GROUPS: dict[str, tuple[str, ...]] = {
         "blazer", "blouse", "bra", "cape", "cardigan", "coat", "hoodie", "jacket", "jumper",
         "shirt", "sweater", "sweatshirt", "t-shirt", "top", "vest",
     ),
-    "lower_clothes": ("jeans", "leggings", "panties", "pants", "shorts", "skirt", "socks", "stockings", "tights"),
+    "lower_clothes": (
+        "jeans", "leggings", "panties", "pants", "shorts", "skirt", "socks", "stockings", "tights",
+    ),
     "full_body": ("bodysuit", "dress", "intimate", "romper", "suit", "swimwear"),
-    "shoes": ("boots", "clogs", "flats", "heels", "loafers", "pumps", "sandals", "shoes", "sneakers", "wedges"),
+    "shoes": (
+        "boots", "clogs", "flats", "heels", "loafers", "pumps", "sandals", "shoes", "sneakers",
+        "wedges",
+    ),
     "accessories": (
-        "accessories", "bag", "belt", "bracelet", "earrings", "glasses", "gloves", "hat", "necklace",
-        "purse", "ring", "scarf", "sunglasses", "tie", "wallet", "watch",
+        "accessories", "bag", "belt", "bracelet", "earrings", "glasses", "gloves", "hat",
+        "necklace", "purse", "ring", "scarf", "sunglasses", "tie", "wallet", "watch",
     ),
 }
 
@@ -43,7 +47,15 @@ CCP_LOWER_GARMENTS = ("dress", "jeans", "leggings", "pants", "romper", "shorts",
 
 ClassOf = Callable[[Mapping[str, int]], "str | None"]
 
-__all__ = ["CCP_PART_GROUPS", "CCP_LOWER_GARMENTS", "read_ccp_label_list", "read_ccp_groundtruth", "ccp_lower_garment", "ClothingCoParsingDataset", "ccp_to_folder"]
+__all__ = [
+    "CCP_LOWER_GARMENTS",
+    "CCP_PART_GROUPS",
+    "ClothingCoParsingDataset",
+    "ccp_lower_garment",
+    "ccp_to_folder",
+    "read_ccp_groundtruth",
+    "read_ccp_label_list",
+]
 
 
 def read_ccp_label_list(path: PathLike) -> list[str]:
@@ -66,7 +78,9 @@ def read_ccp_groundtruth(path: PathLike) -> np.ndarray:
     try:
         gt = scipy.io.loadmat(path)["groundtruth"]
     except Exception as err:
-        raise ValueError(f"{path}: not a CCP annotation with variable 'groundtruth' ({err})") from err
+        raise ValueError(
+            f"{path}: not a CCP annotation with variable 'groundtruth' ({err})"
+        ) from err
     if gt.ndim != 2:
         raise ValueError(f"{path}: groundtruth must be H x W, got shape {gt.shape}")
     return gt.astype(np.int64)
@@ -75,7 +89,8 @@ def read_ccp_groundtruth(path: PathLike) -> np.ndarray:
 def ccp_lower_garment(pixels_by_label: Mapping[str, int]) -> str | None:
     """Outfit class: the garment of ``CCP_LOWER_GARMENTS`` with the most pixels (None if none;
     ties go to the alphabetically first)."""
-    best = max(CCP_LOWER_GARMENTS, key=lambda g: pixels_by_label.get(g, 0))  # ties: first in the sorted tuple
+    # ties: max keeps the first, and the tuple is sorted
+    best = max(CCP_LOWER_GARMENTS, key=lambda g: pixels_by_label.get(g, 0))
     return best if pixels_by_label.get(best, 0) > 0 else None
 
 
@@ -108,27 +123,35 @@ class ClothingCoParsingDataset(Dataset):
         ann_dir = self.root / "annotations" / "pixel-level"
         if not ann_dir.is_dir():
             raise FileNotFoundError(f"{ann_dir}: no such annotation folder")
-        self.names: list[str] = list(names) if names is not None else sorted(p.stem for p in ann_dir.glob("*.mat"))
+        self.names: list[str] = (
+            list(names) if names is not None else sorted(p.stem for p in ann_dir.glob("*.mat"))
+        )
         index = {n: i for i, n in enumerate(self.label_names)}
         lut = np.zeros(max(len(self.label_names), 256), dtype=np.int64)
         if groups is None:
-            self.part_names = ["background"] + self.label_names[1:]
+            self.part_names = ["background", *self.label_names[1:]]
             lut[: len(self.label_names)] = np.arange(len(self.label_names))
         else:
             if len(groups) > MAX_PARTS:
                 raise ValueError(f"{len(groups)} groups; at most {MAX_PARTS}")
-            self.part_names = ["background"] + list(groups)
+            self.part_names = ["background", *groups]
             seen: dict[str, str] = {}
             for gid, (group, members) in enumerate(groups.items(), start=1):
                 for m in members:
                     if m not in index or index[m] == 0:
-                        raise ValueError(f"group {group!r}: {m!r} is not a label of {self.root / 'label_list.mat'}")
+                        raise ValueError(
+                            f"group {group!r}: {m!r} is not a label of "
+                            f"{self.root / 'label_list.mat'}"
+                        )
                     if m in seen:
                         raise ValueError(f"label {m!r} is in groups {seen[m]!r} and {group!r}")
                     seen[m] = group
                     lut[index[m]] = gid
         self._lut = lut
-        results = [class_of(self.pixels_by_label(i)) for i in range(len(self))] if class_of else [None] * len(self)
+        if class_of is not None:
+            results = [class_of(self.pixels_by_label(i)) for i in range(len(self))]
+        else:
+            results = [None] * len(self)
         self.class_names: list[str] = sorted({r for r in results if r is not None})
         cindex = {c: i for i, c in enumerate(self.class_names)}
         self.labels: list[int] = [cindex[r] if r is not None else -1 for r in results]
@@ -147,7 +170,10 @@ class ClothingCoParsingDataset(Dataset):
         path = self.annotation_path(index)
         gt = read_ccp_groundtruth(path)
         if gt.size and (gt.min() < 0 or gt.max() >= len(self.label_names)):
-            raise ValueError(f"{path}: label {int(gt.max())} outside label_list (0..{len(self.label_names) - 1})")
+            raise ValueError(
+                f"{path}: label {int(gt.max())} outside label_list "
+                f"(0..{len(self.label_names) - 1})"
+            )
         return gt
 
     def pixels_by_label(self, index: int) -> dict[str, int]:

@@ -16,19 +16,19 @@ categories, in id order, are parts 1..P. Annotations are painted largest area fi
 small part lying on a large one (a light on a bumper) stays visible; crowd annotations
 (``iscrowd``) are painted first, as ``IGNORE_INDEX`` (255).
 
-Car Parts (Pasupa et al., Complex & Intelligent Systems 2021, github.com/dsmlr/Car-Parts-Segmentation)
-gets a class per photo from ``carparts_viewpoint``.
+Car Parts (Pasupa et al., Complex & Intelligent Systems 2021,
+github.com/dsmlr/Car-Parts-Segmentation) gets a class per photo from ``carparts_viewpoint``.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from .folder import IGNORE_INDEX, MAX_PARTS, ConversionResult, write_folder
@@ -38,9 +38,13 @@ from .images import PathLike, Size, part_sample
 BACKGROUND_CATEGORY_NAMES = ("_background_", "background")
 
 #: Car Parts part names whose area counts for the "front" viewpoint.
-CARPARTS_FRONT_PARTS = ("front_bumper", "front_glass", "front_left_light", "front_right_light", "hood")
+CARPARTS_FRONT_PARTS = (
+    "front_bumper", "front_glass", "front_left_light", "front_right_light", "hood",
+)
 #: Car Parts part names whose area counts for the "back" viewpoint.
-CARPARTS_BACK_PARTS = ("back_bumper", "back_glass", "back_left_light", "back_right_light", "tailgate", "trunk")
+CARPARTS_BACK_PARTS = (
+    "back_bumper", "back_glass", "back_left_light", "back_right_light", "tailgate", "trunk",
+)
 CARPARTS_VIEWPOINTS = ("back", "front", "side")
 #: Car Parts sub-folders and the folder-format split each becomes.
 CARPARTS_SPLITS = {"trainingset": "train", "testset": "test"}
@@ -48,16 +52,16 @@ CARPARTS_SPLITS = {"trainingset": "train", "testset": "test"}
 ClassOf = Callable[[Mapping[str, float]], "str | None"]
 
 __all__ = [
-    "rle_decode",
-    "polygons_to_mask",
-    "segmentation_to_mask",
-    "CocoPartsDataset",
-    "supercategory_class",
-    "coco_parts_to_folder",
-    "carparts_viewpoint",
-    "carparts_to_folder",
-    "CARPARTS_FRONT_PARTS",
     "CARPARTS_BACK_PARTS",
+    "CARPARTS_FRONT_PARTS",
+    "CocoPartsDataset",
+    "carparts_to_folder",
+    "carparts_viewpoint",
+    "coco_parts_to_folder",
+    "polygons_to_mask",
+    "rle_decode",
+    "segmentation_to_mask",
+    "supercategory_class",
 ]
 
 
@@ -99,7 +103,10 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
         counts = _rle_string_to_counts(counts)
     counts = np.asarray(counts, dtype=np.int64)
     if (counts < 0).any() or counts.sum() != h * w:
-        raise ValueError(f"RLE counts sum to {int(counts.sum())} with negative runs={bool((counts < 0).any())}, expected {h}*{w}={h * w}")
+        raise ValueError(
+            f"RLE counts sum to {int(counts.sum())} with negative runs="
+            f"{bool((counts < 0).any())}, expected {h}*{w}={h * w}"
+        )
     values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, counts)
@@ -107,7 +114,10 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Union of polygons ``[x0, y0, x1, y1, ...]`` -> bool mask [height, width] (pixel-centre rule)."""
+    """Union of polygons ``[x0, y0, x1, y1, ...]`` -> bool mask [height, width].
+
+    A pixel is inside when its centre is (even-odd rule).
+    """
     out = np.zeros((height, width), dtype=bool)
     for poly in polygons:
         xy = np.asarray(poly, dtype=np.float64)
@@ -143,11 +153,16 @@ def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarr
     if isinstance(segmentation, Mapping):
         mask = rle_decode(segmentation)
         if mask.shape != (height, width):
-            raise ValueError(f"RLE size {list(mask.shape)} differs from the image size {[height, width]}")
+            raise ValueError(
+                f"RLE size {list(mask.shape)} differs from the image size {[height, width]}"
+            )
         return mask
     if isinstance(segmentation, Sequence) and not isinstance(segmentation, (str, bytes)):
         return polygons_to_mask(segmentation, height, width)
-    raise ValueError(f"segmentation must be a polygon list or an RLE dict, got {type(segmentation).__name__}")
+    raise ValueError(
+        "segmentation must be a polygon list or an RLE dict, "
+        f"got {type(segmentation).__name__}"
+    )
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -160,7 +175,9 @@ def _load_json(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    missing = [k for k in ("images", "categories", "annotations") if not isinstance(data.get(k), list)]
+    missing = [
+        k for k in ("images", "categories", "annotations") if not isinstance(data.get(k), list)
+    ]
     if missing:
         raise ValueError(f"{path}: missing COCO lists {missing}")
     return data
@@ -177,8 +194,9 @@ def supercategory_class(categories: Sequence[Mapping[str, Any]]) -> ClassOf:
     def class_of(areas: Mapping[str, float]) -> str | None:
         totals: dict[str, float] = defaultdict(float)
         for name, area in areas.items():
-            if sup.get(name):
-                totals[sup[name]] += area
+            supercategory = sup.get(name)
+            if supercategory:
+                totals[supercategory] += area
         return max(sorted(totals), key=totals.__getitem__) if totals else None
 
     return class_of
@@ -217,8 +235,11 @@ class CocoPartsDataset(Dataset):
         cats = sorted(data["categories"], key=lambda c: c["id"])
         part_cats = [c for c in cats if c["name"].lower() not in BACKGROUND_CATEGORY_NAMES]
         if len(part_cats) > MAX_PARTS:
-            raise ValueError(f"{self.annotations_json}: {len(part_cats)} part categories, at most {MAX_PARTS} supported")
-        self.part_names: list[str] = ["background"] + [c["name"] for c in part_cats]
+            raise ValueError(
+                f"{self.annotations_json}: {len(part_cats)} part categories, "
+                f"at most {MAX_PARTS} supported"
+            )
+        self.part_names: list[str] = ["background", *(c["name"] for c in part_cats)]
         self._part_id = {c["id"]: i for i, c in enumerate(part_cats, start=1)}
         self._background_cats = {c["id"] for c in cats} - set(self._part_id)
         self._cat_name = {c["id"]: c["name"] for c in cats}
@@ -236,14 +257,19 @@ class CocoPartsDataset(Dataset):
             self._annotations[image_index[ann["image_id"]]].append(ann)
         self.names: list[str] = [Path(im["file_name"]).stem for im in self.images]
 
-        results = [class_of(self.areas_by_part(i)) for i in range(len(self))] if class_of else [None] * len(self)
+        if class_of is not None:
+            results = [class_of(self.areas_by_part(i)) for i in range(len(self))]
+        else:
+            results = [None] * len(self)
         if class_names is None:
             class_names = sorted({r for r in results if r is not None})
         self.class_names: list[str] = list(class_names)
         index = {c: i for i, c in enumerate(self.class_names)}
         unknown = {r for r in results if r is not None and r not in index}
         if unknown:
-            raise ValueError(f"class_of returned classes {sorted(unknown)} that are not in class_names")
+            raise ValueError(
+                f"class_of returned classes {sorted(unknown)} that are not in class_names"
+            )
         self.labels: list[int] = [index[r] if r is not None else -1 for r in results]
 
     def __len__(self) -> int:
@@ -253,7 +279,10 @@ class CocoPartsDataset(Dataset):
         return self.images_dir / self.images[index]["file_name"]
 
     def areas_by_part(self, index: int) -> dict[str, float]:
-        """Part name -> summed annotation area (the json's ``area``, else the decoded pixel count)."""
+        """Part name -> summed annotation area.
+
+        The area is the json's ``area``, else the decoded pixel count.
+        """
         areas: dict[str, float] = defaultdict(float)
         im = self.images[index]
         for ann in self._annotations[index]:
@@ -261,7 +290,8 @@ class CocoPartsDataset(Dataset):
                 continue
             area = ann.get("area")
             if area is None:
-                area = float(segmentation_to_mask(ann["segmentation"], im["height"], im["width"]).sum())
+                mask = segmentation_to_mask(ann["segmentation"], im["height"], im["width"])
+                area = float(mask.sum())
             areas[self._cat_name[ann["category_id"]]] += float(area)
         return dict(areas)
 
@@ -277,7 +307,9 @@ class CocoPartsDataset(Dataset):
             try:
                 m = segmentation_to_mask(ann["segmentation"], h, w)
             except (ValueError, TypeError, KeyError) as err:
-                raise ValueError(f"{self.annotations_json}: annotation {ann.get('id')}: {err}") from err
+                raise ValueError(
+                    f"{self.annotations_json}: annotation {ann.get('id')}: {err}"
+                ) from err
             crowd = bool(ann.get("iscrowd"))
             area = float(ann["area"]) if ann.get("area") is not None else float(m.sum())
             value = IGNORE_INDEX if crowd else self._part_id[ann["category_id"]]
@@ -312,14 +344,17 @@ def coco_parts_to_folder(
     """
     ds = CocoPartsDataset(images_dir, annotations_json, class_of=class_of)
     skipped: dict[str, str] = {}
-    root = write_folder(out_root, _dataset_samples(ds, split, skipped), ds.part_names[1:], ds.class_names, overwrite=overwrite)
+    samples = _dataset_samples(ds, split, skipped)
+    root = write_folder(out_root, samples, ds.part_names[1:], ds.class_names, overwrite=overwrite)
     return ConversionResult(root, len(ds) - len(skipped), skipped)
 
 
 # ----------------------------------------------------------------------------- Car Parts
 
 
-def carparts_viewpoint(areas_by_part_name: Mapping[str, float], ratio: float = 2.0, min_fraction: float = 0.15) -> str:
+def carparts_viewpoint(
+    areas_by_part_name: Mapping[str, float], ratio: float = 2.0, min_fraction: float = 0.15
+) -> str:
     """The viewpoint class of a Car Parts photo: "front", "back" or "side".
 
     "front" when the front parts' area is more than ``ratio`` times the back parts' area and
@@ -327,7 +362,10 @@ def carparts_viewpoint(areas_by_part_name: Mapping[str, float], ratio: float = 2
     "side" (side or angled view) otherwise. Front parts: ``CARPARTS_FRONT_PARTS``; back parts:
     ``CARPARTS_BACK_PARTS``.
     """
-    total = sum(a for name, a in areas_by_part_name.items() if name.lower() not in BACKGROUND_CATEGORY_NAMES)
+    total = sum(
+        a for name, a in areas_by_part_name.items()
+        if name.lower() not in BACKGROUND_CATEGORY_NAMES
+    )
     front = sum(areas_by_part_name.get(p, 0.0) for p in CARPARTS_FRONT_PARTS)
     back = sum(areas_by_part_name.get(p, 0.0) for p in CARPARTS_BACK_PARTS)
     if front > ratio * back and front > min_fraction * total:
@@ -337,14 +375,20 @@ def carparts_viewpoint(areas_by_part_name: Mapping[str, float], ratio: float = 2
     return "side"
 
 
-def carparts_to_folder(carparts_root: PathLike, out_root: PathLike, overwrite: bool = False) -> ConversionResult:
+def carparts_to_folder(
+    carparts_root: PathLike, out_root: PathLike, overwrite: bool = False
+) -> ConversionResult:
     """Converts Car Parts (``trainingset/`` -> split train, ``testset/`` -> split test) into
     the folder format with the viewpoint classes ("back", "front", "side")."""
     carparts_root = Path(carparts_root)
     datasets = []
     for sub, split in CARPARTS_SPLITS.items():
-        ds = CocoPartsDataset(carparts_root / sub / "JPEGImages", carparts_root / sub / "annotations.json",
-                              class_of=carparts_viewpoint, class_names=CARPARTS_VIEWPOINTS)
+        ds = CocoPartsDataset(
+            carparts_root / sub / "JPEGImages",
+            carparts_root / sub / "annotations.json",
+            class_of=carparts_viewpoint,
+            class_names=CARPARTS_VIEWPOINTS,
+        )
         datasets.append((ds, split))
     parts = [ds.part_names for ds, _ in datasets]
     if any(p != parts[0] for p in parts):
@@ -358,5 +402,7 @@ def carparts_to_folder(carparts_root: PathLike, out_root: PathLike, overwrite: b
         for ds, split in datasets:
             yield from _dataset_samples(ds, split, skipped)
 
-    root = write_folder(out_root, samples(), parts[0][1:], list(CARPARTS_VIEWPOINTS), overwrite=overwrite)
+    root = write_folder(
+        out_root, samples(), parts[0][1:], list(CARPARTS_VIEWPOINTS), overwrite=overwrite
+    )
     return ConversionResult(root, len(names) - len(skipped), skipped)

@@ -21,8 +21,9 @@ and the message names the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
+from typing import Protocol, Union, overload
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 PathLike = Union[str, "os.PathLike[str]"]
-ImageSource = Union[PathLike, Image.Image]
+ImageSource = PathLike | Image.Image
 Size = tuple[int, int]
 
 #: Colour behind transparent pixels (RGB, 0-255).
@@ -39,13 +40,21 @@ TRANSPARENT_BACKGROUND = (255, 255, 255)
 UINT16_MAX = 65535
 
 __all__ = [
+    "image_to_tensor",
     "load_image",
     "open_image",
-    "image_to_tensor",
     "read_mask",
     "resize_image",
     "resize_mask",
 ]
+
+
+@overload
+def _check_size(size: Size) -> Size: ...
+
+
+@overload
+def _check_size(size: None) -> None: ...
 
 
 def _check_size(size: Size | None) -> Size | None:
@@ -88,7 +97,7 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     )
     if has_alpha:
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, TRANSPARENT_BACKGROUND + (255,))
+        background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
         img = Image.alpha_composite(background, rgba)
     rgb = img.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV, RGBX ...
     return np.asarray(rgb, dtype=np.float32) / 255.0
@@ -98,7 +107,9 @@ def image_to_tensor(img: Image.Image | np.ndarray) -> torch.Tensor:
     """PIL image (any mode, already oriented) or uint8 array [H, W(, 3)] -> float32 [3, H, W]."""
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim not in (2, 3):
-            raise ValueError(f"expected a uint8 array [H, W] or [H, W, 3], got {img.dtype} {img.shape}")
+            raise ValueError(
+                f"expected a uint8 array [H, W] or [H, W, 3], got {img.dtype} {img.shape}"
+            )
         img = Image.fromarray(img)
     return torch.from_numpy(np.ascontiguousarray(_to_rgb_array(img).transpose(2, 0, 1)))
 
@@ -108,7 +119,9 @@ def resize_image(image: torch.Tensor, size: Size) -> torch.Tensor:
     size = _check_size(size)
     if tuple(image.shape[-2:]) == size:
         return image
-    out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)
+    out = F.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False, antialias=True
+    )
     return out[0].clamp_(0.0, 1.0)
 
 
@@ -164,18 +177,42 @@ def read_mask(path: PathLike) -> np.ndarray:
             img.load()
             mode = img.mode
             if mode not in ("L", "P", "I", "1") and not mode.startswith("I;16"):
-                raise ValueError(f"{path}: mask must be a single-channel PNG (8 or 16 bit), got mode {mode}")
+                raise ValueError(
+                    f"{path}: mask must be a single-channel PNG (8 or 16 bit), got mode {mode}"
+                )
             return np.asarray(img).astype(np.int64)
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"{path}: cannot read mask ({err})") from err
 
 
-def part_sample(dataset, index: int, mask_source: str | None = None) -> dict:
+class PartPhotoDataset(Protocol):
+    """What ``part_sample`` reads from a part-annotated photo dataset."""
+
+    def __len__(self) -> int: ...
+
+    def image_path(self, index: int) -> Path: ...
+
+    def part_mask(self, index: int) -> np.ndarray: ...
+
+    @property
+    def labels(self) -> Sequence[int]: ...
+
+    @property
+    def names(self) -> Sequence[str]: ...
+
+    @property
+    def size(self) -> Size | None: ...
+
+
+def part_sample(
+    dataset: PartPhotoDataset, index: int, mask_source: PathLike | None = None
+) -> dict:
     """One item of a part-annotated photo dataset: the photo, its part mask, class and name.
 
-    ``dataset`` provides ``image_path(i)``, ``part_mask(i)`` (``[H, W]`` uint8 numpy), ``labels``,
-    ``names`` and ``size`` (``None`` keeps the photo's size). A mask whose size differs from the
-    photo's is an error naming ``mask_source`` (the annotation file) and the photo.
+    ``dataset`` provides ``image_path(i)``, ``part_mask(i)`` (``[H, W]`` integer numpy),
+    ``labels``, ``names`` and ``size`` (``None`` keeps the photo's size). A mask whose size
+    differs from the photo's is an error naming ``mask_source`` (the annotation file) and the
+    photo.
     """
     if not 0 <= index < len(dataset):
         raise IndexError(f"index {index} out of range for {len(dataset)} samples")

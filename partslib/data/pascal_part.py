@@ -15,12 +15,11 @@ largest object (by mask area).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import scipy.io
-import torch
 from torch.utils.data import Dataset
 
 from .folder import MAX_PARTS, ConversionResult, write_folder
@@ -29,12 +28,20 @@ from .images import PathLike, Size, part_sample
 #: The 20 PASCAL VOC classes, ``class_ind`` 1..20.
 PASCAL_VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
 )
 
 PartNameFn = Callable[[str, str], "str | None"]
 
-__all__ = ["PASCAL_VOC_CLASSES", "PascalObject", "read_pascal_part", "strip_instance_suffix", "PascalPartDataset", "pascal_part_to_folder"]
+__all__ = [
+    "PASCAL_VOC_CLASSES",
+    "PascalObject",
+    "PascalPartDataset",
+    "pascal_part_to_folder",
+    "read_pascal_part",
+    "strip_instance_suffix",
+]
 
 _SUFFIX_RE = re.compile(r"_\d+$")
 
@@ -47,9 +54,11 @@ def strip_instance_suffix(class_name: str, part_name: str) -> str:
 class PascalObject:
     """One object of an annotation: class name, class index (1..20), mask, parts [(name, mask)]."""
 
-    __slots__ = ("class_name", "class_ind", "mask", "parts")
+    __slots__ = ("class_ind", "class_name", "mask", "parts")
 
-    def __init__(self, class_name: str, class_ind: int, mask: np.ndarray, parts: list[tuple[str, np.ndarray]]):
+    def __init__(
+        self, class_name: str, class_ind: int, mask: np.ndarray, parts: list[tuple[str, np.ndarray]]
+    ):
         self.class_name, self.class_ind, self.mask, self.parts = class_name, class_ind, mask, parts
 
 
@@ -92,11 +101,17 @@ def read_pascal_part(path: PathLike) -> tuple[str, list[PascalObject]]:
         for k, obj in enumerate(_records(anno["objects"])):
             try:
                 mask = np.asarray(obj["mask"]) > 0
-                parts = [(_text(p["part_name"]), np.asarray(p["mask"]) > 0) for p in _records(obj["parts"])]
+                parts = [
+                    (_text(p["part_name"]), np.asarray(p["mask"]) > 0)
+                    for p in _records(obj["parts"])
+                ]
                 for name, m in parts:
                     if m.shape != mask.shape:
-                        raise ValueError(f"part {name!r} mask is {m.shape}, object mask is {mask.shape}")
-                objects.append(PascalObject(_text(obj["class"]), int(np.asarray(obj["class_ind"]).ravel()[0]), mask, parts))
+                        raise ValueError(
+                            f"part {name!r} mask is {m.shape}, object mask is {mask.shape}"
+                        )
+                class_ind = int(np.asarray(obj["class_ind"]).ravel()[0])
+                objects.append(PascalObject(_text(obj["class"]), class_ind, mask, parts))
             except (ValueError, KeyError, IndexError) as err:
                 raise ValueError(f"object {k + 1}: {err}") from err
     except (ValueError, KeyError, IndexError) as err:
@@ -143,14 +158,22 @@ class PascalPartDataset(Dataset):
                 raise ValueError(f"{f}: no objects")
             largest = max(objects, key=lambda o: int(o.mask.sum()))
             if not 1 <= largest.class_ind <= len(PASCAL_VOC_CLASSES):
-                raise ValueError(f"{f}: class_ind {largest.class_ind} outside 1..{len(PASCAL_VOC_CLASSES)}")
+                raise ValueError(
+                    f"{f}: class_ind {largest.class_ind} outside 1..{len(PASCAL_VOC_CLASSES)}"
+                )
             self.labels.append(largest.class_ind - 1)
             if part_names is None:
-                found.update(n for o in objects for p, _ in o.parts if (n := part_name_fn(o.class_name, p)) is not None)
+                found.update(
+                    n for o in objects for p, _ in o.parts
+                    if (n := part_name_fn(o.class_name, p)) is not None
+                )
         names = list(part_names) if part_names is not None else sorted(found)
         if len(names) > MAX_PARTS:
-            raise ValueError(f"{len(names)} part names; at most {MAX_PARTS}: pass part_names or a merging part_name_fn")
-        self.part_names = ["background"] + names
+            raise ValueError(
+                f"{len(names)} part names; at most {MAX_PARTS}: "
+                "pass part_names or a merging part_name_fn"
+            )
+        self.part_names = ["background", *names]
         self._part_id = {n: i for i, n in enumerate(self.part_names) if i > 0}
 
     def __len__(self) -> int:
@@ -185,7 +208,12 @@ def pascal_part_to_folder(
     overwrite: bool = False,
 ) -> ConversionResult:
     """Converts PASCAL-Part into the folder format (images copied, class = largest object)."""
-    ds = PascalPartDataset(images_dir, annotations_dir, part_names=part_names, part_name_fn=part_name_fn)
-    samples = ((ds.names[i], ds.image_path(i), ds.part_mask(i), ds.class_names[ds.labels[i]]) for i in range(len(ds)))
+    ds = PascalPartDataset(
+        images_dir, annotations_dir, part_names=part_names, part_name_fn=part_name_fn
+    )
+    samples = (
+        (ds.names[i], ds.image_path(i), ds.part_mask(i), ds.class_names[ds.labels[i]])
+        for i in range(len(ds))
+    )
     root = write_folder(out_root, samples, ds.part_names[1:], ds.class_names, overwrite=overwrite)
     return ConversionResult(root, len(ds))

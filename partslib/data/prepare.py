@@ -30,13 +30,27 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from partslib.data.clothing_parsing import CCP_PART_GROUPS, ClothingCoParsingDataset, ccp_lower_garment
+from partslib.data.clothing_parsing import (
+    CCP_PART_GROUPS,
+    ClothingCoParsingDataset,
+    ccp_lower_garment,
+)
 from partslib.data.coco_parts import carparts_to_folder
 from partslib.data.folder import ConversionResult, write_folder
 from partslib.data.images import PathLike
 
-__all__ = ["DATASETS", "SOURCE_ENV", "CCP_OUTFITS", "ccp_outfit", "prepare_carparts",
-           "prepare_ccp", "prepare", "default_source", "ensure_dataset", "main"]
+__all__ = [
+    "CCP_OUTFITS",
+    "DATASETS",
+    "SOURCE_ENV",
+    "ccp_outfit",
+    "default_source",
+    "ensure_dataset",
+    "main",
+    "prepare",
+    "prepare_carparts",
+    "prepare_ccp",
+]
 
 DATASETS = ("carparts", "ccp")
 #: Environment variable naming each dataset's downloaded source folder.
@@ -195,7 +209,7 @@ def ensure_dataset(dataset: str, dst: PathLike, src: PathLike | None = None, log
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m partslib.data.prepare",
-                                 description=__doc__.split("\n")[0])
+                                 description=(__doc__ or "").split("\n")[0])
     ap.add_argument("dataset", choices=DATASETS)
     ap.add_argument("src", type=Path, help="the downloaded dataset (a git clone)")
     ap.add_argument("dst", type=Path, help="output folder (partslib folder format)")

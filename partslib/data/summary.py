@@ -6,6 +6,7 @@ Pure functions of a dataset (or its config); the data-overview notebook shows th
 from __future__ import annotations
 
 import hashlib
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import torch
 
 from partslib.data.synthparts import SynthParts, SynthPartsConfig
 
-__all__ = ["signature_table", "class_counts", "part_areas", "split_checksum"]
+__all__ = ["class_counts", "part_areas", "signature_table", "split_checksum"]
 
 
 def signature_table(cfg: SynthPartsConfig) -> pd.DataFrame:
@@ -40,13 +41,15 @@ def part_areas(ds: SynthParts) -> pd.DataFrame:
     """Mean share of the image each label (background + parts) covers, per class, plus the share
     of images in which the part is visible at all (rows = classes, last row = all)."""
     num_labels = ds.cfg.num_parts + 1
-    n, h, w = ds.masks.shape
+    _, h, w = ds.masks.shape
     per_image = torch.stack([torch.bincount(m.flatten(), minlength=num_labels)
                              for m in ds.masks.to(torch.int64)]).double() / (h * w)  # [N, P+1]
     names = ds.part_names
     frame = pd.DataFrame(per_image.numpy(), columns=names)
     frame["class"] = [ds.class_names[int(k)] for k in ds.labels]
-    table = frame.groupby("class", sort=False)[names].mean()
+    # pandas types GroupBy.mean() as any scalar, Series or DataFrame; grouping the columns of
+    # a list is a DataFrameGroupBy, whose mean is a DataFrame
+    table = cast(pd.DataFrame, frame.groupby("class", sort=False)[names].mean())
     table.loc["all"] = frame[names].mean()
     return table
 

@@ -27,10 +27,10 @@ from torch.utils.data import Dataset
 
 __all__ = [
     "PATTERNS",
-    "SynthPartsConfig",
+    "ReRender",
     "Sample",
     "SynthParts",
-    "ReRender",
+    "SynthPartsConfig",
     "generate_split",
     "load_or_generate",
 ]
@@ -110,7 +110,9 @@ class SynthPartsConfig:
                              f"{len(self.signatures)} signatures")
         lo, hi = self.n_distractors
         if not 0 <= lo <= hi:
-            raise ValueError(f"n_distractors must be (lo, hi) with 0 <= lo <= hi, got {self.n_distractors}")
+            raise ValueError(
+                f"n_distractors must be (lo, hi) with 0 <= lo <= hi, got {self.n_distractors}"
+            )
 
     # -- derived facts -------------------------------------------------------------------
     @property
@@ -179,7 +181,7 @@ class SynthPartsConfig:
             label = index % self.num_classes
         if not 0 <= label < self.num_classes:
             raise ValueError(f"label must be in [0, {self.num_classes}), got {label}")
-        drop = set(int(p) for p in drop_parts)
+        drop = {int(p) for p in drop_parts}
         bad = [p for p in drop if not 0 <= p <= self.num_parts]
         if bad:
             raise ValueError(f"drop_parts must be label ids in 0..{self.num_parts} "
@@ -227,7 +229,10 @@ def _draw_scene(cfg: SynthPartsConfig, rng: np.random.Generator, label: int) -> 
             # half of the nuisance parts are plain, the others carry a non-signature pattern
             choices = [p for p in cfg.nuisance_patterns(part) if p != "plain"]
             u = rng.random()
-            pattern = "plain" if u < 0.5 or not choices else choices[int((u - 0.5) * 2 * len(choices))]
+            if u < 0.5 or not choices:
+                pattern = "plain"
+            else:
+                pattern = choices[int((u - 0.5) * 2 * len(choices))]
         parts[part] = {"colour": _random_colour(rng), "pattern": pattern,
                        "pp": _draw_pattern_params(rng)}
     scale = rng.uniform(*cfg.scale) * s

@@ -23,16 +23,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
+
 __all__ = [
     "confusion_matrix",
-    "part_iou",
     "mean_iou",
-    "pointing_game",
     "netdissect_iou",
+    "part_iou",
+    "pointing_game",
     "relevance_mass",
 ]
 
-IGNORE_INDEX = 255
 NETDISSECT_QUANTILE = 0.005  # NetDissect-Lite settings.QUANTILE
 
 

@@ -13,17 +13,16 @@ when the part is removed by a removal operator (:mod:`partslib.removal`):
 * V5 :func:`cascading_randomisation` -- the model-parameter randomisation test of Adebayo et
   al., NeurIPS 2018 (https://arxiv.org/abs/1810.03292), cascading from the head downwards.
 
-:class:`RandomExplainer` gives the chance floor. Every function takes callables and tensors
-(Captum style) and never imports a concrete model or dataset. Conventions: contributions
+:class:`RandomExplainer` gives the chance floor; V5 and the floor live in
+:mod:`partslib.metrics.randomisation` and are re-exported here. Every function takes callables
+and tensors (Captum style) and never imports a concrete model or dataset. Conventions: contributions
 ``(B,P+1)`` float, ``present`` ``(B,P+1)`` bool (a metric only looks at present parts),
 targets ``(B,)`` long, ``score_fn(images) -> (B,K)`` logits.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,25 +30,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy.stats import rankdata
-from torch import nn
 
+from partslib.metrics._checks import (
+    _check_parts,
+    _check_present,
+    _check_targets,
+    _check_vector,
+    spearman,
+)
+from partslib.metrics.randomisation import RandomExplainer, cascading_randomisation
 from partslib.removal import RemovalOperator
 
 __all__ = [
     "ORDER_PAD",
     "SCORES",
-    "completeness_error",
-    "removal_effects",
-    "RemovalAgreement",
-    "removal_agreement",
-    "claimed_order",
-    "random_order",
-    "deletion_curve",
-    "deletion_auc",
-    "decisive_part_accuracy",
-    "cascading_randomisation",
     "RandomExplainer",
+    "RemovalAgreement",
+    "cascading_randomisation",
+    "claimed_order",
+    "completeness_error",
+    "decisive_part_accuracy",
+    "deletion_auc",
+    "deletion_curve",
+    "random_order",
+    "removal_agreement",
+    "removal_effects",
     "spearman",
 ]
 
@@ -57,42 +62,9 @@ ORDER_PAD = -1  # fills the tail of a part order after the present parts
 SCORES = ("logit", "probability")  # what removal_effects / deletion_curve measure
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
-ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor],
-                     tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
 # ---------------------------------------------------------------------------------- checks
-
-def _check_parts(name: str, x: Any, present: torch.Tensor | None = None) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 2:
-        raise ValueError(f"{name} must be a [B,P+1] tensor, got shape "
-                         f"{tuple(getattr(x, 'shape', ()))}")
-    if present is not None and tuple(x.shape) != tuple(present.shape):
-        raise ValueError(f"{name} has shape {tuple(x.shape)} but present has shape "
-                         f"{tuple(present.shape)}; both must be [B,P+1]")
-
-
-def _check_present(present: Any, batch: int | None = None) -> None:
-    if not isinstance(present, torch.Tensor) or present.dim() != 2:
-        raise ValueError(f"present must be a bool [B,P+1] tensor, got shape "
-                         f"{tuple(getattr(present, 'shape', ()))}")
-    if present.dtype != torch.bool:
-        raise ValueError(f"present must be a bool tensor, got {present.dtype}")
-    if batch is not None and present.shape[0] != batch:
-        raise ValueError(f"present has {present.shape[0]} rows, expected one per image ({batch})")
-
-
-def _check_vector(name: str, x: Any, batch: int) -> None:
-    if not isinstance(x, torch.Tensor) or tuple(x.shape) != (batch,):
-        raise ValueError(f"{name} must be a [B] tensor with B={batch}, got shape "
-                         f"{tuple(getattr(x, 'shape', ()))}")
-
-
-def _check_targets(targets: Any, batch: int) -> None:
-    _check_vector("targets", targets, batch)
-    if targets.is_floating_point() or targets.dtype == torch.bool:
-        raise ValueError(f"targets must be an integer (long) tensor, got {targets.dtype}")
-
 
 def _check_images_labels(images: Any, labels: Any) -> None:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -130,25 +102,6 @@ def _target_scores(score_fn: ScoreFn, images: torch.Tensor, targets: torch.Tenso
 
 
 # ----------------------------------------------------------------------------- utilities
-
-def spearman(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
-    """Spearman rank correlation of two 1-D arrays, with average ranks for ties.
-
-    NaN when fewer than two values, when either side is constant, or on non-finite input.
-    """
-    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
-    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
-    a, b = a.ravel(), b.ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"spearman needs equal lengths, got {a.size} and {b.size}")
-    if a.size < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return math.nan
-    ra, rb = rankdata(a) - (a.size + 1) / 2, rankdata(b) - (b.size + 1) / 2
-    den = math.sqrt(float(ra @ ra) * float(rb @ rb))
-    if den == 0.0:
-        return math.nan
-    return float(ra @ rb) / den
-
 
 def _order_from_keys(keys: np.ndarray, present: np.ndarray) -> torch.Tensor:
     """Present parts by ascending key (stable: ties keep the lower part index first)."""
@@ -295,9 +248,12 @@ def removal_agreement(claimed: torch.Tensor, effects: torch.Tensor, present: tor
             nae = float(np.abs(ci - di).mean() / scale[i])
         rows.append((int(n[i]), rho, top, nae))
     df = pd.DataFrame(rows, columns=["n_present", "spearman", "top_part", "norm_abs_error"])
-    summary = {col: (float(np.nanmean(df[col])) if df[col].notna().any() else math.nan)
-               for col in ("spearman", "top_part", "norm_abs_error")}
-    summary["n_images"] = float(df["spearman"].notna().sum())
+    summary: dict[str, float] = {}
+    for col in ("spearman", "top_part", "norm_abs_error"):
+        values = df[col].to_numpy(dtype=np.float64)
+        known = ~np.isnan(values)
+        summary[col] = float(np.nanmean(values)) if known.any() else math.nan
+    summary["n_images"] = float((~np.isnan(df["spearman"].to_numpy(dtype=np.float64))).sum())
     return RemovalAgreement(per_image=df, summary=summary)
 
 
@@ -466,140 +422,3 @@ def decisive_part_accuracy(contributions: torch.Tensor, decisive: torch.Tensor,
         return math.nan
     hits = decisive.cpu()[use].gather(1, top[use][:, None])[:, 0]
     return float(hits.double().mean())
-
-
-# ------------------------------------------------------------------------ V5 randomise
-
-def _reinitialise(module: nn.Module) -> list[str]:
-    """Re-initialise ``module`` and all its descendants in place; return names left as is."""
-    covered: set[int] = set()
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase):
-            m.reset_parameters()  # running stats to (0, 1) and affine to (1, 0): stays finite
-        elif hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-        elif hasattr(m, "_reset_parameters"):  # e.g. nn.MultiheadAttention
-            m._reset_parameters()
-        else:
-            continue
-        covered.update(id(p) for p in m.parameters(recurse=False))
-    return [n for n, p in module.named_parameters() if id(p) not in covered]
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
-
-
-def _to_cpu(x: torch.Tensor | None) -> torch.Tensor | None:
-    return None if x is None else x.detach().double().cpu()
-
-
-def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[str],
-                            explain_fn: ExplainFn, images: torch.Tensor,
-                            targets: torch.Tensor, seed: int = 0,
-                            present: torch.Tensor | None = None) -> pd.DataFrame:
-    """V5: cascading model-parameter randomisation (Adebayo et al. 2018), head downwards.
-
-    Deep-copies ``model`` (the input model is never touched), explains the trained copy, then
-    re-initialises the named modules one after another -- each with ``reset_parameters()`` on
-    it and all its descendants (BatchNorm: running stats and affine parameters reset) under
-    ``torch.manual_seed`` derived from ``(seed, step)`` inside ``torch.random.fork_rng`` so the
-    caller's RNG state is unchanged -- and explains again after every step, keeping earlier
-    randomisations (cascade).
-
-    Args:
-        model: the trained classifier.
-        module_names_top_down: names for ``model.get_submodule``, head first.
-        explain_fn: ``(model, images, targets) -> (contributions (B,P+1), maps (B,...) or
-            None)``.
-        images: ``(B,3,H,W)``; targets ``(B,)``.
-        present: optional ``(B,P+1)`` bool; if given, contributions are compared over
-            present parts only (absent parts are usually exactly 0 and would inflate ties).
-    Returns:
-        DataFrame with columns ``step`` (0 = trained), ``module``, ``spearman_contrib``,
-        ``spearman_maps`` -- per-image Spearman with the trained explanation, averaged over
-        images ignoring NaN (``spearman_maps`` is NaN when ``explain_fn`` gives no maps).
-        ``df.attrs`` records the seed and the module order.
-    """
-    names = list(module_names_top_down)
-    if not names:
-        raise ValueError("module_names_top_down must name at least one module")
-    work = copy.deepcopy(model)
-    for name in names:
-        try:
-            work.get_submodule(name)
-        except AttributeError as e:
-            raise ValueError(f"model has no submodule {name!r}") from e
-    B = images.shape[0]
-    _check_targets(targets, B)
-    if present is not None:
-        _check_present(present, B)
-
-    def explain() -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = explain_fn(work, images, targets)
-        if not isinstance(out, tuple) or len(out) != 2:
-            raise ValueError("explain_fn must return (contributions, maps or None)")
-        c, m = out
-        _check_parts("contributions", c, present)
-        if c.shape[0] != B or (m is not None and m.shape[0] != B):
-            raise ValueError(f"explain_fn must return one row per image ({B})")
-        return _to_cpu(c), _to_cpu(m)  # type: ignore[return-value]
-
-    def similarity(c: torch.Tensor, m: torch.Tensor | None) -> tuple[float, float]:
-        if (m is None) != (m_ref is None):
-            raise ValueError("explain_fn returned maps on some calls and None on others")
-        rc, rm = [], []
-        for i in range(B):
-            sel = slice(None) if present is None else present[i].cpu()
-            rc.append(spearman(c_ref[i][sel], c[i][sel]))
-            if m is not None:
-                rm.append(spearman(m_ref[i], m[i]))  # type: ignore[index]
-        return _nanmean(rc), _nanmean(rm)
-
-    c_ref, m_ref = explain()
-    rows = [(0, "(trained)", *similarity(c_ref, m_ref))]
-    devices = sorted({p.device.index or 0 for p in work.parameters() if p.device.type == "cuda"})
-    for step, name in enumerate(names, start=1):
-        step_seed = int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(step_seed)
-            left = _reinitialise(work.get_submodule(name))
-        if left:
-            warnings.warn(f"cascading_randomisation: parameters of {name!r} without "
-                          f"reset_parameters() were kept: {left}", RuntimeWarning, stacklevel=2)
-        c, m = explain()
-        if not (torch.isfinite(c).all() and (m is None or torch.isfinite(m).all())):
-            warnings.warn(f"cascading_randomisation: non-finite explanation after "
-                          f"re-initialising {name!r}", RuntimeWarning, stacklevel=2)
-        rows.append((step, name, *similarity(c, m)))
-    df = pd.DataFrame(rows, columns=["step", "module", "spearman_contrib", "spearman_maps"])
-    df.attrs.update(seed=seed, modules=names, order="top_down", reinit="reset_parameters")
-    return df
-
-
-# ------------------------------------------------------------------------------- floor
-
-class RandomExplainer:
-    """Chance floor: standard-normal contributions for present parts, 0 for absent ones.
-
-    Draws come from a private ``torch.Generator`` seeded once at construction, so a sequence
-    of calls is reproducible from ``seed`` and the global RNG is untouched.
-
-    Call: ``(images (B,3,H,W), targets (B,), present (B,P+1) bool) -> (B,P+1) float32``.
-    """
-
-    name = "random"
-
-    def __init__(self, seed: int = 0):
-        self.seed = int(seed)
-        self._gen = torch.Generator().manual_seed(self.seed)
-
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor,
-                 present: torch.Tensor) -> torch.Tensor:
-        _check_present(present, images.shape[0])
-        c = torch.randn(tuple(present.shape), generator=self._gen)
-        return torch.where(present.cpu(), c, 0.0).to(present.device)
-
-    def __repr__(self) -> str:
-        return f"RandomExplainer(seed={self.seed})"
