@@ -58,10 +58,12 @@ def explain_state(explainer: PartExplainer, images: torch.Tensor, state: Explore
 
 
 def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
-           class_names: Sequence[str] | None = None, labels: Sequence[int] | None = None
+           class_names: Sequence[str] | None = None,
+           labels: Sequence[int] | torch.Tensor | None = None
            ) -> Figure:
-    """Figure for one explorer state: image | parts | one part's probability map | CAM or
-    nothing | contribution bars."""
+    """Figure for one explorer state: image | parts | one part's probability map (``state.part``,
+    else the top contributor) | contribution bars. ``labels`` (one true class per image) add
+    the true and predicted class to the image's title."""
     e = explain_state(explainer, images, state)
     x = images[state.index:state.index + 1]
     part = state.part
@@ -92,7 +94,8 @@ def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
 
 def build_explorer(explainer: PartExplainer, images: torch.Tensor,
                    class_names: Sequence[str] | None = None,
-                   labels: Sequence[int] | None = None, state: ExplorerState | None = None
+                   labels: Sequence[int] | torch.Tensor | None = None,
+                   state: ExplorerState | None = None
                    ) -> ipywidgets.VBox:
     """An ipywidgets box: choose image, target class, mode and part; see parts, the part's
     probability map and the contributions. Returns the box (a VBox); ``box.render_state()``
