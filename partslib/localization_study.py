@@ -195,7 +195,7 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
             feats = classifier.features(x)
             A = feats[classifier.final_stage]
             pdm_probs = pdm(feats, x).softmax(1).cpu()
-            lin = ibd.linear_maps_from_features(A, tuple(x.shape[-2:])).cpu()
+            lin = ibd.linear_maps_from_features(A, (x.shape[-2], x.shape[-1])).cpu()
             grid_scores.append(ibd.linear_scores_from_features(A).cpu())
         counts.add_part_maps("PDM", pdm_probs, pdm_probs, gt, dec, gt_region)
         counts.add_part_maps("IBD linear maps", lin.softmax(1), lin, gt, dec, gt_region)

@@ -75,8 +75,11 @@ class ContractClassifier(nn.Module):
     stage_names: tuple[str, ...]
     stage_channels: dict[str, int]
     stage_strides: dict[str, int]
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[int, int]  # (H, W) the model was built for
     fc: nn.Linear
+    stem: nn.Module
+    mean: torch.Tensor  # [1,3,1,1] normalisation buffers
+    std: torch.Tensor
 
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()

@@ -218,15 +218,17 @@ class PartsDetectionModule(nn.Module):
             x = F.interpolate(reduce(x), size=skip.shape[-2:], mode="bilinear",
                               align_corners=False)
             x = block(x + proj(skip))
-        if self.image_proj is not None:
+        reduce_image, proj_image, block_image = self.image_reduce, self.image_proj, \
+            self.image_block
+        if reduce_image is not None and proj_image is not None and block_image is not None:
             if images is None:
                 raise ValueError("this PDM merges the input image (image_width="
                                  f"{self.image_width}); pass the raw images in [0, 1]: "
                                  "pdm(features, images)")
             image = (images - self.image_mean) / self.image_std  # = classifier.normalise
-            x = F.interpolate(self.image_reduce(x), size=image.shape[-2:], mode="bilinear",
+            x = F.interpolate(reduce_image(x), size=image.shape[-2:], mode="bilinear",
                               align_corners=False)
-            x = self.image_block(x + self.image_proj(image))
+            x = block_image(x + proj_image(image))
         logits = self.classifier(x)
         if tuple(logits.shape[-2:]) != self.input_size:
             logits = F.interpolate(logits, size=self.input_size, mode="bilinear",

@@ -88,7 +88,9 @@ def setup(seed: int, threads: int | None = None, deterministic: bool = True) -> 
         # deterministic mode also fills every new tensor with NaN (a debugging aid against
         # reading uninitialised memory); it costs a pass over each output buffer, ~15% of a
         # PDM explanation on the CPU, and changes no result
-        torch.utils.deterministic.fill_uninitialized_memory = False
+        # (a module attribute that torch sets at import time and its type stubs lack)
+        det = torch.utils.deterministic
+        det.fill_uninitialized_memory = False  # pyright: ignore[reportAttributeAccessIssue]
         torch.backends.cudnn.benchmark = False
     seed_everything(seed)
 

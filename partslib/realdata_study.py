@@ -348,8 +348,8 @@ def explain_photo(explainer, source, size: Sequence[int] | None = None, target=N
     Returns:
         ``(explanation of one image, image float [3,H,W])``.
     """
-    size = tuple(size) if size is not None else tuple(explainer.pdm.input_size)
-    image = load_image(source, size=size)
+    h, w = size if size is not None else explainer.pdm.input_size
+    image = load_image(source, size=(int(h), int(w)))
     return explainer(image[None], target=target, **kwargs), image
 
 
@@ -375,6 +375,7 @@ def t1_metrics(t1: pd.DataFrame) -> dict[str, Any]:
     for _, row in t1.iterrows():
         m = str(row["method"]).lower().replace(" ", "_").replace("(", "").replace(")", "")
         for col, val in row.items():
+            col = str(col)
             if col == "method" or col.startswith("netdissect:"):
                 continue
             key = col.replace("iou:", "iou/").replace("mIoU", "miou")

@@ -89,8 +89,12 @@ class RealData:
         raise FileNotFoundError(f"{self.root / 'images'}: no image named {name!r}")
 
 
-def _stack(ds: FolderDataset, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+def _stack(ds: FolderDataset, indices: Sequence[int]
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     n = len(indices)
+    if ds.size is None:
+        raise ValueError(f"{ds.root}: stacking photos into tensors needs one image size; "
+                         f"open the FolderDataset with size=(H, W)")
     H, W = ds.size
     images = torch.empty(n, 3, H, W, dtype=torch.uint8)
     masks = torch.empty(n, H, W, dtype=torch.uint8)
