@@ -122,3 +122,17 @@ def test_one_batch_per_size_or_a_clear_error(tmp_path):
         bench.BenchConfig(results_dir=str(tmp_path), sizes=(32, 224), batch=(64, 8, 2))
     with pytest.raises(ValueError, match=">= 1"):
         bench.BenchConfig(results_dir=str(tmp_path), sizes=(32,), batch=0)
+
+
+def test_fallback_models_are_the_default_studys():
+    """Without checkpoints the benchmark times the default study's architectures, not cheaper
+    ones: the PDM of PDMConfig() (image step included) on the classifier of ClassifierConfig()."""
+    from partslib.bench.cases import build_case
+    from partslib.config import ClassifierConfig, PDMConfig
+
+    case = build_case(64, batch=2, results_dir=None)
+    cfg, arch = PDMConfig(), case.pdm.config()
+    assert tuple(arch["widths"]) == cfg.widths
+    assert (arch["image_width"], arch["image_kernel"], arch["separable"]) == \
+        (cfg.image_width, cfg.image_kernel, cfg.separable)
+    assert tuple(case.classifier.config()["widths"]) == ClassifierConfig().widths

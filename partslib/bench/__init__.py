@@ -23,9 +23,12 @@ runs is the most stable estimate of what each method costs. Methods:
   Baseline: the Gaussian-blurred image (the PDM-occlusion imputer, computed inside the timed
   call) or 0 (``captum_baseline="zero"``).
 
-Sizes: 64 is the default study's SmallResNet (its checkpoints in ``results/<profile>/`` when they
-exist, random weights of that architecture otherwise), 224 a torchvision resnet18 with 365
-classes and a PDM ``for_classifier(clf, 6, widths=[128, 64, 32])``, both with random weights.
+Sizes: 64 is the default study's SmallResNet and PDM (their checkpoints in
+``results/<profile>/`` when they exist, otherwise random weights of the architectures of
+:class:`~partslib.config.ClassifierConfig` and :class:`~partslib.config.PDMConfig`, the default
+study's), 224 a torchvision resnet18 with 365 classes and a PDM ``for_classifier(clf, 6,
+widths=[128, 64, 32], image_width=0)`` (a ResNet's first stage is at stride 4: no image step),
+both with random weights.
 Other sizes (tests) use a random SmallResNet below 128 pixels, a random resnet18 from 128 up.
 
 Peak memory: ``ru_maxrss`` of the benchmark process, and per method the peak RSS (``VmHWM``, the

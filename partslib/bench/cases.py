@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from partslib.config import ClassifierConfig, PDMConfig
 from partslib.explain.registry import get_method
 from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet
 from partslib.pdm import PartsDetectionModule
@@ -24,8 +25,6 @@ EXPLAINERS = ("pdm-region-soft", "ibd", "pdm-occlusion")
 REFERENCES = ("forward", "gradcam", "captum_occlusion")
 METHODS = ("forward", "pdm-region-soft", "ibd", "gradcam", "captum_occlusion", "pdm-occlusion")
 DEFAULT_SIZES = (64, 224)
-SMALL_WIDTHS = (24, 48, 96)  # profiles/default.yaml 02_classifier.widths
-SMALL_PDM = {"widths": [48, 24], "image_width": 0, "separable": False}  # 03_pdm
 NUM_LABELS = 6  # SynthParts: background + 5 parts
 NUM_CLASSES_64, NUM_CLASSES_224 = 6, 365
 TV_PDM_WIDTHS = [128, 64, 32]
@@ -72,9 +71,10 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
                 weights["classifier_not_loaded"] = f"checkpoint is for {clf.input_size} images"
                 clf = None
         if clf is None:
-            clf = SmallResNet(NUM_CLASSES_64, widths=SMALL_WIDTHS, input_size=size)
+            widths = ClassifierConfig().widths  # the default study's classifier
+            clf = SmallResNet(NUM_CLASSES_64, widths=widths, input_size=size)
             weights["classifier"] = (f"random: SmallResNet(num_classes={NUM_CLASSES_64}, "
-                                     f"widths={list(SMALL_WIDTHS)})")
+                                     f"widths={list(widths)})")
         elif rd is not None and (rd / pipeline.PDM_CHECKPOINT).exists():
             try:
                 pdm = pipeline.load_pdm(rd)
@@ -82,8 +82,9 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
             except (ValueError, RuntimeError) as e:
                 weights["pdm_not_loaded"] = str(e)
         if pdm is None:
-            pdm = PartsDetectionModule.for_classifier(clf, NUM_LABELS, **SMALL_PDM)
-            weights["pdm"] = f"random: for_classifier(clf, {NUM_LABELS}, **{SMALL_PDM})"
+            pdm = PartsDetectionModule.from_config(clf, NUM_LABELS, PDMConfig())
+            weights["pdm"] = (f"random: from_config(clf, {NUM_LABELS}, PDMConfig()), the "
+                              f"default study's PDM")
     else:
         clf = TorchvisionResNet("resnet18", num_classes=NUM_CLASSES_224, input_size=size)
         weights["classifier"] = f"random: torchvision resnet18, {NUM_CLASSES_224} classes"
