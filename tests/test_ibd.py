@@ -365,7 +365,7 @@ def test_ibd_heatmaps_reject_mismatched_classifiers() -> None:
 
 def test_lockstep_sgd_equals_reference_training_step() -> None:
     # Each concept's update must equal nn.Linear + Sigmoid + MSELoss + SGD(lr) on its own minibatches.
-    from partslib.ibd import _lockstep_sgd
+    from partslib.ibd.concepts import _lockstep_sgd
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([300, 170])
@@ -401,7 +401,7 @@ def test_concepts_train_independently() -> None:
 
 
 def test_top_k_stable_matches_stable_argsort() -> None:
-    from partslib.ibd import _top_k_stable
+    from partslib.ibd.concepts import _top_k_stable
 
     scores = torch.randint(0, 20, (500,), generator=torch.Generator().manual_seed(0)).float()  # many ties
     for k in (0, 1, 33, 500):
