@@ -3,7 +3,7 @@
 PROFILE ?= default
 
 .DEFAULT_GOAL := help
-.PHONY: help study smoke dry-run test lab notebooks nb-reference
+.PHONY: help study smoke dry-run test lab notebooks nb-reference report
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -29,3 +29,8 @@ notebooks: ## write notebooks/*.ipynb from their jupytext sources notebooks/NN_*
 
 nb-reference: ## re-execute the smoke profile into tests/nb_reference/ (after a deliberate change)
 	scripts/study.sh smoke --reference
+
+report: ## rebuild results/PROFILE/report.html from its run folder; screenshot it (needs chromium)
+	scripts/bootstrap.sh python -m partslib.report --profile $(PROFILE) --html
+	scripts/bootstrap.sh python scripts/screenshot_report.py results/$(PROFILE)/report.html \
+		--out results/$(PROFILE)/report.png

@@ -108,11 +108,11 @@ def resolve_path(path: PathLike, root: PathLike | None = None) -> Path:
     if p.is_absolute():
         return p
     if root is None:
-        from partslib.study import ProfileError, find_root
+        from partslib.io import StudyRootError, find_root
 
         try:
             root = find_root()
-        except ProfileError:
+        except StudyRootError:
             root = Path.cwd()
     return (Path(root) / p).resolve()
 

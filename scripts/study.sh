@@ -6,4 +6,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 profile="${1:-default}"
 [ $# -gt 0 ] && shift
 cd "$ROOT"
-exec "$PY" -m partslib.study --profile "$profile" "$@"
+exec "$PY" -m partslib.runner --profile "$profile" "$@"

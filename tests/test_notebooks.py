@@ -7,7 +7,7 @@ The regression itself is nbval on the reference copies (scripts/test.sh):
 
 nbval re-executes the *reference copy's* cells, so these tests make sure the copies are current:
 same code as notebooks/, same parameters as profiles/smoke.yaml. Regenerate them with
-``make nb-reference`` (``python -m partslib.study --profile smoke --reference``).
+``make nb-reference`` (``python -m partslib.runner --profile smoke --reference``).
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import nbformat
 import papermill as pm
 import pytest
 
-from partslib import study
+from partslib import runner
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 REFERENCE = ROOT / "tests" / "nb_reference"
-SMOKE = study.load_profile("smoke", ROOT)
+SMOKE = runner.load_profile("smoke", ROOT)
 REGENERATE = "regenerate with `make nb-reference`"
 
 
@@ -103,13 +103,14 @@ def test_reference_copy_is_current(name):
     assert _code(ref) == _code(src), (
         f"{ref_path.name} runs older code than notebooks/; {REGENERATE}"
     )
-    plan = study.validate_profile(SMOKE, NOTEBOOKS, only=[name])
+    plan = runner.validate_profile(SMOKE, NOTEBOOKS, only=[name])
     injected = ref.metadata.get("papermill", {}).get("parameters", {})
-    runner = {k: injected.get(k) for k in study.RUNNER_PARAMS}
-    assert {k: v for k, v in injected.items() if k not in study.RUNNER_PARAMS} == plan[name], \
+    by_runner = {k: injected.get(k) for k in runner.RUNNER_PARAMS}
+    assert {k: v for k, v in injected.items() if k not in runner.RUNNER_PARAMS} == plan[name], \
         f"{ref_path.name} was made with other parameters than profiles/smoke.yaml; {REGENERATE}"
     # relative paths: nbval re-runs the copy from tests/nb_reference on any checkout
-    assert runner["results_dir"] == "_results/smoke" and not Path(runner["data_dir"]).is_absolute()
+    assert by_runner["results_dir"] == "_results/smoke" \
+        and not Path(by_runner["data_dir"]).is_absolute()
     outputs = [o for c in ref.cells if c.cell_type == "code"
                and c.source.startswith("# NBVAL_CHECK_OUTPUT") for o in c.outputs]
     assert outputs, f"{ref_path.name} has no stored output in its NBVAL_CHECK_OUTPUT cell"

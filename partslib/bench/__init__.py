@@ -53,7 +53,7 @@ import sys
 
 if sys.argv and sys.argv[0] == "-m":  # `python -m partslib.bench`, before torch loads OpenMP:
     # idle OpenMP threads sleep instead of spinning: on shared cores spinning threads steal the
-    # time of the thread the others wait for (partslib.study sets the same for its kernels)
+    # time of the thread the others wait for (partslib.runner sets the same for its kernels)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from partslib.bench.cases import (

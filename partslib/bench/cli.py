@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.results_dir is None:
-        from partslib.study import find_root
+        from partslib.io import find_root
 
         args.results_dir = str(find_root() / "results" / args.profile)
     if args.child_memory:
