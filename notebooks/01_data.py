@@ -12,11 +12,11 @@
 # SynthParts draws single-object scenes: an object made of named **parts** (head, body, tail, legs,
 # wing) on a textured background with distractor shapes that are not parts. Each class is defined by
 # a **signature**: one or two parts that carry a class-specific pattern. Everything else (colours,
-# position, scale, flip, the patterns of the other parts) is random, and a pattern that is decisive
-# on one part for one class appears as a nuisance on other parts, so a classifier has to bind
-# pattern *to part*. Every sample is a pure function of `(seed, index)` and comes with its exact part
-# mask, which is what lets the later notebooks measure how accurately parts are located and what
-# happens when a part is removed.
+# position, scale, flip, the patterns of the other parts) is random, and a pattern that is
+# decisive on one part for one class appears as a nuisance on other parts, so a classifier has to
+# bind pattern *to part*. Every sample is a pure function of `(seed, index)` and comes with its
+# exact part mask, which is what lets the later notebooks measure how accurately parts are located
+# and what happens when a part is removed.
 #
 # This notebook generates (or loads from `data_dir`) the train and test splits, shows samples with
 # their part masks, the class signatures, and the class and part-area statistics.
@@ -38,8 +38,8 @@ n_test: int = 1000  # test images
 n_show: int = 12  # samples in the overview grid
 
 # %%
-from partslib.data import summary
 from partslib import pipeline, viz
+from partslib.data import summary
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()

@@ -44,6 +44,7 @@ resume: bool = True  # resume from / reuse a checkpoint of the same configuratio
 
 # %%
 import pandas as pd
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -89,9 +90,12 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 # No augmentation: SynthParts already randomises colour, position, scale and flip.
 
 # %%
+from partslib.config import ClassifierConfig
+
+config = ClassifierConfig(arch=arch, widths=tuple(widths), epochs=epochs, lr=lr,
+                          weight_decay=weight_decay, batch_size=batch_size)
 model, metrics, history = pipeline.train_classifier(
-    train, test, results_dir=results_dir, arch=arch, widths=widths, epochs=epochs, lr=lr,
-    weight_decay=weight_decay, batch_size=batch_size, seed=seed, device=device, resume=resume,
+    train, test, results_dir=results_dir, config=config, seed=seed, device=device, resume=resume,
     progress=progress)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['epochs_trained']} epoch(s) trained in {metrics['train_seconds']:.1f} s, "

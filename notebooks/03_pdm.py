@@ -36,17 +36,18 @@ n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
-pdm_epochs: int = 14  # PDM training epochs (on features computed once)
+pdm_epochs: int = 20  # PDM training epochs (on features computed once)
 pdm_lr: float = 0.005  # peak learning rate
 pdm_batch_size: int = 16  # batch size
 pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow
-pdm_image_width: int = 0  # channels of a full-resolution image step; 0 disables it
+pdm_image_width: int = 8  # channels of a full-resolution image step; 0 disables it (torchvision: 0)
 pdm_separable: bool = False  # depthwise-separable decoder blocks
 device: str = "cpu"  # "cpu" or "cuda"
 resume: bool = True  # resume from / reuse a checkpoint of the same configuration
 
 # %%
 import pandas as pd
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -83,11 +84,14 @@ train, test = pipeline.load_splits(
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%
+from partslib.config import PDMConfig
+
+config = PDMConfig(n_train=pdm_n_train, epochs=pdm_epochs, lr=pdm_lr, batch_size=pdm_batch_size,
+                   widths=tuple(pdm_widths), image_width=pdm_image_width, separable=pdm_separable)
 classifier = pipeline.load_classifier(results_dir, device=device)
 pdm, metrics, history = pipeline.train_pdm(
-    classifier, train, test, results_dir=results_dir, n_train=pdm_n_train, epochs=pdm_epochs,
-    lr=pdm_lr, batch_size=pdm_batch_size, widths=pdm_widths, image_width=pdm_image_width,
-    separable=pdm_separable, seed=seed, resume=resume, progress=progress, device=device)
+    classifier, train, test, results_dir=results_dir, config=config, seed=seed, resume=resume,
+    progress=progress, device=device)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train_seconds']:.1f} s")
 

@@ -39,6 +39,7 @@ interactive: bool = True  # build the ipywidgets explorer (off in headless runs)
 # %%
 import pandas as pd
 import torch
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -154,6 +155,8 @@ viz.save_figure(fig, out_dir / "part_class.png");
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+from IPython.display import display
+
 from partslib import explorer as xp
 
 fig = xp.render(explainer, images, xp.ExplorerState(index=int(ok[0])), test.class_names, labels)

@@ -45,6 +45,7 @@ gradcam_method: str = "gradcam"  # pytorch-grad-cam method for the heatmap basel
 
 # %%
 import pandas as pd
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -128,7 +129,8 @@ metrics = {
     "ibd_linear/pointing_game": float(row("IBD linear maps")["pointing_game"]),
     "ibd_linear/netdissect_mean": float(row("IBD linear maps")["netdissect_mean"]),
     **{f"{m}/region_iou": float(row(n)["region_iou"]) for m, n in
-       [("pdm", "PDM"), ("ibd_linear", "IBD linear maps"), ("gradcam", "Grad-CAM (thresholded)"), ("cam", "CAM")]},
+       [("pdm", "PDM"), ("ibd_linear", "IBD linear maps"),
+        ("gradcam", "Grad-CAM (thresholded)"), ("cam", "CAM")]},
     **{f"{m}/iou/{p}": float(row(n)[f"iou:{p}"]) for m, n in
        [("pdm", "PDM"), ("ibd_linear", "IBD linear maps")] for p in test.part_names},
     "ibd/n_components": ibd.decomposition.n_components,

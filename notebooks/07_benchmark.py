@@ -34,14 +34,15 @@ n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 bench_sizes: list[int] = [64, 224]  # image sizes: SynthParts backbone, torchvision resnet18
-bench_repeats: int = 15  # timed rounds (every method once per round; minimum reported)
-bench_batch: list[int] = [64, 16]  # batch of every method: one per size, or one for all
+bench_repeats: int = 10  # timed rounds (every method once per round; minimum reported)
+bench_batch: list[int] = [64, 8]  # batch of every method: one per size, or one for all
 bench_memory: bool = True  # per-method peak memory in subprocesses
 
 # %%
 import shutil
 
 import pandas as pd
+
 from partslib import pipeline, viz
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
@@ -70,7 +71,7 @@ pipeline.write_params(out_dir, params);
 from partslib import bench
 
 cfg = bench.BenchConfig(results_dir=str(results_dir), sizes=tuple(bench_sizes),
-                        repeats=bench_repeats, batch=bench_batch, threads=threads,
+                        repeats=bench_repeats, batch=tuple(bench_batch), threads=threads,
                         memory=bench_memory, progress=progress)
 payload = bench.run_bench(cfg)
 bench_json, t4_csv = bench.write_outputs(results_dir, payload)

@@ -36,7 +36,7 @@ threads: int = 2  # torch CPU threads (CPU results depend on the thread count)
 progress: bool = True  # progress bars (off in headless runs)
 resume: bool = True  # resume from / reuse checkpoints of the same configuration
 dataset_name: str = "carparts"  # names the metrics (carparts/...) and the checkpoints
-dataset_path: str = "data/carparts"  # folder-format dataset (a relative path starts at the repository root)
+dataset_path: str = "data/carparts"  # folder-format dataset (relative: to the repository root)
 prepare: str = "carparts"  # when dataset_path is missing, convert it: "carparts", "ccp" or ""
 prepare_source: str = ""  # downloaded source, or "" for $PARTSLIB_CARPARTS_SRC (docs/real_data.md)
 image_size: int = 128  # photos are resized to image_size x image_size (aspect not kept)
@@ -53,14 +53,15 @@ device: str = "cpu"  # "cpu" or "cuda"
 pdm_epochs: int = 30  # PDM epochs (on the frozen classifier's features, computed once)
 pdm_lr: float = 0.01  # PDM peak learning rate
 pdm_batch_size: int = 32  # PDM batch size
-pdm_widths: list[int] = [32, 16, 16, 16]  # decoder widths, deep to shallow, one per upsampling ([]: auto)
+pdm_widths: list[int] = [32, 16, 16, 16]  # decoder widths, deep to shallow ([]: auto)
 pdm_image_width: int = 0  # channels of a full-resolution image step (0: none, output at stride 2)
 pdm_separable: bool = False  # depthwise-separable decoder blocks
 pdm_balance: bool = True  # median-frequency label weights (rare parts weigh more)
 ibd_epochs: int = 15  # IBD concept-classifier epochs (the baseline of T1/T2)
 decisive_parts: dict = {  # decisive parts of each class: V4 and T1's region columns
     "front": ["front_bumper", "front_glass", "front_left_light", "front_right_light", "hood"],
-    "back": ["back_bumper", "back_glass", "back_left_light", "back_right_light", "tailgate", "trunk"],
+    "back": ["back_bumper", "back_glass", "back_left_light", "back_right_light", "tailgate",
+             "trunk"],
     "side": ["front_left_door", "front_right_door", "back_left_door", "back_right_door",
              "left_mirror", "right_mirror", "wheel"],
 }
@@ -160,8 +161,9 @@ counts
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-fig = viz.plot_segmentations(data.train_images[:n_gallery], {"ground truth": data.train_masks[:n_gallery]},
-                             data.part_names, n=min(n_gallery, len(data.train_labels)))
+fig = viz.plot_segmentations(data.train_images[:n_gallery],
+                             {"ground truth": data.train_masks[:n_gallery]}, data.part_names,
+                             n=min(n_gallery, len(data.train_labels)))
 viz.save_figure(fig, out_dir / "samples.png");
 
 # %% [markdown]
@@ -191,7 +193,8 @@ fig = viz.plot_confusion(clf_metrics["confusion_matrix"], data.class_names)
 viz.save_figure(fig, out_dir / "confusion.png");
 
 # %%
-pd.Series({k: v for k, v in clf_metrics.items() if k != "confusion_matrix"}, name="classifier").to_frame()
+pd.Series({k: v for k, v in clf_metrics.items() if k != "confusion_matrix"},
+          name="classifier").to_frame()
 
 # %% [markdown]
 # ## The Parts Detection Module on real photos
@@ -213,7 +216,8 @@ print(f"PDM: {pdm_metrics['num_parameters']:,} parameters, trained in "
 
 # %%
 iou = {k.split("/", 1)[1]: v for k, v in pdm_metrics.items() if k.startswith("iou/")}
-iou_table = pd.DataFrame({"IoU (test)": iou, "present in train photos": parts_table[("train", "present")]})
+iou_table = pd.DataFrame({"IoU (test)": iou,
+                          "present in train photos": parts_table[("train", "present")]})
 iou_table.to_csv(out_dir / "pdm_iou.csv")
 iou_table.round(3)
 
@@ -244,7 +248,8 @@ x_test = data.test_images.float() / 255
 e = explainer(x_test)
 correct = e.target == data.test_labels
 contrastive = explainer(x_test, contrastive=True)
-completeness = max(float(e.completeness_error().max()), float(contrastive.completeness_error().max()))
+completeness = max(float(e.completeness_error().max()),
+                   float(contrastive.completeness_error().max()))
 print(f"{int(correct.sum())}/{len(e)} test photos correctly classified; "
       f"completeness max relative error {completeness:.1e}")
 
@@ -331,7 +336,8 @@ from partslib.studies import validity_text as t2_text
 
 t0 = time.perf_counter()
 t2, extras = rs.validity(model, pdm, ibd, data, decisive_parts, operators=t2_operators,
-                         methods=t2_methods, n_eval=n_eval, n_eval_by_operator={"road": n_eval_road},
+                         methods=t2_methods, n_eval=n_eval,
+                         n_eval_by_operator={"road": n_eval_road},
                          n_sanity=n_sanity, seed=seed)
 t2_seconds = time.perf_counter() - t0
 sanity = extras[t2_operators[0]].sanity
@@ -403,6 +409,7 @@ rs.headline(metrics, name).round(3)
 # NBVAL_CHECK_OUTPUT
 print(f"classifier test accuracy: {clf_metrics['test_accuracy']:.2f} "
       f"(balanced {clf_metrics['balanced_accuracy']:.2f})")
-print(f"PDM mIoU (test): {pdm_metrics['miou']:.2f}, classifier unchanged: {pdm_metrics['classifier_unchanged']}")
+print(f"PDM mIoU (test): {pdm_metrics['miou']:.2f}, "
+      f"classifier unchanged: {pdm_metrics['classifier_unchanged']}")
 print(f"completeness max relative error <= 1e-4: {completeness <= 1e-4}")
-print(f"T2 operators: {', '.join(t2_operators)}; photos evaluated: {int(t2['n_images'].max())}")
+print(f"T2 operators: {', '.join(t2_operators)}; photos evaluated: {t2['n_images'].max()}")

@@ -37,7 +37,7 @@ threads: int = 2  # torch CPU threads (CPU results depend on the thread count)
 progress: bool = True  # progress bars (off in headless runs)
 resume: bool = True  # resume from / reuse checkpoints of the same configuration
 dataset_name: str = "ccp"  # names the metrics (ccp/...) and the checkpoints
-dataset_path: str = "data/ccp"  # folder-format dataset (a relative path starts at the repository root)
+dataset_path: str = "data/ccp"  # folder-format dataset (relative: to the repository root)
 prepare: str = "ccp"  # when dataset_path is missing, convert it: "carparts", "ccp" or ""
 prepare_source: str = ""  # downloaded source, or "" for $PARTSLIB_CCP_SRC (docs/real_data.md)
 image_size: list[int] = [160, 96]  # (H, W): CCP photos are portrait, about 830 x 550
@@ -54,7 +54,7 @@ device: str = "cpu"  # "cpu" or "cuda"
 pdm_epochs: int = 20  # PDM epochs (on the frozen classifier's features, computed once)
 pdm_lr: float = 0.01  # PDM peak learning rate
 pdm_batch_size: int = 32  # PDM batch size
-pdm_widths: list[int] = [32, 16, 16, 16]  # decoder widths, deep to shallow, one per upsampling ([]: auto)
+pdm_widths: list[int] = [32, 16, 16, 16]  # decoder widths, deep to shallow ([]: auto)
 pdm_image_width: int = 0  # channels of a full-resolution image step (0: none, output at stride 2)
 pdm_separable: bool = False  # depthwise-separable decoder blocks
 pdm_balance: bool = True  # median-frequency label weights (rare parts weigh more)
@@ -66,7 +66,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from partslib import pipeline, viz
 
@@ -175,7 +174,8 @@ print(f"PDM: {pdm_metrics['num_parameters']:,} parameters, trained in "
 
 # %%
 iou = {k.split("/", 1)[1]: v for k, v in pdm_metrics.items() if k.startswith("iou/")}
-iou_table = pd.DataFrame({"IoU (test)": iou, "present in train photos": parts_table[("train", "present")]})
+iou_table = pd.DataFrame({"IoU (test)": iou,
+                          "present in train photos": parts_table[("train", "present")]})
 iou_table.to_csv(out_dir / "pdm_iou.csv")
 iou_table.round(3)
 
@@ -214,7 +214,7 @@ name = dataset_name
 metrics = {
     **rs.prefixed(f"{name}/classifier", clf_metrics),
     **rs.prefixed(f"{name}/pdm", pdm_metrics),
-    **rs.prefixed(f"{name}/t1", rs.t1_metrics(t1[t1.method.isin(["PDM", "IBD linear maps"])])),
+    **rs.prefixed(f"{name}/t1", rs.t1_metrics(t1.loc[t1.method.isin(["PDM", "IBD linear maps"])])),
     f"{name}/timing/wall_seconds": time.perf_counter() - wall0,
     f"{name}/timing/cpu_seconds": time.process_time() - cpu0,  # all threads of the kernel
 }
@@ -225,4 +225,5 @@ rs.headline(metrics, name).round(3)
 # NBVAL_CHECK_OUTPUT
 print(f"outfit classifier test accuracy: {clf_metrics['test_accuracy']:.2f} "
       f"(balanced {clf_metrics['balanced_accuracy']:.2f})")
-print(f"PDM mIoU (test): {pdm_metrics['miou']:.2f}, classifier unchanged: {pdm_metrics['classifier_unchanged']}")
+print(f"PDM mIoU (test): {pdm_metrics['miou']:.2f}, "
+      f"classifier unchanged: {pdm_metrics['classifier_unchanged']}")

@@ -49,16 +49,16 @@ import torch
 from torch import Tensor
 
 from partslib.baselines import IBDModel, Targets, cam_maps, gradcam_maps, normalise_maps
+from partslib.constants import IGNORE_INDEX
 from partslib.explain import resolve_targets
 from partslib.metrics import confusion_matrix, mean_iou, netdissect_iou, part_iou, pointing_game
 from partslib.models import ContractClassifier, check_images
 from partslib.pdm import PartsDetectionModule, segment
 
-__all__ = ["METHODS", "localization_table", "localization_figure"]
+__all__ = ["METHODS", "localization_figure", "localization_table"]
 
 METHODS = ("PDM", "IBD linear maps", "Grad-CAM (thresholded)", "CAM")
 HEATMAP_THRESHOLD = 0.5  # CSAILVision/IBD settings.CAM_THRESHOLD
-IGNORE_INDEX = 255
 
 
 def _pointing_counts(maps: Tensor, labels: Tensor, classes: Sequence[int]) -> tuple[float, int]:
@@ -80,6 +80,76 @@ def _region_labels(masks: Tensor, decisive: Tensor) -> Tensor:
 
 def _region_of_labels(pred: Tensor, decisive: Tensor) -> Tensor:
     return torch.gather(decisive.long(), 1, pred.flatten(1)).view_as(pred)
+
+
+def _decisive_or_object(decisive: Tensor | None, n: int, num_labels: int
+                        ) -> tuple[Tensor, str]:
+    """The decisive-part matrix ``[N, P+1]`` (the whole object when None) and its name."""
+    if decisive is None:
+        decisive = torch.ones(n, num_labels, dtype=torch.bool)
+        decisive[:, 0] = False
+        return decisive, "object (all parts)"
+    if decisive.shape != (n, num_labels):
+        raise ValueError(f"decisive must be bool [N, P+1] = {(n, num_labels)}, got "
+                         f"{tuple(decisive.shape)}")
+    return decisive.bool().cpu(), "decisive parts"
+
+
+def _batch_targets(targets: Targets, start: int, stop: int) -> Targets:
+    if targets is None or isinstance(targets, int):
+        return targets
+    t = torch.as_tensor(targets).flatten()
+    return t if t.numel() == 1 else t[start:stop]
+
+
+class _T1Counts:
+    """Confusion matrices and pointing-game counts of every method, summed over batches."""
+
+    def __init__(self, num_labels: int):
+        L = self.num_labels = num_labels
+        self.seg_conf = {m: torch.zeros(L, L, dtype=torch.long) for m in METHODS[:2]}
+        self.reg_conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in METHODS}
+        self.point = {m: [0.0, 0] for m in METHODS[:2]}
+        self.reg_point = {m: [0.0, 0] for m in METHODS}
+
+    def add_part_maps(self, m: str, probs: Tensor, scores: Tensor, gt: Tensor, dec: Tensor,
+                      gt_region: Tensor) -> None:
+        """A segmenter's part probabilities (and the scores its pointing game reads)."""
+        pred = probs.argmax(1)
+        self.seg_conf[m] += confusion_matrix(pred, gt, self.num_labels)
+        h, n = _pointing_counts(scores[:, 1:], gt, list(range(1, self.num_labels)))
+        self.point[m][0] += h
+        self.point[m][1] += n
+        self.reg_conf[m] += confusion_matrix(_region_of_labels(pred, dec), gt_region, 2)
+        self.add_region_map(m, (probs * dec[:, :, None, None]).sum(1), gt_region, None)
+
+    def add_region_map(self, m: str, heat: Tensor, gt_region: Tensor,
+                       threshold: float | None) -> None:
+        """A heatmap ``[B,H,W]`` of the region; thresholded into a region map when given."""
+        if threshold is not None:
+            self.reg_conf[m] += confusion_matrix((heat >= threshold).long(), gt_region, 2)
+        h, n = _pointing_counts(heat[:, None], gt_region, [1])
+        self.reg_point[m][0] += h
+        self.reg_point[m][1] += n
+
+    def row(self, m: str, part_names: Sequence[str], nd: Tensor) -> dict:
+        L, seg = self.num_labels, m in self.seg_conf
+        row: dict = {"method": m}
+        ious = part_iou(self.seg_conf[m]) if seg else torch.full((L,), math.nan)
+        for name, v in zip(part_names, ious.tolist()):
+            row[f"iou:{name}"] = v
+        row["mIoU"] = mean_iou(self.seg_conf[m]) if seg else math.nan
+        hits, trials = self.point.get(m, (0.0, 0))
+        row["pointing_game"] = hits / trials if seg and trials else math.nan
+        row["region_iou"] = float(part_iou(self.reg_conf[m])[1])
+        h, n = self.reg_point[m]
+        row["region_pointing"] = h / n if n else math.nan
+        is_ibd = m == "IBD linear maps"
+        for name, v in zip(part_names, nd.tolist()):
+            row[f"netdissect:{name}"] = v if is_ibd else math.nan
+        row["netdissect_mean"] = float(np.nanmean(nd[1:].numpy())) if is_ibd and L > 1 \
+            else math.nan
+        return row
 
 
 def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule,
@@ -105,89 +175,37 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
         docstring (``df.attrs`` records the choices).
     """
     images = check_images(images)
-    L = len(part_names)
+    L, N = len(part_names), len(images)
     if pdm.num_labels != L or ibd.num_labels != L:
         raise ValueError(f"part_names has {L} names; the PDM segments {pdm.num_labels} labels "
                          f"and IBD {ibd.num_labels}")
-    if masks.shape != (images.shape[0], *images.shape[-2:]):
+    if masks.shape != (N, *images.shape[-2:]):
         raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
-    N = len(images)
-    if decisive is None:
-        decisive = torch.ones(N, L, dtype=torch.bool)
-        decisive[:, 0] = False
-        region_name = "object (all parts)"
-    else:
-        if decisive.shape != (N, L):
-            raise ValueError(f"decisive must be bool [N, P+1] = {(N, L)}, got "
-                             f"{tuple(decisive.shape)}")
-        region_name = "decisive parts"
-    decisive = decisive.bool().cpu()
+    decisive, region_name = _decisive_or_object(decisive, N, L)
     masks = masks.long().cpu()
-    parts = list(range(1, L))
-
-    seg_conf = {m: torch.zeros(L, L, dtype=torch.long) for m in METHODS[:2]}
-    reg_conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in METHODS}
-    point = {m: [0.0, 0] for m in METHODS[:2]}
-    reg_point = {m: [0.0, 0] for m in METHODS}
-    grid_scores = []
+    counts, grid_scores = _T1Counts(L), []
     classifier.eval()
     pdm.eval()
     for start in range(0, N, batch_size):
         stop = min(start + batch_size, N)
         x, gt, dec = images[start:stop], masks[start:stop], decisive[start:stop]
         gt_region = _region_labels(gt, dec)
-        t = targets
-        if t is not None and not isinstance(t, int):
-            t = torch.as_tensor(t).flatten()
-            t = t if t.numel() == 1 else t[start:stop]
+        t = _batch_targets(targets, start, stop)
         with torch.no_grad():
             feats = classifier.features(x)
             A = feats[classifier.final_stage]
-            probs = {"PDM": pdm(feats, classifier.normalise(x)).softmax(1).cpu()}
+            pdm_probs = pdm(feats, x).softmax(1).cpu()
             lin = ibd.linear_maps_from_features(A, tuple(x.shape[-2:])).cpu()
-            probs["IBD linear maps"] = lin.softmax(1)
             grid_scores.append(ibd.linear_scores_from_features(A).cpu())
-        part_maps = {"PDM": probs["PDM"], "IBD linear maps": lin}
-        for m in METHODS[:2]:
-            pred = probs[m].argmax(1)
-            seg_conf[m] += confusion_matrix(pred, gt, L)
-            h, n = _pointing_counts(part_maps[m][:, 1:], gt, parts)
-            point[m][0] += h
-            point[m][1] += n
-            reg_conf[m] += confusion_matrix(_region_of_labels(pred, dec), gt_region, 2)
-            region_map = (probs[m] * dec[:, :, None, None]).sum(1, keepdim=True)
-            h, n = _pointing_counts(region_map, gt_region, [1])
-            reg_point[m][0] += h
-            reg_point[m][1] += n
-        heat = {"Grad-CAM (thresholded)": gradcam_maps(classifier, x, t, method=gradcam_method,
-                                                      batch_size=batch_size).cpu(),
-                "CAM": normalise_maps(cam_maps(classifier, x, t, batch_size=batch_size)).cpu()}
-        for m, hm in heat.items():
-            reg_conf[m] += confusion_matrix((hm >= threshold).long(), gt_region, 2)
-            h, n = _pointing_counts(hm[:, None], gt_region, [1])
-            reg_point[m][0] += h
-            reg_point[m][1] += n
-
+        counts.add_part_maps("PDM", pdm_probs, pdm_probs, gt, dec, gt_region)
+        counts.add_part_maps("IBD linear maps", lin.softmax(1), lin, gt, dec, gt_region)
+        counts.add_region_map("Grad-CAM (thresholded)", gradcam_maps(
+            classifier, x, t, method=gradcam_method, batch_size=batch_size).cpu(), gt_region,
+            threshold)
+        counts.add_region_map("CAM", normalise_maps(
+            cam_maps(classifier, x, t, batch_size=batch_size)).cpu(), gt_region, threshold)
     nd = netdissect_iou(torch.cat(grid_scores), masks, list(range(L)))
-    rows = []
-    for m in METHODS:
-        row: dict = {"method": m}
-        seg = m in seg_conf
-        ious = part_iou(seg_conf[m]) if seg else torch.full((L,), math.nan)
-        for name, v in zip(part_names, ious.tolist()):
-            row[f"iou:{name}"] = v
-        row["mIoU"] = mean_iou(seg_conf[m]) if seg else math.nan
-        row["pointing_game"] = point[m][0] / point[m][1] if seg and point[m][1] else math.nan
-        row["region_iou"] = float(part_iou(reg_conf[m])[1])
-        h, n = reg_point[m]
-        row["region_pointing"] = h / n if n else math.nan
-        is_ibd = m == "IBD linear maps"
-        for name, v in zip(part_names, nd.tolist()):
-            row[f"netdissect:{name}"] = v if is_ibd else math.nan
-        row["netdissect_mean"] = float(np.nanmean(nd[1:].numpy())) if is_ibd and L > 1 \
-            else math.nan
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([counts.row(m, part_names, nd) for m in METHODS])
     df.attrs.update({"n_images": N, "region": region_name, "threshold": threshold,
                      "gradcam": f"pytorch-grad-cam {gradcam_method}, final stage",
                      "targets": "predicted class" if targets is None else "given",

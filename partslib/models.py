@@ -17,14 +17,21 @@ Inputs are RGB float images in [0, 1], ``[B, 3, H, W]``; each model normalises i
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ContractClassifier", "SmallResNet", "TorchvisionResNet", "build_classifier",
-           "check_images"]
+__all__ = [
+    "ContractClassifier",
+    "SmallResNet",
+    "TorchvisionResNet",
+    "build_classifier",
+    "check_images",
+    "create_classifier",
+]
 
 
 def check_images(x: torch.Tensor, name: str = "images", size: tuple[int, int] | None = None
@@ -235,3 +242,59 @@ def build_classifier(config: dict) -> ContractClassifier:
         return TorchvisionResNet(cfg["tv_arch"], num_classes=cfg["num_classes"],
                                  input_size=cfg.get("input_size", 224))
     raise ValueError(f"unknown classifier arch {arch!r}; expected 'small_resnet' or 'torchvision'")
+
+
+def _size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int) or (isinstance(image_size, torch.Tensor)
+                                       and image_size.dim() == 0):
+        return int(image_size), int(image_size)
+    size = tuple(int(v) for v in image_size)
+    if len(size) == 1:
+        size = (size[0], size[0])
+    if len(size) != 2 or min(size) < 8:
+        raise ValueError(f"image_size must be an int or (H, W) with sides >= 8, got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def create_classifier(arch: str, num_classes: int, image_size: int | Sequence[int],
+                      weights: str | Path | None = None,
+                      widths: Sequence[int] = (24, 48, 96)) -> ContractClassifier:
+    """A new classifier with the feature contract: the one factory of partslib.
+
+    (:func:`build_classifier` restores one from its ``config()``.)
+
+    Args:
+        arch: ``"small_resnet"`` (:class:`SmallResNet` with ``widths``) or a torchvision ResNet
+            name (``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ...), trained from scratch
+            unless ``weights`` is given (nothing is downloaded).
+        num_classes: classes of the head.
+        image_size: the input size, an int or (H, W); recorded for the PDM's output size.
+        weights: optional local file (a state dict, or a checkpoint holding ``state_dict``).
+            For a torchvision ResNet every layer is loaded; when the file's head has another
+            number of classes (e.g. ImageNet's 1000) the head is replaced by a new
+            ``num_classes`` one, so an ImageNet file fine-tunes. For ``small_resnet`` the file
+            must fit exactly (``strict`` loading).
+        widths: SmallResNet stage widths (ignored for torchvision ResNets).
+    """
+    size = _size(image_size)
+    if arch == "small_resnet":
+        model: ContractClassifier = SmallResNet(num_classes, widths=tuple(widths),
+                                                input_size=size[0])
+        if weights:
+            state = _read_state_dict(weights)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(f"weights file {weights} does not fit small_resnet with widths "
+                                 f"{tuple(widths)} and {num_classes} classes: "
+                                 f"{str(e).splitlines()[1:3]}") from e
+    elif arch.startswith("resnet"):
+        model = TorchvisionResNet(arch, num_classes=None if weights else num_classes,
+                                  weights=weights or None, input_size=size[0])
+        if model.fc.out_features != num_classes:
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+    else:
+        raise ValueError(f"arch must be 'small_resnet' or a torchvision ResNet name "
+                         f"('resnet18', 'resnet34', 'resnet50', ...), got {arch!r}")
+    model.input_size = size
+    return model

@@ -3,9 +3,10 @@
 Start from the final stage ``A_S``; repeat {upsample ×2, add a 1×1 projection of the matching
 earlier stage, 3×3 conv–BN–ReLU}; optionally add a stride-1 step that merges a 1×1 projection
 of the input image itself (sharp part boundaries for the price of a few channels at full
-resolution); a 1×1 conv gives ``P+1`` logits per pixel (background + P parts); a final bilinear
-resize gives ``H×W``. The heavy convolutions run at low resolution, where the channels are;
-widths shrink as the resolution grows.
+resolution; the PDM normalises the raw image as its classifier does); a 1×1 conv gives ``P+1``
+logits per pixel (background + P parts); a final bilinear resize gives ``H×W``. The heavy
+convolutions run at low resolution, where the channels are; widths shrink as the resolution
+grows.
 
 The PDM only *reads* the classifier's features: it never changes its weights or predictions.
 """
@@ -13,20 +14,26 @@ The PDM only *reads* the classifier's features: it never changes its weights or 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partslib.config import PDMConfig, resolve
+from partslib.constants import IGNORE_INDEX
 from partslib.models import ContractClassifier
 from partslib.training import TensorLoader, fit, load_checkpoint
 
 # bump when the decoder's layout changes, so checkpoints of an older layout are not reused
 DECODER_VERSION = 2
 
-__all__ = ["PartsDetectionModule", "extract_features", "train_pdm", "segment", "load_pdm"]
+__all__ = ["PartsDetectionModule", "extract_features", "load_pdm", "segment", "train_pdm"]
+
+_DEFAULT = PDMConfig()
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, separable: bool = False
@@ -48,41 +55,59 @@ class PartsDetectionModule(nn.Module):
         stage_strides: stride of each stage; consecutive used stages must differ by ×2.
         num_labels: P + 1 (background + parts).
         widths: decoder width after each upsampling step, deep to shallow (default: half of the
-            stage's channels, at least 16).
+            stage's channels, at least 16; :class:`~partslib.config.PDMConfig` holds the
+            study's widths for its classifier).
         image_width: channels of the stride-1 image skip step (0 disables it; the output is
-            then at the shallowest stage's resolution and resized).
+            then at the shallowest stage's resolution and resized). It needs the shallowest
+            used stage at stride 2: for a classifier whose first stage is at stride 4 (the
+            torchvision ResNets) pass ``image_width=0``, or a ``ValueError`` says so.
         image_kernel: kernel of that full-resolution step (1 = pointwise, the cheap choice).
         separable: depthwise-separable 3×3 blocks (much cheaper at high resolution).
         input_size: (H, W) of the images, for the final resize.
+        stages: the stages the decoder reads, shallow to deep (default: all of them).
+        mean, std: per-channel normalisation the image step applies to the raw images
+            (:meth:`for_classifier` passes the classifier's; default: none, the image is used as
+            given).
+
+    The architecture defaults (``image_width``, ``image_kernel``, ``separable``) are
+    :class:`~partslib.config.PDMConfig`'s.
     """
 
+    image_mean: torch.Tensor
+    image_std: torch.Tensor
+
     def __init__(self, stage_channels: dict[str, int], stage_strides: dict[str, int],
-                 num_labels: int, widths: Sequence[int] | None = None, image_width: int = 8,
-                 image_kernel: int = 3, separable: bool = False,
-                 input_size: tuple[int, int] = (64, 64), stages: Sequence[str] | None = None):
+                 num_labels: int, widths: Sequence[int] | None = None,
+                 image_width: int = _DEFAULT.image_width,
+                 image_kernel: int = _DEFAULT.image_kernel, separable: bool = _DEFAULT.separable,
+                 input_size: tuple[int, int] = (64, 64), stages: Sequence[str] | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         names = list(stages or stage_channels)
         unknown = [n for n in names if n not in stage_channels or n not in stage_strides]
         if unknown:
             raise ValueError(f"PDM stages {unknown} are not in the classifier's contract "
                              f"{list(stage_channels)}")
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             if stage_strides[b] != 2 * stage_strides[a]:
                 raise ValueError(f"stages {a!r} (stride {stage_strides[a]}) and {b!r} (stride "
                                  f"{stage_strides[b]}) must differ by a factor 2")
         if num_labels < 2:
             raise ValueError(f"num_labels must be >= 2 (background + parts), got {num_labels}")
+        if image_width < 0:
+            raise ValueError(f"image_width must be >= 0 (0: no image step), got {image_width}")
         self.stages = names
         self.num_labels = num_labels
         self.input_size = tuple(input_size)
         self.image_width = image_width
         skips = names[:-1][::-1]  # stages merged on the way up, deep to shallow
-        if widths is None:
+        if not widths:
             widths = [max(16, stage_channels[s] // 2) for s in skips]
         widths = list(widths)
         if len(widths) != len(skips):
             raise ValueError(f"widths needs one entry per upsampling step ({len(skips)}: "
-                             f"{skips}), got {widths}")
+                             f"{skips}), got {widths}; widths=None derives them from the "
+                             f"stages' channels")
         self.widths = widths
         top = names[-1]
         first = widths[0] if widths else stage_channels[top]
@@ -99,29 +124,65 @@ class PartsDetectionModule(nn.Module):
             self.blocks.append(_conv_bn_relu(w, w, 3, separable))
             cin = w
         self.out_stride = stage_strides[names[0]] if skips else stage_strides[top]
-        # the image step only makes sense when the last decoder step is at stride 2
+        # the image step upsamples the last decoder step x2: only from stride 2 to stride 1
+        if image_width > 0 and self.out_stride != 2:
+            raise ValueError(
+                f"image_width={image_width} asks for a full-resolution image step, which needs "
+                f"the shallowest used stage at stride 2, but {names[0]!r} is at stride "
+                f"{self.out_stride} (a torchvision ResNet's first stage is at stride 4); pass "
+                f"image_width=0")
         self.image_reduce = self.image_proj = self.image_block = None
-        if image_width > 0 and self.out_stride == 2:
+        norm = {"mean": (0.0, 0.0, 0.0) if mean is None else tuple(mean),
+                "std": (1.0, 1.0, 1.0) if std is None else tuple(std)}
+        for key, value in norm.items():
+            if len(value) != 3:
+                raise ValueError(f"{key} must have one value per RGB channel, got {value!r}")
+            # non-persistent: the state dict keeps its keys; the config records the values
+            self.register_buffer(f"image_{key}", torch.tensor(value).view(1, 3, 1, 1),
+                                 persistent=False)
+        if image_width > 0:
             self.image_reduce = nn.Conv2d(cin, image_width, 1, bias=False)
             self.image_proj = nn.Conv2d(3, image_width, 1)
             self.image_block = _conv_bn_relu(image_width, image_width, image_kernel, separable)
             cin = image_width
             self.out_stride = 1
         self.classifier = nn.Conv2d(cin, num_labels, 1)
-        self._arch = {"decoder_version": DECODER_VERSION, "stage_channels": {n: stage_channels[n] for n in names},
+        self._arch = {"decoder_version": DECODER_VERSION,
+                      "stage_channels": {n: stage_channels[n] for n in names},
                       "stage_strides": {n: stage_strides[n] for n in names},
                       "num_labels": num_labels, "widths": widths, "image_width": image_width,
                       "image_kernel": image_kernel, "separable": separable,
                       "input_size": list(self.input_size), "stages": names}
+        if image_width > 0:  # only a PDM with an image step depends on the normalisation
+            self._arch.update(mean=self.image_mean.flatten().tolist(),
+                              std=self.image_std.flatten().tolist())
 
     @classmethod
     def for_classifier(cls, classifier: ContractClassifier, num_labels: int, **kwargs
                        ) -> PartsDetectionModule:
-        """Build a PDM from a classifier's feature contract."""
+        """Build a PDM from a classifier's feature contract and input normalisation."""
         return cls(classifier.stage_channels, classifier.stage_strides, num_labels,
-                   input_size=kwargs.pop("input_size", classifier.input_size), **kwargs)
+                   input_size=kwargs.pop("input_size", classifier.input_size),
+                   mean=classifier.mean.flatten().tolist(),
+                   std=classifier.std.flatten().tolist(), **kwargs)
+
+    @classmethod
+    def from_config(cls, classifier: ContractClassifier, num_labels: int,
+                    config: PDMConfig | None = None, **overrides) -> PartsDetectionModule:
+        """:meth:`for_classifier` with the architecture of a :class:`PDMConfig` (or keyword
+        overrides of the default one)."""
+        cfg = resolve(config, PDMConfig, overrides)
+        return cls.for_classifier(classifier, num_labels, widths=cfg.widths,
+                                  image_width=cfg.image_width, image_kernel=cfg.image_kernel,
+                                  separable=cfg.separable)
+
+    @property
+    def uses_image(self) -> bool:
+        """Whether :meth:`forward` needs the images (the PDM has an image step)."""
+        return self.image_proj is not None
 
     def config(self) -> dict:
+        """The architecture (what :func:`load_pdm` rebuilds it from)."""
         return dict(self._arch)
 
     def fused(self) -> PartsDetectionModule:
@@ -142,9 +203,14 @@ class PartsDetectionModule(nn.Module):
                     seq[i + 1] = nn.Identity()
         return fused
 
-    def forward(self, feats: dict[str, torch.Tensor], image: torch.Tensor | None = None
+    def forward(self, feats: dict[str, torch.Tensor], images: torch.Tensor | None = None
                 ) -> torch.Tensor:
-        """Part logits ``[B, P+1, H, W]`` from stage features (and the normalised image)."""
+        """Part logits ``[B, P+1, H, W]`` from the classifier's stage features.
+
+        ``images``: the raw float images in [0, 1] the features came from (the classifier's
+        input, not normalised). A PDM with an image step (:attr:`uses_image`) needs them and
+        normalises them itself, with the classifier's mean and std; otherwise they are unused.
+        """
         x = self.top_proj(feats[self.stages[-1]])
         for s, reduce, proj, block in zip(self.stages[:-1][::-1], self.reduce, self.skip_proj,
                                           self.blocks):
@@ -153,8 +219,11 @@ class PartsDetectionModule(nn.Module):
                               align_corners=False)
             x = block(x + proj(skip))
         if self.image_proj is not None:
-            if image is None:
-                raise ValueError("this PDM merges the input image; pass image=...")
+            if images is None:
+                raise ValueError("this PDM merges the input image (image_width="
+                                 f"{self.image_width}); pass the raw images in [0, 1]: "
+                                 "pdm(features, images)")
+            image = (images - self.image_mean) / self.image_std  # = classifier.normalise
             x = F.interpolate(self.image_reduce(x), size=image.shape[-2:], mode="bilinear",
                               align_corners=False)
             x = self.image_block(x + self.image_proj(image))
@@ -163,6 +232,15 @@ class PartsDetectionModule(nn.Module):
             logits = F.interpolate(logits, size=self.input_size, mode="bilinear",
                                    align_corners=False)
         return logits
+
+    def part_logits(self, classifier: ContractClassifier, images: torch.Tensor) -> torch.Tensor:
+        """Part logits ``[B, P+1, H, W]`` of float images in [0, 1] (on the classifier's
+        device): the classifier's stage features, then the decoder."""
+        return self(classifier.features(images), images)
+
+    def part_probs(self, classifier: ContractClassifier, images: torch.Tensor) -> torch.Tensor:
+        """Part probabilities ``[B, P+1, H, W]``: the softmax of :meth:`part_logits`."""
+        return self.part_logits(classifier, images).softmax(1)
 
 
 @torch.no_grad()
@@ -186,7 +264,8 @@ def extract_features(classifier: ContractClassifier, images: torch.Tensor,
     return {s: torch.cat(v) for s, v in out.items()}
 
 
-def _class_weights(masks: torch.Tensor, num_labels: int, ignore_index: int = 255) -> torch.Tensor:
+def _class_weights(masks: torch.Tensor, num_labels: int, ignore_index: int = IGNORE_INDEX
+                   ) -> torch.Tensor:
     """Median-frequency balancing weights (rare parts weigh more)."""
     valid = masks[masks != ignore_index]
     freq = torch.bincount(valid.flatten(), minlength=num_labels).float()
@@ -195,42 +274,58 @@ def _class_weights(masks: torch.Tensor, num_labels: int, ignore_index: int = 255
     return w.clamp(max=10.0)
 
 
+def _to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as float in [0, 1]; float images unchanged."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images
+
+
 def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch.Tensor,
-              num_labels: int, *, epochs: int = 10, lr: float = 3e-3, batch_size: int = 64,
-              balance: bool = False, checkpoint: str | Path | None = None, seed: int = 0,
-              progress: bool = True, evaluate=None, device: str | torch.device = "cpu",
-              **pdm_kwargs
+              num_labels: int, config: PDMConfig | None = None, *,
+              checkpoint: str | Path | None = None, resume: bool = True, seed: int = 0,
+              progress: bool = True, evaluate: Callable[[nn.Module], dict] | None = None,
+              device: str | torch.device = "cpu", **overrides: Any
               ) -> tuple[PartsDetectionModule, list[dict]]:
     """Train a PDM on a frozen classifier with partslib's training loop.
 
+    Args:
+        images: uint8 or float ``[N,3,H,W]`` training images (all of them are used;
+            ``config.n_train`` is applied by :func:`partslib.pipeline.train_pdm`).
+        masks: ``[N,H,W]`` part labels ``0..num_labels-1``; ``IGNORE_INDEX`` (255) marks
+            unannotated pixels, which the cross-entropy ignores.
+        config: architecture and training (:class:`~partslib.config.PDMConfig`; default the
+            study's); ``overrides`` change single fields (``epochs=2``).
+        checkpoint, resume: see :func:`partslib.training.fit` (a checkpoint of another
+            configuration is moved to ``old/``).
+
     The classifier's stage features are computed once (not per epoch) and the classifier is
-    left untouched (its parameters do not even receive gradients). ``masks`` use 255 for
-    unannotated pixels, which the cross-entropy ignores; ``balance`` adds median-frequency
-    class weights for rare parts.
+    left untouched (its parameters do not even receive gradients). ``config.balance`` adds
+    median-frequency class weights for rare parts.
     """
+    cfg = resolve(config, PDMConfig, overrides)
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
         raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
-    pdm = PartsDetectionModule.for_classifier(classifier, num_labels, **pdm_kwargs)
+    pdm = PartsDetectionModule.from_config(classifier, num_labels, cfg)
     if torch.device(device).type == "cpu":
         # channels-last weights (activations follow): oneDNN skips reordering the decoder's
         # small-channel maps, a third less time per step on the CPU
         pdm = pdm.to(memory_format=torch.channels_last)
     feats = extract_features(classifier, images, pdm.stages, progress=progress)
-    if pdm.image_proj is not None:
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-        feats["__image__"] = classifier.normalise(x.to(classifier.mean.device)).cpu()
-    weight = _class_weights(masks, num_labels).to(device) if balance else None
+    weight = _class_weights(masks, num_labels).to(device) if cfg.balance else None
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, target, weight=weight, ignore_index=255)
+        return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
 
-    def forward(m: PartsDetectionModule, f: dict[str, torch.Tensor]) -> torch.Tensor:
-        return m(f, f.get("__image__"))
+    def with_images(m: nn.Module, batch: tuple) -> torch.Tensor:
+        return m(batch[0], _to_unit_float(batch[1]))
 
-    loader = TensorLoader(feats, masks.long(), batch_size=batch_size, seed=seed)
-    result = fit(pdm, loader, epochs=epochs, loss_fn=loss_fn, lr=lr, forward=forward,
-                 checkpoint=checkpoint, config=pdm.config(), kind="pdm", seed=seed,
-                 progress=progress, evaluate=evaluate, desc="PDM", device=device)
+    # a PDM with an image step trains on batches of (features, raw images), made float on the
+    # device; the others on the features alone
+    inputs = (feats, images) if pdm.uses_image else feats
+    loader = TensorLoader(inputs, masks.long(), batch_size=cfg.batch_size, seed=seed)
+    result = fit(pdm, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr,
+                 forward=with_images if pdm.uses_image else None,
+                 checkpoint=checkpoint, config=pdm.config(), kind="pdm", resume=resume,
+                 seed=seed, progress=progress, evaluate=evaluate, desc="PDM", device=device)
     return pdm, result.history
 
 
@@ -244,10 +339,7 @@ def segment(classifier: ContractClassifier, pdm: PartsDetectionModule, images: t
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device)
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
-        feats = classifier.features(x)
-        image = classifier.normalise(x) if pdm.image_proj is not None else None
-        out.append(pdm(feats, image).softmax(1).cpu())
+        out.append(pdm.part_probs(classifier, _to_unit_float(x)).cpu())
     return torch.cat(out)
 
 
@@ -259,9 +351,14 @@ def load_pdm(path: str | Path) -> PartsDetectionModule:
         raise ValueError(f"PDM checkpoint {path} has decoder version "
                          f"{cfg.get('decoder_version')}, this partslib builds version "
                          f"{DECODER_VERSION}; train the PDM again")
+    if cfg["image_width"] > 0 and "mean" not in cfg:
+        raise ValueError(f"PDM checkpoint {path} merges the image but does not record the "
+                         f"classifier's normalisation (written by an older partslib); train "
+                         f"the PDM again")
     pdm = PartsDetectionModule(cfg["stage_channels"], cfg["stage_strides"], cfg["num_labels"],
                                widths=cfg["widths"], image_width=cfg["image_width"],
                                image_kernel=cfg["image_kernel"], separable=cfg["separable"],
-                               input_size=tuple(cfg["input_size"]), stages=cfg["stages"])
+                               input_size=tuple(cfg["input_size"]), stages=cfg["stages"],
+                               mean=cfg.get("mean"), std=cfg.get("std"))
     pdm.load_state_dict(ckpt["state_dict"])
     return pdm.eval()

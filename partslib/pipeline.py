@@ -1,9 +1,16 @@
-"""Study orchestration shared by the notebooks: run setup, data splits, the classifier stage.
+"""Study orchestration shared by the notebooks: run setup, data splits, the classifier and PDM
+stages -- one pipeline for SynthParts and for folder-format datasets of real photos.
 
 The notebooks hold narrative, parameters and calls; what they do lives here, so a later notebook
 gets the trained classifier with one call::
 
     model = pipeline.load_classifier(results_dir)
+
+The stages take :class:`~partslib.data.split.Split` s (a SynthParts split converts itself; a
+real-photo dataset gives ``data.split("train")``) and a stage configuration from
+:mod:`partslib.config` or keyword overrides of it (``epochs=2``); the defaults are the default
+study's. Checkpoints are resumed when their configuration equals the call's and moved to
+``checkpoints/old/`` otherwise (:func:`partslib.training.fit`).
 
 Layout of a run (see ``results/README.md``): ``results_dir/<stage>/`` holds a stage's
 ``metrics.json``, ``params.json``, tables and figures; ``results_dir/checkpoints/`` the models.
@@ -15,10 +22,8 @@ import datetime as _dt
 import json
 import os
 import platform
-import shutil
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -28,15 +33,37 @@ import numpy as np
 import torch
 from torch import nn
 
+from partslib.config import ClassifierConfig, DataConfig, PDMConfig, resolve
+from partslib.data.split import Split, as_split
 from partslib.data.synthparts import SynthParts, SynthPartsConfig
-from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet, build_classifier
-from partslib.training import (TensorLoader, evaluate_classifier, fit, load_checkpoint,
-                               seed_everything)
+from partslib.models import ContractClassifier, build_classifier, create_classifier
+from partslib.training import (
+    TensorLoader,
+    evaluate_classifier,
+    fit,
+    load_checkpoint,
+    predict,
+    seed_everything,
+)
 
-__all__ = ["setup", "stage_dir", "library_versions", "write_json", "write_params",
-           "write_metrics", "load_splits", "build_model", "train_classifier", "load_classifier",
-           "CLASSIFIER_CHECKPOINT", "PDM_CHECKPOINT", "train_pdm", "load_pdm",
-           "evaluate_segmentation"]
+__all__ = [
+    "CLASSIFIER_CHECKPOINT",
+    "PDM_CHECKPOINT",
+    "Augment",
+    "classifier_checkpoint_config",
+    "evaluate_segmentation",
+    "library_versions",
+    "load_classifier",
+    "load_pdm",
+    "load_splits",
+    "setup",
+    "stage_dir",
+    "train_classifier",
+    "train_pdm",
+    "write_json",
+    "write_metrics",
+    "write_params",
+]
 
 CLASSIFIER_CHECKPOINT = Path("checkpoints") / "classifier.pt"
 PDM_CHECKPOINT = Path("checkpoints") / "pdm.pt"
@@ -122,35 +149,34 @@ def write_metrics(out_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Pat
 
 # -- data ----------------------------------------------------------------------------------
 
-def load_splits(data_dir: str | os.PathLike | None, *, image_size: int = 64,
-                train_seed: int = 0, n_train: int = 5000, test_seed: int = 1,
-                n_test: int = 1000, progress: bool = False) -> tuple[SynthParts, SynthParts]:
+def load_splits(data_dir: str | os.PathLike | None, config: DataConfig | None = None, *,
+                progress: bool = False, **overrides: Any) -> tuple[SynthParts, SynthParts]:
     """The train and test splits of SynthParts, generated once and cached in ``data_dir``.
 
-    The two splits are disjoint streams (different seeds) of the same generator.
+    ``config`` (:class:`~partslib.config.DataConfig`, default the study's) or keyword overrides
+    of it (``n_train=600``). The two splits are disjoint streams (different seeds) of the same
+    generator.
     """
-    if train_seed == test_seed:
-        raise ValueError(f"train_seed and test_seed must differ (got {train_seed} for both): "
-                         f"the splits would share their first samples")
-    cfg = SynthPartsConfig(size=int(image_size))
-    train = SynthParts(cfg, seed=train_seed, n=n_train, cache_dir=data_dir, progress=progress)
-    test = SynthParts(cfg, seed=test_seed, n=n_test, cache_dir=data_dir, progress=progress)
+    cfg = resolve(config, DataConfig, overrides)
+    gen = SynthPartsConfig(size=int(cfg.image_size))
+    train = SynthParts(gen, seed=cfg.train_seed, n=cfg.n_train, cache_dir=data_dir,
+                       progress=progress)
+    test = SynthParts(gen, seed=cfg.test_seed, n=cfg.n_test, cache_dir=data_dir,
+                      progress=progress)
     return train, test
 
 
+def _check_splits(train: Split, test: Split) -> None:
+    same = (train.class_names == test.class_names and train.part_names == test.part_names
+            and train.image_size == test.image_size)
+    if not same:
+        raise ValueError(f"train and test splits differ in classes, parts or image size "
+                         f"({train.num_classes}/{test.num_classes} classes, "
+                         f"{train.num_labels}/{test.num_labels} labels, "
+                         f"{train.image_size}/{test.image_size})")
+
+
 # -- the classifier stage ------------------------------------------------------------------
-
-def build_model(arch: str, num_classes: int, image_size: int,
-                widths: tuple[int, ...] | list[int] = (24, 48, 96)) -> ContractClassifier:
-    """``arch`` is ``"small_resnet"`` or a torchvision ResNet name (``"resnet18"``, ...), the
-    latter trained from scratch (nothing is downloaded)."""
-    if arch == "small_resnet":
-        return SmallResNet(num_classes, widths=tuple(widths), input_size=image_size)
-    if arch.startswith("resnet"):
-        return TorchvisionResNet(arch, num_classes=num_classes, input_size=image_size)
-    raise ValueError(f"arch must be 'small_resnet' or a torchvision ResNet name such as "
-                     f"'resnet18', got {arch!r}")
-
 
 class _OnDevice(nn.Module):
     """Runs ``model`` on its device for CPU inputs and returns CPU outputs (for evaluation
@@ -164,99 +190,130 @@ class _OnDevice(nn.Module):
         return self.model(x.to(self.device)).cpu()
 
 
-def _data_info(ds: SynthParts) -> dict:
-    return {"generator": ds.cfg.fingerprint(), "seed": ds.seed, "n": ds.n}
-
-
 def _uint8_to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0)
 
 
-def _archive_if_stale(ckpt_path: Path, kind: str, full_config: dict) -> None:
-    """Move a checkpoint written with another configuration to ``checkpoints/old/`` (with a
-    warning) so that training starts over instead of resuming from, or reusing, stale weights."""
-    if not ckpt_path.exists():
-        return
-    try:
-        same = load_checkpoint(ckpt_path, kind=kind)["config"] == full_config
-    except ValueError:
-        same = False
-    if not same:
-        old = ckpt_path.parent / "old" / f"{kind}-{_dt.datetime.now():%Y%m%d-%H%M%S}.pt"
-        old.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(ckpt_path), str(old))
-        warnings.warn(f"checkpoint {ckpt_path} has another configuration; moved to {old}, "
-                      f"training from scratch", stacklevel=3)
+class Augment:
+    """uint8 batch -> float batch in [0, 1], with a random horizontal flip and a random shift of
+    up to ``shift`` of the side (replicate padding), from a private seeded generator."""
+
+    def __init__(self, flip: bool = True, shift: float = 0.08, seed: int = 0):
+        self.flip, self.shift = flip, shift
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        B, _, H, W = x.shape
+        if self.flip:
+            f = torch.rand(B, generator=self.g) < 0.5
+            x[f] = x[f].flip(-1)
+        if self.shift > 0:
+            ph, pw = max(1, int(self.shift * H)), max(1, int(self.shift * W))
+            padded = nn.functional.pad(x, (pw, pw, ph, ph), mode="replicate")
+            dy = torch.randint(0, 2 * ph + 1, (B,), generator=self.g)
+            dx = torch.randint(0, 2 * pw + 1, (B,), generator=self.g)
+            x = torch.stack([padded[b, :, dy[b]:dy[b] + H, dx[b]:dx[b] + W] for b in range(B)])
+        return x
 
 
-def train_classifier(train: SynthParts, test: SynthParts, *, results_dir: str | os.PathLike,
-                     arch: str = "small_resnet", widths: list[int] | tuple[int, ...] = (24, 48, 96),
-                     epochs: int = 14, lr: float = 3e-3, weight_decay: float = 1e-4,
-                     batch_size: int = 128, seed: int = 0, device: str = "cpu",
-                     resume: bool = True, progress: bool = False
-                     ) -> tuple[ContractClassifier, dict[str, Any], list[dict]]:
-    """Build the classifier, train it (or resume / load its checkpoint) and evaluate it.
+def classifier_checkpoint_config(model: ContractClassifier, train: Split,
+                                 config: ClassifierConfig) -> dict[str, Any]:
+    """What a classifier checkpoint depends on besides the optimisation settings: the model,
+    its input size, the weights file it started from, the training data and the batches."""
+    weights = None
+    if config.weights:
+        path = Path(config.weights)
+        weights = {"file": path.name, "bytes": path.stat().st_size}
+    return {"classifier": model.config(), "image_size": list(train.image_size),
+            "weights": weights, "data": train.info, "batch_size": config.batch_size,
+            "augment": config.augment, "class_weighted": config.class_weighted}
 
-    The checkpoint ``results_dir/checkpoints/classifier.pt`` is written atomically after every
-    epoch. It is resumed when its configuration (model, data, optimisation) equals this call's;
-    a checkpoint of another configuration is moved to ``checkpoints/old/`` and training starts
-    over. ``resume=False`` always starts over.
 
-    Returns:
-        ``(model in eval mode on device, metrics, history)``; ``metrics`` holds
-        ``test_accuracy``, ``balanced_accuracy``, ``train_accuracy``, ``train_seconds``,
-        ``epochs_trained`` (this call), ``num_parameters`` and ``confusion_matrix``
-        (rows = true class); ``history`` one dict per epoch (``train_loss``, ``test_loss``,
-        ``test_accuracy``).
-    """
-    if train.cfg != test.cfg:
-        raise ValueError("train and test splits come from different SynthParts configurations")
-    model = build_model(arch, train.cfg.num_classes, train.cfg.size, widths)
-    ckpt_path = Path(results_dir) / CLASSIFIER_CHECKPOINT
-    config = {"classifier": model.config(), "data": _data_info(train), "batch_size": batch_size}
-    # fit() stores this dict as the checkpoint's config; it refuses to resume on a mismatch
-    full_config = {"model": config, "epochs": epochs, "lr": lr, "weight_decay": weight_decay,
-                   "seed": seed}
-    if resume:
-        _archive_if_stale(ckpt_path, "classifier", full_config)
-    loader = TensorLoader(train.images, train.labels, batch_size=batch_size, shuffle=True,
-                          seed=seed, transform=_uint8_to_float)
+def _fit_classifier(model: ContractClassifier, train: Split, test: Split, cfg: ClassifierConfig,
+                    path: Path, *, seed: int, device: str | torch.device, resume: bool,
+                    progress: bool):
+    transform = Augment(seed=seed) if cfg.augment else _uint8_to_float
+    loader = TensorLoader(train.images, train.labels, batch_size=cfg.batch_size, shuffle=True,
+                          seed=seed, transform=transform)
+    weight = None
+    if cfg.class_weighted:
+        counts = torch.bincount(train.labels, minlength=train.num_classes).float()
+        weight = (counts.sum() / counts.clamp(min=1)) / train.num_classes
+
+    def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = None if weight is None else weight.to(logits.device)
+        return nn.functional.cross_entropy(logits, target, weight=w)
+
     on_device = _OnDevice(model, device)
-    test_x = test.images.float() / 255.0
 
     def evaluate(m: nn.Module) -> dict:
-        logits = torch.cat([on_device(test_x[i:i + 512]) for i in range(0, len(test_x), 512)])
+        logits = predict(on_device, test.images, batch_size=512)
         return {"test_loss": float(nn.functional.cross_entropy(logits, test.labels)),
                 "test_accuracy": float((logits.argmax(1) == test.labels).float().mean())}
 
+    return fit(model, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr,
+               weight_decay=cfg.weight_decay, evaluate=evaluate, checkpoint=path,
+               config=classifier_checkpoint_config(model, train, cfg), kind="classifier",
+               resume=resume, seed=seed, device=device, progress=progress, desc="classifier")
+
+
+def train_classifier(train: Split | SynthParts, test: Split | SynthParts, *,
+                     results_dir: str | os.PathLike, config: ClassifierConfig | None = None,
+                     checkpoint: str | os.PathLike = "", seed: int = 0,
+                     device: str | torch.device = "cpu", resume: bool = True,
+                     progress: bool = False, **overrides: Any
+                     ) -> tuple[ContractClassifier, dict[str, Any], list[dict]]:
+    """Build the classifier, train it (or resume / load its checkpoint) and evaluate it.
+
+    ``config`` (:class:`~partslib.config.ClassifierConfig`, default the study's) or keyword
+    overrides of it (``epochs=2``). The checkpoint ``results_dir/<checkpoint>`` (default
+    ``checkpoints/classifier.pt``) is written atomically after every epoch; it is resumed when
+    its configuration (model, data, optimisation) equals this call's, and moved to
+    ``checkpoints/old/`` otherwise; ``resume=False`` always starts over. ``epochs=0`` trains
+    nothing: the model is evaluated as built (with ``weights``: as loaded).
+
+    Returns:
+        ``(model in eval mode on device, frozen; metrics; history)``; ``metrics`` holds
+        ``test_accuracy``, ``balanced_accuracy``, ``train_accuracy``, ``final_train_loss``
+        (when trained), ``epochs``, ``epochs_trained`` (this call), ``train_seconds``,
+        ``num_parameters`` and ``confusion_matrix`` (rows = true class); ``history`` one dict
+        per epoch (``train_loss``, ``test_loss``, ``test_accuracy``).
+    """
+    cfg = resolve(config, ClassifierConfig, overrides)
+    train, test = as_split(train), as_split(test)
+    _check_splits(train, test)
+    model = create_classifier(cfg.arch, train.num_classes, train.image_size,
+                              weights=cfg.weights, widths=cfg.widths)
+    path = Path(results_dir) / (checkpoint or CLASSIFIER_CHECKPOINT)
+    history, trained = [], 0
     t0 = time.perf_counter()
-    result = fit(model, loader, epochs=epochs, loss_fn=nn.functional.cross_entropy, lr=lr,
-                 weight_decay=weight_decay, evaluate=evaluate, checkpoint=ckpt_path,
-                 config=config, kind="classifier", resume=resume, seed=seed, device=device,
-                 progress=progress, desc="classifier")
+    if cfg.epochs > 0:
+        result = _fit_classifier(model, train, test, cfg, path, seed=seed, device=device,
+                                 resume=resume, progress=progress)
+        history, trained = result.history, cfg.epochs - result.resumed_from_epoch
     train_seconds = time.perf_counter() - t0
-    ev = evaluate_classifier(on_device, test.images, test.labels, train.cfg.num_classes)
-    ev_train = evaluate_classifier(on_device, train.images, train.labels, train.cfg.num_classes)
-    metrics = {
-        "test_accuracy": ev["accuracy"],
-        "balanced_accuracy": ev["balanced_accuracy"],
-        "train_accuracy": ev_train["accuracy"],
-        "final_train_loss": result.history[-1]["train_loss"],
-        "epochs": epochs,
-        "epochs_trained": epochs - result.resumed_from_epoch,
-        "train_seconds": train_seconds,
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "confusion_matrix": ev["confusion_matrix"],
-    }
-    model.eval()
-    return model, metrics, result.history
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    on_device = _OnDevice(model, device)
+    ev = evaluate_classifier(on_device, test.images, test.labels, train.num_classes)
+    ev_train = evaluate_classifier(on_device, train.images, train.labels, train.num_classes)
+    metrics = {"test_accuracy": ev["accuracy"], "balanced_accuracy": ev["balanced_accuracy"],
+               "train_accuracy": ev_train["accuracy"]}
+    if history:
+        metrics["final_train_loss"] = history[-1]["train_loss"]
+    metrics.update(epochs=cfg.epochs, epochs_trained=trained, train_seconds=train_seconds,
+                   num_parameters=sum(p.numel() for p in model.parameters()),
+                   confusion_matrix=ev["confusion_matrix"])
+    return model, metrics, history
 
 
-def load_classifier(results_dir: str | os.PathLike, device: str | torch.device = "cpu"
-                    ) -> ContractClassifier:
-    """The classifier trained by the classifier stage of the run in ``results_dir``, in eval mode
-    with gradients off for its parameters (it stays frozen)."""
-    path = Path(results_dir) / CLASSIFIER_CHECKPOINT
+def load_classifier(results_dir: str | os.PathLike, device: str | torch.device = "cpu",
+                    checkpoint: str | os.PathLike = "") -> ContractClassifier:
+    """The classifier trained by :func:`train_classifier` in ``results_dir`` (checkpoint
+    ``results_dir/<checkpoint>``, default ``checkpoints/classifier.pt``), in eval mode with
+    gradients off for its parameters (it stays frozen)."""
+    path = Path(results_dir) / (checkpoint or CLASSIFIER_CHECKPOINT)
     if not path.exists():
         raise FileNotFoundError(f"no classifier checkpoint at {path}: run the classifier stage "
                                 f"first (python -m partslib.study --only 02_classifier ...)")
@@ -265,8 +322,11 @@ def load_classifier(results_dir: str | os.PathLike, device: str | torch.device =
         raise ValueError(f"classifier checkpoint {path} stopped at epoch {ckpt.get('epoch')} of "
                          f"{ckpt['config']['epochs']}: its training was interrupted; rerun the "
                          f"classifier stage to finish it")
-    model = build_classifier(ckpt["config"]["model"]["classifier"])
+    cfg = ckpt["config"]["model"]
+    model = build_classifier(cfg["classifier"])
     model.load_state_dict(ckpt["state_dict"])
+    if cfg.get("image_size"):
+        model.input_size = tuple(cfg["image_size"])
     model.requires_grad_(False)
     return model.to(device).eval()
 
@@ -283,7 +343,7 @@ def evaluate_segmentation(classifier: ContractClassifier, pdm, images: torch.Ten
     cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
     for i in range(0, len(images), 256):
         pred = segment(classifier, pdm, images[i:i + 256]).argmax(1)
-        cm += confusion_matrix(pred, masks[i:i + 256], num_labels)
+        cm += confusion_matrix(pred, masks[i:i + 256].long(), num_labels)
     iou = part_iou(cm)
     return {"miou": float(mean_iou(cm)),
             "iou": {name: float(v) for name, v in zip(part_names, iou)},
@@ -291,65 +351,80 @@ def evaluate_segmentation(classifier: ContractClassifier, pdm, images: torch.Ten
             "confusion_matrix": cm.tolist()}
 
 
-def train_pdm(classifier: ContractClassifier, train: SynthParts, test: SynthParts, *,
-              results_dir: str | os.PathLike, n_train: int | None = None, epochs: int = 8,
-              lr: float = 5e-3, batch_size: int = 16, widths: list[int] | None = None,
-              image_width: int = 0, image_kernel: int = 3, separable: bool = True,
-              seed: int = 0, resume: bool = True, progress: bool = False,
-              device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any], list[dict]]:
-    """Train the Parts Detection Module on the frozen classifier (or reuse its checkpoint).
-
-    The checkpoint ``results_dir/checkpoints/pdm.pt`` follows the classifier's rules: resumed
-    when its configuration equals this call's, archived to ``checkpoints/old/`` otherwise.
-    Returns ``(pdm in eval mode, metrics, history)``; metrics hold the test ``miou``, per-part
-    ``iou``, ``train_seconds`` and whether the classifier was left bit-identical.
-    """
-    from partslib.pdm import PartsDetectionModule
-    from partslib.pdm import train_pdm as _train_pdm
-
-    n = len(train) if n_train is None else min(int(n_train), len(train))
-    names = train.part_names
-    kwargs = dict(widths=widths, image_width=image_width, image_kernel=image_kernel,
-                  separable=separable)
-    arch = PartsDetectionModule.for_classifier(classifier, len(names), **kwargs).config()
-    ckpt_path = Path(results_dir) / PDM_CHECKPOINT
-    if resume:
-        _archive_if_stale(ckpt_path, "pdm", {"model": arch, "epochs": epochs, "lr": lr,
-                                             "weight_decay": 1e-4, "seed": seed})
-    classifier = classifier.to(device)
-    probe = test.images[:64].float().div(255.0).to(device)
-    before = classifier(probe)
-    test_x = test.images[:500]
+def _monitor(classifier: ContractClassifier, test: Split, n: int, device: str | torch.device):
+    """Per-epoch test mIoU on the first ``n`` test images (for the learning curve only)."""
+    if n <= 0:
+        return None
+    test_x, test_m = test.images[:n], test.masks[:n].long()
 
     def evaluate(pdm) -> dict:
         from partslib.metrics import confusion_matrix, mean_iou
         from partslib.pdm import segment
 
         pred = segment(classifier, pdm.to(device), test_x).argmax(1)
-        return {"test_miou_500": float(mean_iou(confusion_matrix(pred, test.masks[:500],
-                                                                 len(names))))}
+        return {f"test_miou_{n}": float(mean_iou(confusion_matrix(pred, test_m,
+                                                                  test.num_labels)))}
+    return evaluate
 
+
+def train_pdm(classifier: ContractClassifier, train: Split | SynthParts,
+              test: Split | SynthParts, *, results_dir: str | os.PathLike,
+              config: PDMConfig | None = None, checkpoint: str | os.PathLike = "",
+              seed: int = 0, resume: bool = True, progress: bool = False,
+              device: str | torch.device = "cpu", monitor: int = 500, **overrides: Any
+              ) -> tuple[Any, dict[str, Any], list[dict]]:
+    """Train the Parts Detection Module on the frozen classifier (or reuse its checkpoint).
+
+    ``config`` (:class:`~partslib.config.PDMConfig`, default the study's) or keyword overrides
+    of it (``epochs=2``, ``image_width=0``); its first ``n_train`` training images are used.
+    The checkpoint ``results_dir/<checkpoint>`` (default ``checkpoints/pdm.pt``) follows the
+    classifier's rules. ``monitor``: test images whose mIoU is recorded after each epoch (for
+    the learning curve; 0: none).
+
+    Returns ``(pdm in eval mode, metrics, history)``; metrics hold the test ``miou``, per-part
+    ``iou/<part>``, ``pixel_accuracy``, ``train_seconds``, ``n_train``, ``epochs``,
+    ``num_parameters``, whether the classifier was left bit-identical
+    (``classifier_unchanged``) and the ``confusion_matrix``.
+    """
+    from partslib.pdm import PartsDetectionModule
+    from partslib.pdm import train_pdm as _train_pdm
+
+    cfg = resolve(config, PDMConfig, overrides)
+    train, test = as_split(train), as_split(test)
+    _check_splits(train, test)
+    n = len(train) if cfg.n_train is None else min(int(cfg.n_train), len(train))
+    # built once here to reject a bad configuration before the features are extracted (an
+    # image step on a stride-4 classifier); this draw from the global RNG precedes the trained
+    # PDM's own, as it always has, so results reproduce earlier runs
+    PartsDetectionModule.from_config(classifier, train.num_labels, cfg)
+    classifier = classifier.to(device)
+    probe = test.images[:64].float().div(255.0).to(device)
+    before = classifier(probe)
     t0 = time.perf_counter()
-    pdm, history = _train_pdm(classifier, train.images[:n], train.masks[:n], len(names),
-                              epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                              checkpoint=ckpt_path if resume else None, progress=progress,
-                              evaluate=evaluate, device=device, **kwargs)
+    pdm, history = _train_pdm(classifier, train.images[:n], train.masks[:n].long(),
+                              train.num_labels, cfg, seed=seed, progress=progress,
+                              checkpoint=Path(results_dir) / (checkpoint or PDM_CHECKPOINT),
+                              resume=resume, evaluate=_monitor(classifier, test, monitor, device),
+                              device=device)
     train_seconds = time.perf_counter() - t0
-    seg = evaluate_segmentation(classifier, pdm.to(device), test.images, test.masks, names)
+    pdm = pdm.to(device).eval()
+    seg = evaluate_segmentation(classifier, pdm, test.images, test.masks, test.part_names)
     metrics = {"miou": seg["miou"], **{f"iou/{k}": v for k, v in seg["iou"].items()},
                "pixel_accuracy": seg["pixel_accuracy"], "train_seconds": train_seconds,
-               "n_train": n, "epochs": epochs,
+               "n_train": n, "epochs": cfg.epochs,
                "num_parameters": sum(p.numel() for p in pdm.parameters()),
                "classifier_unchanged": bool(torch.equal(classifier(probe), before)),
                "confusion_matrix": seg["confusion_matrix"]}
     return pdm, metrics, history
 
 
-def load_pdm(results_dir: str | os.PathLike, device: str | torch.device = "cpu"):
-    """The PDM trained by the PDM stage of the run in ``results_dir``, in eval mode."""
+def load_pdm(results_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             checkpoint: str | os.PathLike = ""):
+    """The PDM trained by :func:`train_pdm` in ``results_dir`` (checkpoint
+    ``results_dir/<checkpoint>``, default ``checkpoints/pdm.pt``), in eval mode."""
     from partslib.pdm import load_pdm as _load
 
-    path = Path(results_dir) / PDM_CHECKPOINT
+    path = Path(results_dir) / (checkpoint or PDM_CHECKPOINT)
     if not path.exists():
         raise FileNotFoundError(f"no PDM checkpoint at {path}: run the PDM stage first "
                                 f"(python -m partslib.study --only 03_pdm ...)")

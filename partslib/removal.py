@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from scipy.sparse import csc_matrix
 from scipy.sparse.linalg import spsolve
 
+from partslib.constants import IGNORE_INDEX
+
 __all__ = [
     "IGNORE_INDEX",
     "FillRemover",
@@ -44,8 +46,6 @@ __all__ = [
     "check_removal_inputs",
     "removal_mask",
 ]
-
-IGNORE_INDEX = 255  # label of unannotated pixels, shared with the part segmenter's losses
 
 
 @runtime_checkable

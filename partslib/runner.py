@@ -4,7 +4,8 @@
                               [--results results] [--retrain] [--reference]
 
 A profile is ``profiles/<profile>.yaml`` (format: :mod:`partslib.profiles`). The runner adds
-``profile``, ``results_dir`` (absolute) and ``data_dir`` to every notebook that declares them. Notebook ``NN_<stage>.ipynb`` writes its outputs under ``results_dir/<stage>/``
+``profile``, ``results_dir`` (absolute) and ``data_dir`` to every notebook that declares them.
+Notebook ``NN_<stage>.ipynb`` writes its outputs under ``results_dir/<stage>/``
 (``metrics.json`` among them). Results flow one way: after EACH stage the runner merges the
 stages' metrics into ``results/<profile>/metrics.json`` (keys ``<stage>/<key>``) and rewrites
 ``results/<profile>/timings.json`` (status ``running``, the stages so far), so a later stage

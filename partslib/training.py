@@ -1,17 +1,21 @@
 """The one training loop of partslib, checkpoints, and classifier evaluation.
 
-``fit`` trains any module on batches ``(inputs, targets)`` where ``inputs`` is a tensor or a dict
-of tensors (the PDM trains on dicts of cached stage features). It is seeded, shows a tqdm bar,
-and writes an atomic checkpoint (weights + optimiser + scheduler + config + history) after every
-epoch, so an interrupted run resumes where it stopped.
+``fit`` trains any module on batches ``(inputs, targets)`` where ``inputs`` is a tensor, a dict
+of tensors or a tuple of those (the PDM trains on dicts of cached stage features, with the raw
+images when it merges them). It is seeded, shows a tqdm bar, and writes an atomic checkpoint
+(weights + optimiser + scheduler + config + history) after every epoch, so an interrupted run
+resumes where it stopped; a checkpoint of another configuration is moved to ``old/`` beside it.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
 import os
 import random
-from collections.abc import Callable, Iterator
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TensorLoader", "fit", "FitResult", "save_checkpoint", "load_checkpoint",
-           "seed_everything", "evaluate_classifier", "predict"]
+__all__ = [
+    "FitResult",
+    "TensorLoader",
+    "archive_if_stale",
+    "evaluate_classifier",
+    "fit",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "seed_everything",
+]
 
 CHECKPOINT_FORMAT = "partslib-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -33,15 +46,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+Inputs = torch.Tensor | Mapping[str, "Inputs"] | tuple["Inputs", ...]
+
+
+def _leaves(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _leaves(v)]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _leaves(v)]
+    return [x]
+
+
+def _take(x: Any, idx: torch.Tensor) -> Any:
+    if isinstance(x, dict):
+        return {k: _take(v, idx) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(_take(v, idx) for v in x)
+    return x[idx]
+
+
 class TensorLoader:
     """Minimal in-memory batch iterator (no worker processes): shuffles with a local generator
-    seeded by ``(seed, epoch)`` so a resumed run sees the same order as an uninterrupted one."""
+    seeded by ``(seed, epoch)`` so a resumed run sees the same order as an uninterrupted one.
 
-    def __init__(self, inputs: torch.Tensor | dict[str, torch.Tensor], targets: torch.Tensor,
+    ``inputs`` is a tensor, a dict of tensors or a tuple of those (nested), each with one row
+    per target; a batch has the same structure."""
+
+    def __init__(self, inputs: Inputs, targets: torch.Tensor,
                  batch_size: int = 128, shuffle: bool = True, seed: int = 0,
                  transform: Callable[[Any], Any] | None = None):
         n = len(targets)
-        sizes = [len(v) for v in inputs.values()] if isinstance(inputs, dict) else [len(inputs)]
+        sizes = [len(v) for v in _leaves(inputs)]
         if any(s != n for s in sizes):
             raise ValueError(f"inputs have {sizes} rows but targets {n}; expected equal")
         if batch_size < 1:
@@ -64,10 +99,7 @@ class TensorLoader:
             order = torch.arange(n)
         for i in range(0, n, self.batch_size):
             idx = order[i:i + self.batch_size]
-            if isinstance(self.inputs, dict):
-                x = {k: v[idx] for k, v in self.inputs.items()}
-            else:
-                x = self.inputs[idx]
+            x = _take(self.inputs, idx)
             if self.transform is not None:
                 x = self.transform(x)
             yield x, self.targets[idx]
@@ -76,6 +108,8 @@ class TensorLoader:
 def _to(x: Any, device: torch.device | str) -> Any:
     if isinstance(x, dict):
         return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return tuple(_to(v, device) for v in x)
     return x.to(device)
 
 
@@ -113,6 +147,46 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     return ckpt
 
 
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two nested configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            path = f"{prefix}{k}"
+            if k not in a or k not in b:
+                out.append(path)
+            else:
+                out += _differing_keys(a[k], b[k], path + ".")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "(config)"]
+
+
+def archive_if_stale(checkpoint: str | Path, kind: str, config: dict) -> Path | None:
+    """Move a checkpoint written with another configuration than ``config`` (or unreadable) to
+    ``old/<kind>-<time>.pt`` beside it, with a warning naming the differing keys, so that
+    training starts over instead of resuming from stale weights. Returns the new path, or
+    ``None`` when nothing was moved (no checkpoint, or the same configuration)."""
+    path = Path(checkpoint)
+    if not path.exists():
+        return None
+    try:
+        stored = load_checkpoint(path, kind=kind)["config"]
+    except ValueError as e:
+        why = f"it cannot be used ({str(e)[:200]})"
+    else:
+        if stored == config:
+            return None
+        keys = _differing_keys(stored, config)
+        why = (f"it was written with another configuration (differing keys: "
+               f"{', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''})")
+    old = path.parent / "old" / f"{kind}-{_dt.datetime.now():%Y%m%d-%H%M%S-%f}.pt"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(path), str(old))
+    warnings.warn(f"checkpoint {path}: {why}; moved to {old}, training from scratch",
+                  stacklevel=3)
+    return old
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
@@ -133,7 +207,9 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
         train_loader: yields ``(inputs, targets)``; needs ``set_epoch`` for reproducible resumes.
         evaluate: called after each epoch with the model in eval mode; its dict joins the history.
         checkpoint: file to write after each epoch (atomically) and to resume from when it exists
-            and ``resume`` is true. Its ``config`` must match ``config`` or resuming is refused.
+            and ``resume`` is true. A checkpoint whose configuration (``config`` with the
+            optimisation settings) differs, or that cannot be read, is moved to ``old/`` beside
+            it with a warning naming the differing keys, and training starts over.
         forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``).
     """
     if epochs < 1:
@@ -144,17 +220,16 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * len(train_loader),
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
+                                                total_steps=epochs * len(train_loader),
                                                 pct_start=0.15)
     result, start = FitResult(), 0
     full_config = {"model": config or {}, "epochs": epochs, "lr": lr,
                    "weight_decay": weight_decay, "seed": seed}
+    if checkpoint is not None and resume:
+        archive_if_stale(checkpoint, kind, full_config)
     if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, kind=kind)
-        if ckpt["config"] != full_config:
-            raise ValueError(f"checkpoint {checkpoint} was written with another configuration "
-                             f"({ckpt['config']}) than this run ({full_config}); pass "
-                             f"resume=False or choose another checkpoint path")
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])

@@ -2,8 +2,13 @@ import pytest
 import torch
 
 from partslib.models import SmallResNet, TorchvisionResNet, build_classifier, check_images
-from partslib.training import (TensorLoader, evaluate_classifier, fit, load_checkpoint,
-                               save_checkpoint)
+from partslib.training import (
+    TensorLoader,
+    evaluate_classifier,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @pytest.fixture
@@ -124,14 +129,35 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     assert torch.equal(restored.eval()(x[:4]), full.eval()(x[:4]))
 
 
-def test_resume_with_another_configuration_is_refused(tmp_path):
+def test_checkpoint_of_another_configuration_is_archived_not_resumed(tmp_path):
     x, y = _toy_data()
     _train(x, y, tmp_path / "c.pt")
     m = SmallResNet(num_classes=4, widths=(8, 16, 32))
-    with pytest.raises(ValueError, match="another configuration"):
-        fit(m, TensorLoader(x, y, batch_size=16), epochs=5,
+    with pytest.warns(UserWarning, match=r"another configuration \(differing keys: epochs\)"):
+        r = fit(m, TensorLoader(x, y, batch_size=16), epochs=1,
+                loss_fn=torch.nn.functional.cross_entropy, checkpoint=tmp_path / "c.pt",
+                config=m.config(), kind="classifier", progress=False)
+    assert r.resumed_from_epoch == 0 and [h["epoch"] for h in r.history] == [1]
+    old = list((tmp_path / "old").glob("classifier-*.pt"))
+    assert len(old) == 1 and load_checkpoint(old[0])["config"]["epochs"] == 3
+    assert load_checkpoint(tmp_path / "c.pt")["config"]["epochs"] == 1
+    # an unreadable checkpoint is moved aside too
+    (tmp_path / "c.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="cannot be used"):
+        fit(m, TensorLoader(x, y, batch_size=16), epochs=1,
             loss_fn=torch.nn.functional.cross_entropy, checkpoint=tmp_path / "c.pt",
             config=m.config(), kind="classifier", progress=False)
+    assert len(list((tmp_path / "old").glob("classifier-*.pt"))) == 2
+
+
+def test_tensor_loader_batches_tuples_and_dicts():
+    x, y = torch.arange(10.0), torch.arange(10)
+    loader = TensorLoader(({"a": x, "b": 2 * x}, x.view(10, 1)), y, batch_size=4, seed=3)
+    for (feats, col), t in loader:
+        assert torch.equal(feats["a"], t.float()) and torch.equal(feats["b"], 2 * t.float())
+        assert torch.equal(col[:, 0], t.float())
+    with pytest.raises(ValueError, match="rows"):
+        TensorLoader(({"a": x}, x[:3]), y)
 
 
 @pytest.mark.parametrize("content, match", [

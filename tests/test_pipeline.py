@@ -8,14 +8,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
 
-from partslib import pipeline, viz  # noqa: E402
-from partslib.data import summary  # noqa: E402
-from partslib.data.synthparts import SynthParts, SynthPartsConfig  # noqa: E402
+from partslib import pipeline, viz
+from partslib.data import summary
+from partslib.data.synthparts import SynthParts, SynthPartsConfig
 
 TINY = dict(arch="small_resnet", widths=(8, 16, 32), epochs=2, lr=3e-3, batch_size=16, seed=0)
 
@@ -65,7 +65,7 @@ def test_train_classifier_resumes_loads_and_restarts(splits, tmp_path):
     assert abs(np.trace(cm) / cm.sum() - metrics["test_accuracy"]) < 1e-6
 
     # a second call with the same configuration loads the finished checkpoint: no training
-    model2, metrics2, history2 = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
+    _, metrics2, history2 = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
     assert metrics2["epochs_trained"] == 0 and history2 == history
     assert metrics2["test_accuracy"] == metrics["test_accuracy"]
 
@@ -97,11 +97,15 @@ def test_load_classifier_errors(tmp_path):
         pipeline.load_classifier(tmp_path)
 
 
-def test_build_model_torchvision_and_unknown():
-    m = pipeline.build_model("resnet18", num_classes=6, image_size=64)
+def test_create_classifier_torchvision_and_unknown():
+    from partslib.models import create_classifier
+
+    m = create_classifier("resnet18", num_classes=6, image_size=64)
     assert m(torch.rand(2, 3, 64, 64)).shape == (2, 6)
     with pytest.raises(ValueError, match="small_resnet"):
-        pipeline.build_model("vgg", num_classes=6, image_size=64)
+        create_classifier("vgg", num_classes=6, image_size=64)
+    with pytest.raises(ValueError, match="arch must be"):
+        pipeline.train_classifier(None, None, results_dir=".", arch="vgg")
 
 
 def test_write_params_and_metrics(tmp_path):
@@ -145,3 +149,31 @@ def test_save_figure(tmp_path):
     path = viz.save_figure(fig, tmp_path / "sub" / "cm.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     matplotlib.pyplot.close(fig)
+
+
+def test_pdm_stage_trains_resumes_and_loads(splits, tmp_path):
+    train, test = splits
+    clf, _, _ = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
+    kw = dict(results_dir=tmp_path, epochs=1, batch_size=16, widths=[8, 8], image_width=4,
+              n_train=32, monitor=8)
+    pdm, metrics, history = pipeline.train_pdm(clf, train, test, **kw)
+    assert metrics["n_train"] == 32 and metrics["classifier_unchanged"]
+    assert 0 <= metrics["miou"] <= 1 and "test_miou_8" in history[0]
+    loaded = pipeline.load_pdm(tmp_path)
+    x = test.images[:4].float() / 255
+    torch.testing.assert_close(loaded.part_probs(clf, x), pdm.part_probs(clf, x))
+    # the same configuration reuses the checkpoint; another one archives it
+    _, again, _ = pipeline.train_pdm(clf, train, test, **kw)
+    assert again["miou"] == metrics["miou"]
+    with pytest.warns(UserWarning, match=r"differing keys: model\.image_width"):
+        pipeline.train_pdm(clf, train, test, **{**kw, "image_width": 0})
+    assert len(list((tmp_path / "checkpoints" / "old").glob("pdm-*.pt"))) == 1
+
+
+def test_pdm_stage_refuses_an_image_step_on_torchvision(splits, tmp_path):
+    train, test = splits
+    clf = pipeline.train_classifier(train, test, results_dir=tmp_path, arch="resnet18",
+                                    epochs=0)[0]
+    with pytest.raises(ValueError, match="pass image_width=0"):
+        pipeline.train_pdm(clf, train, test, results_dir=tmp_path, epochs=1, widths=None,
+                           image_width=8)

@@ -22,6 +22,7 @@ from partslib.data.folder import FolderDataset, write_folder
 from partslib.data.prepare import ccp_outfit, ensure_dataset, prepare_ccp
 from partslib.data.prepare import main as prepare_main
 from partslib.explain import PartExplainer
+from partslib.models import create_classifier
 
 SHARED = Path(os.environ.get("PARTSLIB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CAR_PARTS = SHARED / "realdata" / "car-parts"
@@ -156,27 +157,27 @@ def test_decisive_matrix():
     assert not (d[0] & d[1]).any() and not (d[1] & d[2]).any()
 
 
-def test_build_classifier_backbones(tmp_path):
-    m = rs.build_classifier("small_resnet", 3, (48, 32), widths=(8, 16))
+def test_create_classifier_backbones(tmp_path):
+    m = create_classifier("small_resnet", 3, (48, 32), widths=(8, 16))
     assert m.input_size == (48, 32) and m(torch.rand(2, 3, 48, 32)).shape == (2, 3)
-    tv = rs.build_classifier("resnet18", 4, 64)
+    tv = create_classifier("resnet18", 4, 64)
     assert tv.num_classes == 4 and tv.stage_names[-1] == "layer4"
     # an ImageNet-style file (1000-class head) fine-tunes: every layer but the head is loaded
-    src = rs.build_classifier("resnet18", 1000, 64)
+    src = create_classifier("resnet18", 1000, 64)
     path = tmp_path / "imagenet.pt"
     state = {k: v for k, v in src.state_dict().items()}
     torch.save({("module." + k.replace("stem.0", "conv1").replace("stem.1", "bn1")): v
                 for k, v in state.items()}, path)
-    ft = rs.build_classifier("resnet18", 3, 64, weights=path)
+    ft = create_classifier("resnet18", 3, 64, weights=path)
     assert ft.num_classes == 3 and torch.equal(ft.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
     with pytest.raises(ValueError, match="small_resnet"):
-        rs.build_classifier("vgg16", 3)
-    small = rs.build_classifier("small_resnet", 2, 32, widths=(8, 16))
+        create_classifier("vgg16", 3, 64)
+    small = create_classifier("small_resnet", 2, 32, widths=(8, 16))
     torch.save(small.state_dict(), tmp_path / "small.pt")
-    again = rs.build_classifier("small_resnet", 2, 32, weights=tmp_path / "small.pt", widths=(8, 16))
+    again = create_classifier("small_resnet", 2, 32, weights=tmp_path / "small.pt", widths=(8, 16))
     assert torch.equal(again.fc.weight, small.fc.weight)
     with pytest.raises(ValueError, match="does not fit"):
-        rs.build_classifier("small_resnet", 3, 32, weights=tmp_path / "small.pt", widths=(8, 16))
+        create_classifier("small_resnet", 3, 32, weights=tmp_path / "small.pt", widths=(8, 16))
 
 
 def test_epochs_zero_uses_the_weights_as_given(tiny_run, tmp_path):

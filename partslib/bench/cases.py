@@ -84,7 +84,8 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
     else:
         clf = TorchvisionResNet("resnet18", num_classes=NUM_CLASSES_224, input_size=size)
         weights["classifier"] = f"random: torchvision resnet18, {NUM_CLASSES_224} classes"
-        pdm = PartsDetectionModule.for_classifier(clf, NUM_LABELS, widths=TV_PDM_WIDTHS)
+        pdm = PartsDetectionModule.for_classifier(clf, NUM_LABELS, widths=TV_PDM_WIDTHS,
+                                                  image_width=0)
         weights["pdm"] = f"random: for_classifier(clf, {NUM_LABELS}, widths={TV_PDM_WIDTHS})"
     clf.requires_grad_(False).eval()
     pdm.requires_grad_(False).eval()

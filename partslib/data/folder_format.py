@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..constants import IGNORE_INDEX
 from .images import PathLike, open_image, read_mask
 
-#: Mask value for pixels that carry no supervision (borders, crowds, unknown).
-IGNORE_INDEX = 255
+# IGNORE_INDEX (255, from partslib.constants) marks pixels without supervision.
 #: Mask value for pixels outside every part.
 BACKGROUND_INDEX = 0
 #: Largest number of parts: ids are 1..P and 255 is reserved for ``IGNORE_INDEX``.

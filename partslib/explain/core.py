@@ -148,7 +148,7 @@ def segment_parts(pdm: PartsDetectionModule, classifier: ContractClassifier,
                   features: Mapping[str, Tensor], images: Tensor) -> Tensor:
     """Part logits ``[B, P+1, H, W]`` of ``pdm`` from the classifier's stage features and the
     images in [0, 1]: the one place in partslib's explainers that calls a PDM."""
-    return pdm(features, classifier.normalise(images) if pdm.image_proj is not None else None)
+    return pdm(features, images)
 
 
 class Segmenter(Protocol):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from partslib.constants import IGNORE_INDEX
 from partslib.ibd._checks import as_tensor, check_ndim
 from partslib.ibd.decomposition import normalise_concepts
 
@@ -26,7 +27,7 @@ __all__ = [
     "train_concept_classifiers",
 ]
 
-IGNORE_LABEL = 255  # label id that is never a positive nor a negative cell
+IGNORE_LABEL = IGNORE_INDEX  # label id that is never a positive nor a negative cell
 _LOCKSTEP_BUDGET = 2**25  # floats in one padded (concepts, rows, C) training batch (128 MiB)
 
 

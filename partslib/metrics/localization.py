@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import IGNORE_INDEX
+
 __all__ = [
     "confusion_matrix",
     "mean_iou",
@@ -32,7 +34,6 @@ __all__ = [
     "relevance_mass",
 ]
 
-IGNORE_INDEX = 255
 NETDISSECT_QUANTILE = 0.005  # NetDissect-Lite settings.QUANTILE
 
 
