@@ -171,18 +171,19 @@ class MeanLinearClassifier(ContractClassifier):
 
 
 class OraclePDM(nn.Module):
-    """Reads the part label from the blue channel (``label / 10``, as
+    """Reads the part label from the blue channel of the raw images (``label / 10``, as
     :func:`label_coded_images` writes it): exact one-hot part probabilities."""
+
+    uses_image = True  # as PartsDetectionModule.uses_image: forward reads the images
 
     def __init__(self, num_labels: int = ORACLE_LABELS, size: int = ORACLE_SIZE):
         super().__init__()
         self.stages = ["s1"]
         self.num_labels = num_labels
         self.input_size = (size, size)
-        self.image_proj = nn.Identity()  # asks for the (normalised = raw) image
 
-    def forward(self, feats: dict[str, Tensor], image: Tensor) -> Tensor:
-        labels = (image[:, 2] * 10).round().long().clamp(0, self.num_labels - 1)
+    def forward(self, feats: dict[str, Tensor], images: Tensor) -> Tensor:
+        labels = (images[:, 2] * 10).round().long().clamp(0, self.num_labels - 1)
         return torch.log(F.one_hot(labels, self.num_labels).permute(0, 3, 1, 2).float())
 
     def fused(self) -> OraclePDM:
