@@ -233,6 +233,11 @@ def heatmap_part_contributions(maps: Tensor, labels: Tensor, num_labels: int) ->
 # --------------------------------------------------------------------------- IBD
 
 
+def _hw(x: Tensor) -> tuple[int, int]:
+    """``(H, W)``: the last two dimensions of ``x``."""
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
 @dataclass(frozen=True)
 class IBDContributions:
     """IBD's basis-rule contributions, per label (ibd.md §4).
@@ -259,10 +264,12 @@ class IBDContributions:
 
     @property
     def logit_contributions(self) -> Tensor:
+        """``contributions · scale``: the contributions in logit units ``[B, P+1]``."""
         return self.contributions * self.scale[:, None]
 
     @property
     def logit_residual(self) -> Tensor:
+        """``residual · scale``: the residual in logit units ``[B]``."""
         return self.residual * self.scale
 
     def completeness_error(self) -> Tensor:
@@ -337,7 +344,7 @@ class IBDModel:
         """
         images = check_images(images)
         return self.linear_maps_from_features(self.features(images, batch_size),
-                                              tuple(images.shape[-2:]))
+                                              _hw(images))
 
     @torch.no_grad()
     def linear_maps_from_features(self, features: Tensor, size: tuple[int, int]) -> Tensor:
@@ -395,7 +402,7 @@ class IBDModel:
         A = self.features(images, batch_size)
         k = resolve_targets(targets, self.classifier.head(A))
         maps = ibd_heatmaps(A, self.part_classifiers(), self.decomposition, k,
-                            out_size=tuple(images.shape[-2:]))
+                            out_size=_hw(images))
         order = ibd_contributions(A.mean(dim=(2, 3)), self.decomposition, k).concepts
         return maps, torch.tensor(self.part_concepts, dtype=torch.long)[order]
 
@@ -433,7 +440,7 @@ def fit_ibd(classifier: ContractClassifier, images: Tensor, masks: Tensor, num_l
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"n_components must be an int >= 1, got {n_components!r}")
     A = _final_features(classifier, images)
-    grid = sample_labels_to_grid(masks.long(), tuple(A.shape[-2:]))
+    grid = sample_labels_to_grid(masks.long(), _hw(A))
     present = [c for c in range(num_labels) if bool((grid == c).any())]
     missing = sorted(set(range(num_labels)) - set(present))
     if missing:

@@ -8,16 +8,20 @@ JupyterLab 4 without any custom front-end extension.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
 from partslib import viz
-from partslib.explain import PartExplainer
+from partslib.explain import PartExplainer, PartExplanation
 from partslib.explain.registry import REGISTRY, Models, get_method
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 __all__ = ["EXPLORER_MODES", "ExplorerState", "build_explorer", "explain_state", "render"]
 
@@ -30,13 +34,18 @@ EXPLORER_MODES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ExplorerState:
+    """What the explorer shows: one image, the class explained, the method and the part."""
+
     index: int = 0  # image index
     target: int | None = None  # class to explain; None = predicted
     mode: str = "pdm-region-soft"  # a key of EXPLORER_MODES (a registry name)
     part: int | None = None  # part whose probability map is shown; None = top contributor
 
 
-def explain_state(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState):
+def explain_state(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState
+                  ) -> PartExplanation:
+    """The explanation of image ``state.index`` by the registry method ``state.mode`` (its rule
+    and contrast), for ``state.target`` or the predicted class."""
     if not 0 <= state.index < len(images):
         raise ValueError(f"image index {state.index} out of range 0..{len(images) - 1}")
     if state.mode not in EXPLORER_MODES:
@@ -49,10 +58,12 @@ def explain_state(explainer: PartExplainer, images: torch.Tensor, state: Explore
 
 
 def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
-           class_names: Sequence[str] | None = None, labels: Sequence[int] | None = None
+           class_names: Sequence[str] | None = None,
+           labels: Sequence[int] | torch.Tensor | None = None
            ) -> Figure:
-    """Figure for one explorer state: image | parts | one part's probability map | CAM or
-    nothing | contribution bars."""
+    """Figure for one explorer state: image | parts | one part's probability map (``state.part``,
+    else the top contributor) | contribution bars. ``labels`` (one true class per image) add
+    the true and predicted class to the image's title."""
     e = explain_state(explainer, images, state)
     x = images[state.index:state.index + 1]
     part = state.part
@@ -83,12 +94,22 @@ def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
 
 def build_explorer(explainer: PartExplainer, images: torch.Tensor,
                    class_names: Sequence[str] | None = None,
-                   labels: Sequence[int] | None = None, state: ExplorerState | None = None):
+                   labels: Sequence[int] | torch.Tensor | None = None,
+                   state: ExplorerState | None = None
+                   ) -> ipywidgets.VBox:
     """An ipywidgets box: choose image, target class, mode and part; see parts, the part's
-    probability map and the contributions. Returns the box; ``box.render_state()`` gives the
-    current :class:`ExplorerState`."""
+    probability map and the contributions. Returns the box (a VBox); ``box.render_state()``
+    gives the current :class:`ExplorerState`."""
     import ipywidgets as widgets
     from IPython.display import display
+
+    class ExplorerBox(widgets.VBox):
+        """The explorer's VBox, with ``render_state()`` for tests and scripted use."""
+
+        def __init__(self, children: Sequence[Any],
+                     render_state: Callable[[], ExplorerState]):
+            super().__init__(children)
+            self.render_state = render_state
 
     state = state or ExplorerState()
     K = explainer.classifier.num_classes
@@ -107,12 +128,15 @@ def build_explorer(explainer: PartExplainer, images: torch.Tensor,
     out = widgets.Output()
 
     def current() -> ExplorerState:
+        mode = w_mode.value
+        if not isinstance(mode, str):
+            raise ValueError(f"the mode dropdown holds {mode!r}, expected one of "
+                             f"{list(EXPLORER_MODES)}")
         return ExplorerState(index=w_index.value,
                              target=None if w_target.value == -1 else w_target.value,
-                             mode=w_mode.value,
-                             part=None if w_part.value == -1 else w_part.value)
+                             mode=mode, part=None if w_part.value == -1 else w_part.value)
 
-    def redraw(*_):
+    def redraw(*_: Any) -> None:
         with out:
             out.clear_output(wait=True)
             fig = render(explainer, images, current(), class_names, labels)
@@ -121,8 +145,8 @@ def build_explorer(explainer: PartExplainer, images: torch.Tensor,
 
     for w in (w_index, w_target, w_mode, w_part):
         w.observe(redraw, names="value")
-    box = widgets.VBox([widgets.HBox([w_index, w_target]), widgets.HBox([w_mode, w_part]), out])
-    box.render_state = current  # for tests and scripted use
+    box = ExplorerBox([widgets.HBox([w_index, w_target]), widgets.HBox([w_mode, w_part]), out],
+                      current)
     redraw()
     return box
 

@@ -52,7 +52,11 @@ __all__ = [
 class RemovalOperator(Protocol):
     """Structural type of every removal operator (see the module docstring)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """What the operator does, with its parameters (read only: a class attribute or a
+        property both satisfy it)."""
+        ...
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, drop: torch.Tensor,
                  keys: Sequence[Any] | None = None) -> torch.Tensor: ...

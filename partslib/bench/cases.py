@@ -6,13 +6,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from partslib.explain.registry import get_method
 from partslib.models import ContractClassifier, SmallResNet, TorchvisionResNet
 from partslib.pdm import PartsDetectionModule
+
+if TYPE_CHECKING:
+    from partslib.baselines import IBDModel
 
 __all__ = ["EXPLAINERS", "METHODS", "REFERENCES", "BenchCase", "build_case", "method_fns"]
 
@@ -72,7 +75,7 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
             clf = SmallResNet(NUM_CLASSES_64, widths=SMALL_WIDTHS, input_size=size)
             weights["classifier"] = (f"random: SmallResNet(num_classes={NUM_CLASSES_64}, "
                                      f"widths={list(SMALL_WIDTHS)})")
-        elif (rd / pipeline.PDM_CHECKPOINT).exists():
+        elif rd is not None and (rd / pipeline.PDM_CHECKPOINT).exists():
             try:
                 pdm = pipeline.load_pdm(rd)
                 weights["pdm"] = f"trained: {rd / pipeline.PDM_CHECKPOINT}"
@@ -95,7 +98,7 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
     return BenchCase(size, clf, pdm, x, targets.clone(), weights)
 
 
-def _random_ibd(case: BenchCase, seed: int = 0):
+def _random_ibd(case: BenchCase, seed: int = 0) -> IBDModel:
     """An :class:`~partslib.baselines.IBDModel` with random concept classifiers (timing only)."""
     from partslib.baselines import IBDModel
     from partslib.ibd import ConceptClassifiers, decompose
@@ -159,7 +162,10 @@ def _gradcam_fn(clf: ContractClassifier, x: torch.Tensor, k: torch.Tensor
     def gradcam_fn() -> Any:
         xg = x.detach().clone().requires_grad_(True)
         with torch.enable_grad(), GradCAM(model=clf, target_layers=[layer]) as cam:
-            return cam(input_tensor=xg, targets=[ClassifierOutputTarget(int(c)) for c in k])
+            # grad-cam annotates targets as List[nn.Module], yet its own ClassifierOutputTarget
+            # (which it builds itself when targets is None) is a plain callable
+            targets = [ClassifierOutputTarget(int(c)) for c in k]
+            return cam(input_tensor=xg, targets=targets)  # pyright: ignore[reportArgumentType]
     return gradcam_fn
 
 

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m partslib.bench``: run the benchmark, write its outputs, print the table
+    (with ``--child-memory``: measure peak memory in this process and print it as JSON)."""
     args = _parser().parse_args(argv)
     if args.results_dir is None:
         from partslib.io import find_root

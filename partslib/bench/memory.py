@@ -72,10 +72,13 @@ def child_memory(methods: Sequence[str], size: int, batch: int, results_dir: str
         # VmHWM, not ru_maxrss: a process started by vfork+exec (subprocess) inherits its
         # parent's peak in ru_maxrss (the kernel keeps the larger of the pre-exec and current)
         reset = _reset_peak_rss() and _proc_status_mib("VmHWM") is not None
-        before = _proc_status_mib("VmRSS") if reset else setup_peak
+        rss = _proc_status_mib("VmRSS") if reset else None
+        reset = reset and rss is not None
+        before = rss if rss is not None else setup_peak
         fns[method]()
         fns[method]()
-        after = _proc_status_mib("VmHWM") if reset else _maxrss_mib()
+        hwm = _proc_status_mib("VmHWM") if reset else None
+        after = hwm if hwm is not None else _maxrss_mib()
         out[method] = {"setup_peak_mib": setup_peak, "rss_before_mib": before,
                        "peak_mib": after, "delta_mib": max(after - before, 0.0), "reset": reset}
     return out

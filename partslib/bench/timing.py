@@ -51,7 +51,7 @@ class BenchConfig:
     repeats: int = 15  # timed rounds per size; every method runs once per round
     warmup: int = 2  # untimed rounds first
     threads: int = 2  # torch.set_num_threads
-    batch: int | tuple[int, ...] = 64  # one batch for every size, or one per size
+    batch: int | Sequence[int] = 64  # one batch for every size, or one per size (a tuple)
     seed: int = 0
     captum_baseline: str = "blur"  # "blur" (the PDM-occlusion imputer) or "zero"
     # per-method peak RSS: True / "size" = one subprocess per size, methods one after another
@@ -60,7 +60,7 @@ class BenchConfig:
     memory: bool | str = True
     progress: bool = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not isinstance(self.batch, int):
             batch = tuple(int(b) for b in self.batch)
             object.__setattr__(self, "batch", batch[0] if len(batch) == 1 else batch)  # frozen

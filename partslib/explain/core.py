@@ -87,7 +87,8 @@ def region_contributions(features: Tensor, weights: Tensor, part_probs: Tensor,
         occ = occ.to(features.dtype)
     else:
         occ = part_probs
-    pi = F.adaptive_avg_pool2d(occ, features.shape[-2:])  # sums to 1 over parts in every cell
+    # sums to 1 over parts in every cell
+    pi = F.adaptive_avg_pool2d(occ, (features.shape[-2], features.shape[-1]))
     return torch.einsum("bphw,bhw->bp", pi, cam) / cam[0].numel(), cam
 
 
@@ -126,6 +127,7 @@ class FinalFeatures(torch.nn.Module):
         self.classifier = classifier
 
     def forward(self, x: Tensor) -> Tensor:
+        """The final-stage features ``A`` ``[B, C, h, w]`` of images ``x``."""
         return self.classifier.features(x)[self.classifier.final_stage]
 
 
@@ -158,10 +160,14 @@ class Segmenter(Protocol):
     num_labels: int  # P + 1
     input_size: tuple[int, int] | None  # the image size it needs, or None (any)
 
-    def check(self, classifier: ContractClassifier) -> None: ...
+    def check(self, classifier: ContractClassifier) -> None:
+        """Raise ``ValueError`` unless the segmenter can read ``classifier``'s features."""
+        ...
 
     def __call__(self, classifier: ContractClassifier, features: Mapping[str, Tensor],
-                 images: Tensor) -> Tensor: ...
+                 images: Tensor) -> Tensor:
+        """Part logits ``[B, P+1, H, W]`` from the stage ``features`` of ``images``."""
+        ...
 
 
 class PDMSegmenter:
@@ -180,15 +186,18 @@ class PDMSegmenter:
         self.source = pdm
         self.pdm = pdm.eval().fused().to(memory_format=torch.channels_last) if fuse else pdm
         self.num_labels = pdm.num_labels
-        self.input_size: tuple[int, int] | None = tuple(pdm.input_size)  # type: ignore[assignment]
+        h, w = pdm.input_size
+        self.input_size: tuple[int, int] | None = (int(h), int(w))
 
     def check(self, classifier: ContractClassifier) -> None:
+        """Raise ``ValueError`` if the PDM reads stages that ``classifier`` does not have."""
         missing = [s for s in self.pdm.stages if s not in classifier.stage_names]
         if missing:
             raise ValueError(f"the PDM reads stages {missing} that the classifier does not have")
 
     def __call__(self, classifier: ContractClassifier, features: Mapping[str, Tensor],
                  images: Tensor) -> Tensor:
+        """The PDM's part logits (:func:`segment_parts`)."""
         return segment_parts(self.pdm, classifier, features, images)
 
 
@@ -207,6 +216,8 @@ class IBDLinearSegmenter:
         self.input_size: tuple[int, int] | None = None
 
     def check(self, classifier: ContractClassifier) -> None:
+        """Raise ``ValueError`` unless IBD's concept classifiers read as many channels as the
+        classifier's final stage has."""
         C = self.ibd.concept_classifiers.weight.shape[1]
         if classifier.fc.in_features != C:
             raise ValueError(f"IBD's concept classifiers read {C} channels, the classifier's "
@@ -214,6 +225,8 @@ class IBDLinearSegmenter:
 
     def __call__(self, classifier: ContractClassifier, features: Mapping[str, Tensor],
                  images: Tensor) -> Tensor:
+        """IBD's linear concept scores at the image size (``-inf`` for labels without a
+        concept classifier)."""
         return self.ibd.linear_maps_from_features(features[classifier.final_stage],
                                                   tuple(images.shape[-2:]))
 
@@ -222,7 +235,7 @@ def as_segmenter(parts: PartsDetectionModule | Segmenter) -> Segmenter:
     """A PDM (any module with the PDM's interface) is wrapped in a :class:`PDMSegmenter`; a
     segmenter is returned as is."""
     if isinstance(parts, torch.nn.Module):
-        return PDMSegmenter(parts)  # type: ignore[arg-type]
+        return PDMSegmenter(parts)
     return parts
 
 
@@ -247,6 +260,7 @@ class ExplainContext:
 
     @property
     def num_labels(self) -> int:
+        """``P + 1``: the labels of the part map, background included."""
         return self.probs.shape[1]
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import Tensor
@@ -106,8 +106,8 @@ class Method:
         if src is None:
             raise ValueError(f"method {self.name!r} draws its parts from {self.maps}: pass "
                              f"{self.maps}=...")
-        if not isinstance(src, torch.nn.Module) and hasattr(src, "check"):
-            return src  # a built segmenter
+        if _is_built_segmenter(src):
+            return src
         return PDMSegmenter(src) if self.maps == "pdm" else IBDLinearSegmenter(src)
 
     def build(self, classifier: ContractClassifier, pdm: Any = None, ibd: Any = None, *,
@@ -120,6 +120,11 @@ class Method:
         rule = self.rule(Models(classifier, pdm, ibd, seed, fast))
         return PartExplainer(classifier, seg, part_names, rule=rule,
                              contrastive=self.contrastive, name=self.name)
+
+
+def _is_built_segmenter(obj: object) -> TypeGuard[Segmenter]:
+    """A segmenter already built (it has ``check`` and is no module), not a model to wrap."""
+    return not isinstance(obj, torch.nn.Module) and hasattr(obj, "check")
 
 
 def _check_ibd(classifier: ContractClassifier, ibd: Any) -> None:

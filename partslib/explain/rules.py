@@ -60,6 +60,7 @@ class Rule:
     paint: ClassVar[str | None] = "hard"
 
     def __call__(self, ctx: ExplainContext) -> RuleResult:
+        """The ``[B, P+1]`` contributions of every part of every image of ``ctx``'s batch."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -84,18 +85,22 @@ class RegionRule(Rule):
         self.hard = bool(hard)
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:
+        """``region-hard`` or ``region-soft``."""
         return "region-hard" if self.hard else "region-soft"
 
     @property
-    def absent_zero(self) -> bool:  # type: ignore[override]
+    def absent_zero(self) -> bool:
+        """Absent parts get 0 only with the argmax map (``hard``)."""
         return self.hard
 
     @property
-    def paint(self) -> str:  # type: ignore[override]
+    def paint(self) -> str:
+        """The maps are painted with the part map the rule read."""
         return "hard" if self.hard else "soft"
 
     def __call__(self, ctx: ExplainContext) -> RuleResult:
+        """Region contributions, the bias of the explained score and its CAM."""
         w, b = ctx.weights()
         c, cam = region_contributions(ctx.A, w, ctx.probs, self.hard)
         return RuleResult(contributions=c, bias=b.detach(), cam=cam)
@@ -121,6 +126,7 @@ class OcclusionRule(Rule):
         self.imputer, self.features = imputer, features
 
     def describe(self) -> str:
+        """``occlusion:<imputer name>``."""
         return f"occlusion:{getattr(self.imputer, 'name', type(self.imputer).__name__)}"
 
     def _logits(self, ctx: ExplainContext, x: Tensor) -> Tensor:
@@ -131,6 +137,7 @@ class OcclusionRule(Rule):
         return ctx.classifier.head(A)
 
     def __call__(self, ctx: ExplainContext) -> RuleResult:
+        """The score drop per present part (0 for absent parts)."""
         x, labels, k, j = ctx.images, ctx.labels, ctx.target, ctx.contrast
         L = ctx.num_labels
         b_idx, p_idx = torch.nonzero(ctx.present, as_tuple=True)
@@ -175,6 +182,7 @@ class IBDBasisRule(Rule):
         return c * scale[:, None], ibd.classifier.fc.bias[k].to(c.dtype).cpu()
 
     def __call__(self, ctx: ExplainContext) -> RuleResult:
+        """IBD's basis contributions and the class bias, in logit units."""
         a = ctx.A.mean(dim=(2, 3))
         c, b = self._basis(a, ctx.target)
         if ctx.contrast is not None:
@@ -197,9 +205,11 @@ class HeatmapMassRule(Rule):
         self.method = method
 
     def describe(self) -> str:
+        """``heatmap-mass:<pytorch-grad-cam method>``."""
         return f"heatmap-mass:{self.method}"
 
     def __call__(self, ctx: ExplainContext) -> RuleResult:
+        """Each part's share of the heatmap's positive mass, and the heatmaps as maps."""
         from partslib.baselines import gradcam_maps, heatmap_part_contributions
 
         maps = gradcam_maps(ctx.classifier, ctx.images, ctx.target, method=self.method,
@@ -223,6 +233,7 @@ class RandomRule(Rule):
         self.seed = int(seed)
 
     def describe(self) -> str:
+        """``random:<seed>``."""
         return f"random:{self.seed}"
 
     def _image_seed(self, image: Tensor) -> int:
@@ -231,6 +242,7 @@ class RandomRule(Rule):
         return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
     def __call__(self, ctx: ExplainContext) -> RuleResult:
+        """Seeded standard-normal contributions for present parts, 0 for absent ones."""
         L = ctx.num_labels
         draws = [torch.randn(L, generator=torch.Generator().manual_seed(self._image_seed(x)))
                  for x in ctx.images]

@@ -63,11 +63,13 @@ class RemovalCache:
         self.features = features or FinalFeatures(classifier).eval()
         self.num_labels = num_labels
         self.pool_labels: Tensor | None = None
+        self._pool_columns = 0  # L + 1 with pool_labels: the parts and the unannotated column
         if pool_labels is not None:
             lab = pool_labels.long()
             L = num_labels or int(lab[lab != IGNORE_INDEX].max()) + 1
             self.num_labels = L
             self.pool_labels = torch.where(lab == IGNORE_INDEX, L, lab)  # 255 -> column L
+            self._pool_columns = L + 1
         self._rows: dict[tuple[int, int], int] = {}
         self._logits: list[Tensor] = []
         self._pooled: list[Tensor] = []
@@ -88,8 +90,8 @@ class RemovalCache:
         logits = self.classifier.head(A).detach().cpu()
         if self.pool_labels is None:
             return logits, None
-        onehot = F.one_hot(self.pool_labels[idx], self.num_labels + 1).permute(0, 3, 1, 2)
-        pi = F.adaptive_avg_pool2d(onehot.float(), A.shape[-2:])  # [n,L+1,h,w]
+        onehot = F.one_hot(self.pool_labels[idx], self._pool_columns).permute(0, 3, 1, 2)
+        pi = F.adaptive_avg_pool2d(onehot.float(), (A.shape[-2], A.shape[-1]))  # [n,L+1,h,w]
         return logits, torch.einsum("nlhw,nchw->nlc", pi, A.float()).cpu() / A[0, 0].numel()
 
     def _codes(self, drop: Tensor) -> np.ndarray:
@@ -136,10 +138,11 @@ class RemovalCache:
         """``[M,P+2,C]``: final features of the removed images averaged over the feature
         cells with the shares of each ``pool_labels`` part (``mean_u π_q(u) A(u)``); the last
         column pools the unannotated pixels."""
-        if self.pool_labels is None:
+        base = self.base_pooled
+        if base is None:  # None exactly when pool_labels is
             raise ValueError("built without pool_labels")
         codes = self._fill(idx, drop)
-        rows = [self.base_pooled[int(i)] if c == 0
+        rows = [base[int(i)] if c == 0
                 else self._pooled[self._rows[(int(i), int(c))]]
                 for i, c in zip(idx.tolist(), codes)]
         return torch.stack(rows)

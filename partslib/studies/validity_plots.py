@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from partslib.studies.validity import ValidityExtras
 
 __all__ = ["plot_claimed_vs_measured", "plot_deletion_curves", "plot_sanity"]
@@ -15,7 +17,8 @@ __all__ = ["plot_claimed_vs_measured", "plot_deletion_curves", "plot_sanity"]
 
 def plot_claimed_vs_measured(extras: ValidityExtras, operator: str = "rerender",
                              part_names: Sequence[str] | None = None,
-                             methods: Sequence[str] | None = None, col_wrap: int = 5):
+                             methods: Sequence[str] | None = None, col_wrap: int = 5
+                             ) -> Figure:
     """Claimed contribution against measured effect (present parts, one point per image and
     part), one panel per method; contrastive methods against the margin effect."""
     import matplotlib.pyplot as plt
@@ -49,7 +52,7 @@ def plot_claimed_vs_measured(extras: ValidityExtras, operator: str = "rerender",
 
 
 def plot_deletion_curves(extras: ValidityExtras, operators: Sequence[str] | None = None,
-                         methods: Sequence[str] | None = None):
+                         methods: Sequence[str] | None = None) -> Figure:
     """Mean class probability after removing 0, 1, ... parts in the claimed order of each
     method, a random order and the oracle order (by measured effect); one panel per operator."""
     import matplotlib.pyplot as plt
@@ -66,9 +69,11 @@ def plot_deletion_curves(extras: ValidityExtras, operators: Sequence[str] | None
                  for j, v in enumerate(mean)]
     df = pd.DataFrame(rows)
     hue_order = [*methods, "random", "oracle"]
-    palette = dict(zip(methods, sns.color_palette("husl", len(methods))))
+    palette: dict[str, str | tuple[float, float, float]] = dict(
+        zip(methods, sns.color_palette("husl", len(methods))))
     palette.update(random="0.55", oracle="black")
-    dashes = {o: (2, 2) if o in ("random", "oracle") else "" for o in hue_order}
+    # (None, None): matplotlib's solid line (Line2D.set_dashes)
+    dashes = {o: (2, 2) if o in ("random", "oracle") else (None, None) for o in hue_order}
     g = sns.relplot(data=df, x="parts removed", y="probability", hue="order", style="order",
                     hue_order=hue_order, style_order=hue_order, palette=palette, dashes=dashes,
                     col="operator", col_order=ops, kind="line", height=2.8, aspect=1.0,
@@ -79,17 +84,16 @@ def plot_deletion_curves(extras: ValidityExtras, operators: Sequence[str] | None
     return g.figure
 
 
-def plot_sanity(sanity: pd.DataFrame):
+def plot_sanity(sanity: pd.DataFrame) -> Figure:
     """V5: Spearman of contributions (solid) and maps (dashed) with the trained model's, after
     each step of the cascading re-initialisation."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    long = sanity.melt(id_vars=["method", "step", "module"],
-                       value_vars=["spearman_contrib", "spearman_maps"], var_name="what",
-                       value_name="spearman")
-    long["what"] = long["what"].map({"spearman_contrib": "contributions",
-                                     "spearman_maps": "maps"})
+    named = sanity.rename(columns={"spearman_contrib": "contributions",
+                                   "spearman_maps": "maps"})
+    long = named.melt(id_vars=["method", "step", "module"], value_vars=["contributions", "maps"],
+                      var_name="what", value_name="spearman")
     fig, ax = plt.subplots(figsize=(5.6, 3.4))
     sns.lineplot(data=long, x="step", y="spearman", hue="method", style="what",
                  style_order=["contributions", "maps"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 import torch
@@ -26,6 +26,18 @@ _METRIC_COLUMNS = ("spearman", "top_part", "norm_abs_error", "auc_claimed", "auc
                    "completeness_error_mean")
 
 
+def _where(df: pd.DataFrame, mask: Any) -> pd.DataFrame:
+    """The rows of ``df`` where the boolean Series ``mask`` holds."""
+    # a boolean mask selects rows, so the result is a DataFrame; pandas types df[key] as a
+    # Series or a DataFrame, for any key
+    return cast(pd.DataFrame, df[mask])
+
+
+def _column(df: pd.DataFrame, name: str) -> pd.Series:
+    """Column ``name`` of ``df`` (a Series: the frames here have unique column names)."""
+    return cast(pd.Series, df[name])  # pandas types df[key] as a Series or a DataFrame
+
+
 def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[str, float]:
     """Flat ``{"<method>/<operator>/<metric>": value}`` for ``metrics.json`` (NaN → None),
     plus ``<method>/sanity/<module>/spearman_contrib|maps`` from V5 and ``n_images``."""
@@ -35,16 +47,16 @@ def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[s
         v = float(v)
         return v if math.isfinite(v) else None
 
-    for r in t2.itertuples(index=False):
+    for r in t2.to_dict("records"):
         for col in _METRIC_COLUMNS:
-            out[f"{r.method}/{r.operator}/{col}"] = num(getattr(r, col))
+            out[f"{r['method']}/{r['operator']}/{col}"] = num(r[col])
     if len(t2):
         out["n_images"] = int(t2["n_images"].iloc[0])
         out["seed"] = int(t2["seed"].iloc[0])
     if sanity is not None:
-        for r in sanity.itertuples(index=False):
+        for r in sanity.to_dict("records"):
             for col in ("spearman_contrib", "spearman_maps"):
-                out[f"{r.method}/sanity/{r.module}/{col}"] = num(getattr(r, col))
+                out[f"{r['method']}/sanity/{r['module']}/{col}"] = num(r[col])
     return out
 
 
@@ -74,7 +86,8 @@ def ablation_table(t2: pd.DataFrame, operator: str = "rerender",
     """SPEC §4's 2×2: rows maps {linear, pdm}, columns rule {basis, region}, one metric."""
     cells = {("linear", "basis"): "ibd", ("pdm", "basis"): "pdm-basis",
              ("linear", "region"): "ibd-linear-region", ("pdm", "region"): "pdm-region-soft"}
-    ref = t2[t2.operator == operator].set_index("method")[metric]
+    rows = _where(t2, t2.operator == operator)
+    ref = dict(zip(rows["method"], rows[metric]))
     data = {rule: {maps: float(ref.get(m, math.nan)) for (maps, r), m in cells.items()
                    if r == rule} for rule in ("basis", "region")}
     df = pd.DataFrame(data).reindex(["linear", "pdm"])
@@ -93,19 +106,21 @@ def reading(t2: pd.DataFrame, gap: tuple[pd.DataFrame, dict[str, float]] | None 
             and the removal effects differ.
     """
     lines = []
-    scored = t2[t2.units.isin(["logit", "margin"]) | (t2.method == "gradcam-mass")]
+    scored = _where(t2, t2.units.isin(["logit", "margin"]) | (t2.method == "gradcam-mass"))
     for op in t2.operator.unique():
-        sub = scored[scored.operator == op].set_index("method")
-        if not len(sub) or sub["spearman"].isna().all():
+        sub = _where(scored, scored.operator == op).set_index("method")
+        spearman = _column(sub, "spearman")
+        if not len(sub) or bool(spearman.isna().all()):
             continue
-        best = sub["spearman"].astype(float).idxmax()
-        floor = t2[(t2.operator == op) & (t2.method == "random")]["spearman"]
+        best = str(spearman.astype(float).idxmax())
+        floor = _where(t2, (t2.operator == op) & (t2.method == "random"))["spearman"]
         floor_txt = f"; the random floor is {float(floor.iloc[0]):.2f}" if len(floor) else ""
         own = (" -- its own counterfactual, on PDM instead of ground-truth masks"
                if op == "blur" and "occlusion" in best else "")
-        ceiling = float(t2[(t2.operator == op) & (t2.score_v2 == "logit")]
+        ceiling = float(_where(t2, (t2.operator == op) & (t2.score_v2 == "logit"))
                         ["decisive_ceiling"].iloc[0])
-        region = sub["spearman"].get("pdm-region-soft", math.nan)
+        region = (float(spearman.loc["pdm-region-soft"]) if "pdm-region-soft" in spearman.index
+                  else math.nan)
         region_txt = (f" The PDM region rule reaches {region:.2f}." if math.isfinite(region)
                       and best != "pdm-region-soft" else "")
         lines.append(f"* **{op}**: the ranking that best matches the measured effects is "
@@ -159,7 +174,7 @@ def gap_summary(extras: ValidityExtras, operator: str = "rerender",
         for ``method``, over all present parts and over object parts only (background left
         out).
     """
-    g = extras.gap[extras.gap.operator == operator]
+    g = _where(extras.gap, extras.gap.operator == operator)
     B, L = extras.present.shape
     names = list(part_names) if part_names is not None else [str(p) for p in range(L)]
     claim = torch.full((B, L), math.nan, dtype=torch.float64)
@@ -171,7 +186,9 @@ def gap_summary(extras: ValidityExtras, operator: str = "rerender",
     pr = extras.present
     top_claim = claimed_order(claim.nan_to_num(0.0), pr)[:, 0]
     top_effect = claimed_order(effect.nan_to_num(0.0), pr)[:, 0]
-    per_part = g.groupby("part")[["claim", "effect", "remaining", "context"]].mean()
+    # the mean of a groupby over a list of columns is a DataFrame (pandas types it as any value)
+    per_part = cast(pd.DataFrame,
+                    g.groupby("part")[["claim", "effect", "remaining", "context"]].mean())
     per_part["top_by_claim"] = [float((top_claim == p).double().mean()) for p in per_part.index]
     per_part["top_by_effect"] = [float((top_effect == p).double().mean())
                                  for p in per_part.index]
