@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
 NB_REFERENCE = Path(__file__).parent / "nb_reference"
 
@@ -27,5 +27,6 @@ def pytest_configure(config):
 
 def pytest_collectstart(collector):
     # nbval compares stderr and HTML by default: warnings and pandas' HTML are not regressions.
-    if hasattr(collector, "skip_compare") and str(getattr(collector, "path", "")).endswith(".ipynb"):
+    path = str(getattr(collector, "path", ""))
+    if hasattr(collector, "skip_compare") and path.endswith(".ipynb"):
         collector.skip_compare += ("text/html", "application/javascript", "stderr")

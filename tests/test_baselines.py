@@ -7,90 +7,42 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import pytest
+import torch
+import torch.nn.functional as F
 
-from partslib.baselines import (  # noqa: E402
+from partslib.baselines import (
     cam_maps,
     fit_ibd,
     gradcam_maps,
     heatmap_part_contributions,
     normalise_maps,
 )
-from partslib.explain import PartExplainer  # noqa: E402
-from partslib.localization_study import (  # noqa: E402
+from partslib.explain import PartExplainer
+from partslib.localization_study import (
     METHODS,
     localization_figure,
     localization_table,
 )
-from partslib.metrics import confusion_matrix, mean_iou  # noqa: E402
-from partslib.models import ContractClassifier, SmallResNet  # noqa: E402
-from partslib.pdm import PartsDetectionModule, train_pdm  # noqa: E402
+from partslib.metrics import confusion_matrix, mean_iou
+from partslib.pdm import train_pdm
 
-# --------------------------------------------------------------------------- a toy classifier
-# Part identity is linearly decodable from its final features: each part has its own colour,
-# layer1 turns colours into a soft one-hot per pixel, layer2/layer3 average-pool it (plus a few
-# fixed ReLU mixtures in layer3). Labels are constant on 16×16 blocks (2×2 feature cells).
+from toys import PALETTE, PaletteClassifier, palette_blocks, small_classifier
 
-PALETTE = torch.tensor([[0.1, 0.1, 0.1], [0.9, 0.15, 0.1], [0.1, 0.85, 0.2], [0.15, 0.2, 0.9]])
+# The toy classifier (toys.PaletteClassifier): each part has its own colour, so part identity is
+# linearly decodable from its final features. Labels are constant on 16×16 blocks (2×2 feature
+# cells).
+
 L = len(PALETTE)  # background + 3 parts
 NAMES = ["background", "a", "b", "c"]
 
 
-class _Colour(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = ((x[:, None] - PALETTE[None, :, :, None, None]) ** 2).sum(2)  # [B, L, H, W]
-        return F.avg_pool2d(torch.softmax(-d / 0.02, 1), 2)
-
-
-class _Pool(nn.Module):
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(h, 2)
-
-
-class _Final(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.mix = nn.Conv2d(L, 4, 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = 4 * F.avg_pool2d(h, 2)  # CNN-sized activations: the reference SGD (lr 0.01) converges
-        return torch.cat([h, F.relu(self.mix(h))], 1)
-
-
-class ToyClassifier(ContractClassifier):
-    def __init__(self, num_classes: int = 3):
-        super().__init__(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-        self.stage_names = ("layer1", "layer2", "layer3")
-        self.layer1, self.layer2, self.layer3 = _Colour(), _Pool(), _Final()
-        self.stage_channels = {"layer1": L, "layer2": L, "layer3": L + 4}
-        self.stage_strides = {"layer1": 2, "layer2": 4, "layer3": 8}
-        self.input_size = (64, 64)
-        self.fc = nn.Linear(L + 4, num_classes)
-
-    def features(self, x):
-        out, h = {}, self.normalise(x)
-        for name in self.stage_names:
-            h = out[name] = getattr(self, name)(h)
-        return out
-
-
-def toy_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    blocks = torch.randint(0, L, (n, 4, 4), generator=g)
-    masks = blocks.repeat_interleave(16, 1).repeat_interleave(16, 2)
-    images = PALETTE[masks].permute(0, 3, 1, 2) + 0.03 * torch.randn(n, 3, 64, 64, generator=g)
-    return images.clamp(0, 1), masks
-
-
 @pytest.fixture(scope="module")
 def toy():
-    torch.manual_seed(0)
-    clf = ToyClassifier().eval()
+    clf = PaletteClassifier().eval()
     clf.requires_grad_(False)
-    images, masks = toy_data(48, seed=1)
+    torch.manual_seed(0)  # train_pdm initialises its PDM from the global RNG
+    images, masks = palette_blocks(48, seed=1)
     ibd = fit_ibd(clf, images, masks, L, n_components=7, epochs=15, seed=0)
     pdm, _ = train_pdm(clf, images, masks, L, epochs=4, widths=[8, 8], image_width=4,
                        image_kernel=1, batch_size=16, lr=5e-3, progress=False)
@@ -99,8 +51,7 @@ def toy():
 
 @pytest.fixture(scope="module")
 def resnet():
-    torch.manual_seed(0)
-    return SmallResNet(num_classes=5, widths=(8, 16, 32)).eval()
+    return small_classifier()
 
 
 # --------------------------------------------------------------------------- Grad-CAM and CAM
@@ -198,11 +149,11 @@ def test_heatmap_part_contributions_on_a_hand_made_map():
 
 
 def test_fit_ibd_segments_linearly_decodable_parts(toy):
-    clf, ibd, _ = toy
+    _, ibd, _ = toy
     assert ibd.concept_classifiers.concepts == (0, 1, 2, 3)  # background is a concept too
     assert ibd.part_concepts == (1, 2, 3)  # ... but the decomposition uses parts only
     assert ibd.n_components_requested == 7 and ibd.decomposition.n_components == 3  # capped
-    images, masks = toy_data(16, seed=5)
+    images, masks = palette_blocks(16, seed=5)
     seg = ibd.segment(images)
     assert seg.shape == (16, 64, 64)
     assert mean_iou(confusion_matrix(seg, masks, L)) > 0.8
@@ -214,7 +165,7 @@ def test_fit_ibd_segments_linearly_decodable_parts(toy):
 
 def test_ibd_contributions_complete_and_per_part(toy):
     clf, ibd, _ = toy
-    images, _ = toy_data(8, seed=6)
+    images, _ = palette_blocks(8, seed=6)
     c = ibd.contributions(images)
     assert c.contributions.shape == (8, L)
     assert torch.equal(c.targets, clf(images).argmax(1))
@@ -238,8 +189,8 @@ def test_ibd_contributions_complete_and_per_part(toy):
 
 
 def test_fit_ibd_label_missing_from_grid_warns():
-    clf = ToyClassifier().eval()
-    images, masks = toy_data(8, seed=7)
+    clf = PaletteClassifier().eval()
+    images, masks = palette_blocks(8, seed=7)
     masks = torch.where(masks == 3, 0, masks)
     masks[:, 0, :] = 3  # row 0 is never a grid sample (rows 4, 12, ...)
     with pytest.warns(UserWarning, match=r"\[3\]"):
@@ -258,7 +209,7 @@ def test_ablation_2x2_through_the_registry(toy):
     from partslib.explain import explain_methods
 
     clf, ibd, pdm = toy
-    images, _ = toy_data(6, seed=8)
+    images, _ = palette_blocks(6, seed=8)
     cells = ("ibd", "pdm-basis", "ibd-linear-region", "pdm-region-soft")
     ex = explain_methods(clf, images, cells, pdm=pdm, ibd=ibd)
     for m in cells:
@@ -280,7 +231,7 @@ def test_ablation_2x2_through_the_registry(toy):
 
 def test_localization_table(toy):
     clf, ibd, pdm = toy
-    images, masks = toy_data(10, seed=9)
+    images, masks = palette_blocks(10, seed=9)
     masks[0, :2] = 255  # unannotated pixels are left out
     decisive = torch.zeros(10, L, dtype=torch.bool)
     decisive[:, 1] = True
@@ -307,7 +258,7 @@ def test_localization_figure(toy):
     import matplotlib.pyplot as plt
 
     clf, ibd, pdm = toy
-    images, masks = toy_data(3, seed=10)
+    images, masks = palette_blocks(3, seed=10)
     fig = localization_figure(clf, pdm, ibd, images, masks, NAMES, n=2)
     assert len(fig.axes) == 2 * 6
     plt.close(fig)

@@ -3,10 +3,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from partslib.explain import PartExplainer, resolve_targets
-from partslib.models import SmallResNet
+from partslib.explain import PartExplainer, resolve_targets, segment_parts
 from partslib.pdm import PartsDetectionModule, train_pdm
 from partslib.removal import GaussianBlurFill, MeanFill
+
+from toys import random_images, small_classifier, small_pdm
 
 P1 = 4  # background + 3 parts
 NAMES = ["background", "a", "b", "c"]
@@ -14,15 +15,13 @@ NAMES = ["background", "a", "b", "c"]
 
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(0)
-    clf = SmallResNet(num_classes=5, widths=(8, 16, 32)).eval()
-    pdm = PartsDetectionModule.for_classifier(clf, P1, widths=[16, 8], image_width=4).eval()
-    return clf, pdm
+    clf = small_classifier()
+    return clf, small_pdm(clf, P1, widths=(16, 8))
 
 
 @pytest.fixture(scope="module")
 def images():
-    return torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    return random_images(6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -38,7 +37,7 @@ def test_completeness_property(seed, h, c, hard, scale):
     W, b = torch.randn(K, c, generator=g), torch.randn(K, generator=g)
     probs = torch.randn(B, L, H, H, generator=g).softmax(1)
     k = torch.randint(0, K, (B,), generator=g)
-    contrib, cam = region_contributions(A, W[k], probs, hard=hard)
+    contrib, _ = region_contributions(A, W[k], probs, hard=hard)
     logit = A.mean((2, 3)) @ W.T + b
     lhs = b[k] + contrib.sum(1)
     rel = (lhs - logit[torch.arange(B), k]).abs() / (b[k].abs() + contrib.abs().sum(1))
@@ -140,15 +139,15 @@ def test_bad_targets_and_modes(models, images):
 
 
 def test_pdm_training_leaves_classifier_untouched():
-    torch.manual_seed(0)
-    clf = SmallResNet(num_classes=3, widths=(8, 16, 32)).eval()
+    clf = small_classifier(num_classes=3)
+    torch.manual_seed(0)  # train_pdm initialises its PDM from the global RNG
     before = {k: v.clone() for k, v in clf.state_dict().items()}
     x = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8)
     masks = torch.randint(0, P1, (16, 64, 64))
     masks[:, :4] = 255  # ignored pixels
     logits = clf(x.float() / 255)
-    pdm, hist = train_pdm(clf, x, masks, P1, epochs=2, batch_size=8, progress=False,
-                          widths=[8, 8], image_width=4)
+    _, hist = train_pdm(clf, x, masks, P1, epochs=2, batch_size=8, progress=False,
+                        widths=[8, 8], image_width=4)
     assert len(hist) == 2 and all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hist)
     for k, v in clf.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -182,7 +181,7 @@ def test_fused_pdm_matches_and_leaves_original(models, images):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     with torch.no_grad():
         feats = clf.features(images)
-        a, b = pdm(feats, images), fused(feats, images)
+        a, b = segment_parts(pdm, clf, feats, images), segment_parts(fused, clf, feats, images)
     assert torch.allclose(a, b, atol=1e-4)
 
 

@@ -2,16 +2,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
 
-from partslib import viz  # noqa: E402
-from partslib.explain import PartExplainer  # noqa: E402
-from partslib.explorer import EXPLORER_MODES, ExplorerState, build_explorer, render  # noqa: E402
-from partslib.models import SmallResNet  # noqa: E402
-from partslib.pdm import PartsDetectionModule  # noqa: E402
+from partslib import viz
+from partslib.explain import PartExplainer
+from partslib.explorer import EXPLORER_MODES, ExplorerState, build_explorer, render
+
+from toys import random_images, small_classifier, small_pdm
 
 NAMES = ["background", "head", "body", "tail"]
 CLASSES = ["a", "b", "c"]
@@ -19,10 +19,9 @@ CLASSES = ["a", "b", "c"]
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    clf = SmallResNet(num_classes=3, widths=(8, 16, 32)).eval()
-    pdm = PartsDetectionModule.for_classifier(clf, 4, widths=[8, 8], image_width=0).eval()
-    images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    clf = small_classifier(num_classes=3)
+    pdm = small_pdm(clf, len(NAMES), image_width=0)
+    images = random_images(4, seed=0)
     return PartExplainer(clf, pdm, NAMES), images
 
 

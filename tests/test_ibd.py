@@ -23,6 +23,8 @@ from partslib.ibd import (
     train_concept_classifiers,
 )
 
+from toys import random_concept_classifiers
+
 SHARED = Path(os.environ.get("PARTSLIB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 REFERENCE = SHARED / "reference" / "ibd_resnet18_places365"
 
@@ -30,7 +32,9 @@ REFERENCE = SHARED / "reference" / "ibd_resnet18_places365"
 # --------------------------------------------------------------------------- helpers
 
 
-def _reference_pursuit(concepts: np.ndarray, target: np.ndarray, n: int) -> tuple[list[int], list[float], np.ndarray]:
+def _reference_pursuit(
+    concepts: np.ndarray, target: np.ndarray, n: int
+) -> tuple[list[int], list[float], np.ndarray]:
     """Literal per-class port of the reference loop (decompose_Gram_Schmidt), for cross-checking."""
     candidates = [(i, q.copy()) for i, q in enumerate(concepts)]
     residual = target.copy()
@@ -46,14 +50,18 @@ def _reference_pursuit(concepts: np.ndarray, target: np.ndarray, n: int) -> tupl
     return ranking, errvar, residual
 
 
-def _random_problem(seed: int, k: int = 5, m: int = 12, c: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_problem(
+    seed: int, k: int = 5, m: int = 12, c: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     weights = torch.randn(k, c, generator=g, dtype=torch.float64)
     concepts = normalise_concepts(torch.randn(m, c, generator=g, dtype=torch.float64))
     return weights, concepts
 
 
-def _toy_concept_data(seed: int = 0, n: int = 120, c: int = 8, hw: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def _toy_concept_data(
+    seed: int = 0, n: int = 120, c: int = 8, hw: int = 6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels 0..2 per cell; channel l carries +3 where the label is l, the rest is unit noise."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 3, (n, hw, hw), generator=g)
@@ -67,9 +75,14 @@ def _toy_concept_data(seed: int = 0, n: int = 120, c: int = 8, hw: int = 6) -> t
 
 def test_decompose_reproduces_reference_output() -> None:
     if not REFERENCE.is_dir():
-        pytest.skip(f"IBD reference output not found at {REFERENCE} (set PARTSLIB_SHARED to the shared/ folder)")
+        pytest.skip(
+            f"IBD reference output not found at {REFERENCE} "
+            "(set PARTSLIB_SHARED to the shared/ folder)"
+        )
     raw = np.load(REFERENCE / "concept_weights.npy")
-    rankings, errvar, coefficients, residuals = np.load(REFERENCE / "decompose.npy", allow_pickle=True)
+    rankings, errvar, coefficients, residuals = np.load(
+        REFERENCE / "decompose.npy", allow_pickle=True
+    )
     q = normalise_concepts(torch.from_numpy(raw)).double().numpy()
     # Recover the unit class weights from the 9 basis vectors the coefficients refer to.
     r = residuals.T
@@ -85,7 +98,9 @@ def test_decompose_reproduces_reference_output() -> None:
     d = decompose(torch.from_numpy(w_hat), torch.from_numpy(q), n_components=7)
 
     matches = int((d.rankings.numpy() == rankings).all(axis=1).sum())
-    assert matches == len(rankings), f"{matches} of {len(rankings)} class rankings match the reference"
+    assert matches == len(rankings), (
+        f"{matches} of {len(rankings)} class rankings match the reference"
+    )
     print(f"\nIBD reference: {matches}/{len(rankings)} rankings identical, "
           f"max |errvar| err {np.abs(d.errvar.numpy() - errvar).max():.2e}, "
           f"max |residual| err {np.abs(d.residuals.numpy() - residuals).max():.2e}")  # fmt: skip
@@ -129,7 +144,11 @@ def test_decompose_invariants(seed: int) -> None:
     d = decompose(weights, concepts, n_components=n)
     target = weights / weights.norm(dim=1, keepdim=True)
     assert d.rankings.dtype == torch.long and d.rankings.shape == (6, n)
-    assert d.errvar.shape == (6, n) and d.coefficients.shape == (6, n + 2) and d.residuals.shape == (9, 6)
+    assert (
+        d.errvar.shape == (6, n)
+        and d.coefficients.shape == (6, n + 2)
+        and d.residuals.shape == (9, 6)
+    )
     torch.testing.assert_close(d.target, target)
     for k in range(6):
         assert len(set(d.rankings[k].tolist())) == n  # each concept at most once
@@ -156,7 +175,8 @@ def test_decompose_float32_and_numpy_inputs() -> None:
 
 
 def test_decompose_skips_concepts_already_in_span() -> None:
-    # Row 3 duplicates row 0: once row 0 is chosen it has no direction left (the reference gets NaN).
+    # Row 3 duplicates row 0: once row 0 is chosen it has no direction left
+    # (the reference gets NaN).
     weights, concepts = _random_problem(1, k=4, m=6, c=8)
     concepts = torch.cat([concepts, concepts[:1]])
     d = decompose(weights, concepts, n_components=6)
@@ -170,17 +190,25 @@ def test_decompose_with_exactly_representable_target() -> None:
     concepts = torch.eye(4, dtype=torch.float64)
     d = decompose(torch.tensor([[3.0, 4.0, 0.0, 0.0]], dtype=torch.float64), concepts, 2)
     assert d.rankings.tolist() == [[1, 0]]
-    torch.testing.assert_close(d.coefficients[0], torch.tensor([0.8, 0.6, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        d.coefficients[0], torch.tensor([0.8, 0.6, 0.0, 0.0], dtype=torch.float64)
+    )
     torch.testing.assert_close(d.errvar[0], torch.tensor([0.36, 0.0], dtype=torch.float64))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"n_components": 13}, r"n_components must be an int in \[1, min\(M, C\)\] = \[1, 8\].*M=12.*got 13"),
+        (
+            {"n_components": 13},
+            r"n_components must be an int in \[1, min\(M, C\)\] = \[1, 8\].*M=12.*got 13",
+        ),
         ({"n_components": 0}, r"n_components .* got 0"),
         ({"n_components": 2.0}, r"n_components .* got 2\.0"),
-        ({"class_weights": torch.randn(5)}, r"class_weights must have shape \(K, C\), got shape \(5,\)"),
+        (
+            {"class_weights": torch.randn(5)},
+            r"class_weights must have shape \(K, C\), got shape \(5,\)",
+        ),
         ({"concept_vectors": torch.randn(12, 7)}, r"must share C, got 8 and 7"),
         ({"class_weights": torch.zeros(2, 8)}, r"class_weights rows \[0, 1\] are zero"),
     ],
@@ -215,7 +243,9 @@ def test_contributions_sum_to_cosine_and_are_sorted() -> None:
         # Concept ids, coefficients and order travel with their contribution.
         assert e.concepts[b].tolist() == d.rankings[k][e.order[b]].tolist()
         torch.testing.assert_close(e.coefficients[b], d.coefficients[k, e.order[b]])
-        torch.testing.assert_close(e.contributions[b], e.coefficients[b] * (concepts[e.concepts[b]] @ a_hat[b]))
+        torch.testing.assert_close(
+            e.contributions[b], e.coefficients[b] * (concepts[e.concepts[b]] @ a_hat[b])
+        )
         torch.testing.assert_close(e.residual[b], d.residuals[:, k] @ a_hat[b])
     # Only the direction of the GAP feature matters.
     torch.testing.assert_close(ibd_contributions(gap * 7, d, targets).total, e.total)
@@ -272,7 +302,11 @@ def test_train_concept_classifiers_learns_toy_concepts() -> None:
     # The classifier for concept l leans on channel l.
     assert clf.weight[0].argmax() == 1 and clf.weight[1].argmax() == 2
     again = train_concept_classifiers(features, labels, [1, 2], epochs=4, seed=0, progress=False)
-    assert torch.equal(again.weight, clf.weight) and torch.equal(again.bias, clf.bias) and torch.equal(again.ap, clf.ap)
+    assert (
+        torch.equal(again.weight, clf.weight)
+        and torch.equal(again.bias, clf.bias)
+        and torch.equal(again.ap, clf.ap)
+    )
     other = train_concept_classifiers(features, labels, [1, 2], epochs=4, seed=1, progress=False)
     assert not torch.equal(other.weight, clf.weight)
 
@@ -295,9 +329,14 @@ def test_train_concept_classifiers_ignore_and_multilabel() -> None:
 
 def test_train_concept_classifiers_rejects_bad_input() -> None:
     features, labels = _toy_concept_data(n=10)
-    with pytest.raises(ValueError, match=r"grid_labels must have shape \(N, h, w\) = \(10, 6, 6\).*got \(10, 5, 6\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"grid_labels must have shape \(N, h, w\) = \(10, 6, 6\).*got \(10, 5, 6\)",
+    ):
         train_concept_classifiers(features, labels[:, :5], [1], progress=False)
-    with pytest.raises(ValueError, match=r"features must have shape \(N, C, h, w\), got shape \(10, 8, 36\)"):
+    with pytest.raises(
+        ValueError, match=r"features must have shape \(N, C, h, w\), got shape \(10, 8, 36\)"
+    ):
         train_concept_classifiers(features.flatten(2), labels, [1], progress=False)
     with pytest.raises(ValueError, match=r"concepts \[7\] have no positive cell"):
         train_concept_classifiers(features, labels, [1, 7], progress=False)
@@ -314,10 +353,7 @@ def test_train_concept_classifiers_rejects_bad_input() -> None:
 
 def _toy_explainer(seed: int = 0) -> tuple[torch.Tensor, ConceptClassifiers, object]:
     g = torch.Generator().manual_seed(seed)
-    clf = ConceptClassifiers(
-        weight=torch.randn(10, 8, generator=g), bias=torch.randn(10, generator=g) * 0.1,
-        concepts=tuple(range(10)), ap=torch.ones(10, dtype=torch.float64),
-    )  # fmt: skip
+    clf = random_concept_classifiers(10, 8, g, bias_scale=0.1)
     d = decompose(torch.randn(4, 8, generator=g), clf.concept_vectors(), 5)
     features = torch.rand(3, 8, 4, 4, generator=g)
     return features, clf, d
@@ -348,24 +384,31 @@ def test_ibd_heatmaps_share_one_max_and_gate_negative_coefficients() -> None:
         raw = scores[b, e.concepts[b]] * (e.coefficients[b] > 0)[:, None, None]
         expected = raw.clamp_min(0) / raw.clamp_min(0).max()
         torch.testing.assert_close(maps[b], expected)
-        assert maps[b].max() == 1.0 and maps[b].min() >= 0  # one max shared by all maps of the image
+        assert (
+            maps[b].max() == 1.0 and maps[b].min() >= 0
+        )  # one max shared by all maps of the image
         negative = (e.coefficients[b] <= 0).nonzero().flatten()
         assert 1 in e.order[b, negative] and (maps[b, negative] == 0).all()
     big = ibd_heatmaps(features, clf, d, targets, out_size=(32, 24))
     assert big.shape == (3, 5, 32, 24)
-    torch.testing.assert_close(big, F.interpolate(maps, size=(32, 24), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(
+        big, F.interpolate(maps, size=(32, 24), mode="bilinear", align_corners=False)
+    )
 
 
 def test_ibd_heatmaps_reject_mismatched_classifiers() -> None:
     features, clf, d = _toy_explainer()
     fewer = ConceptClassifiers(clf.weight[:9], clf.bias[:9], clf.concepts[:9], clf.ap[:9])
-    with pytest.raises(ValueError, match=r"classifiers has 9 concepts but the decomposition used 10"):
+    with pytest.raises(
+        ValueError, match=r"classifiers has 9 concepts but the decomposition used 10"
+    ):
         ibd_heatmaps(features, fewer, d, [0, 1, 2], out_size=(8, 8))
 
 
 def test_lockstep_sgd_equals_reference_training_step() -> None:
-    # Each concept's update must equal nn.Linear + Sigmoid + MSELoss + SGD(lr) on its own minibatches.
-    from partslib.ibd import _lockstep_sgd
+    # Each concept's update must equal nn.Linear + Sigmoid + MSELoss + SGD(lr) on its own
+    # minibatches.
+    from partslib.ibd.concepts import _lockstep_sgd
 
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([300, 170])
@@ -380,7 +423,10 @@ def test_lockstep_sgd_equals_reference_training_step() -> None:
             layer.weight.copy_(weight[i][None]), layer.bias.copy_(bias[i][None])
         optimiser = torch.optim.SGD(layer.parameters(), lr=0.5)
         for start in range(0, int(lengths[i]), 128):
-            xb, yb = x[i, start : min(start + 128, int(lengths[i]))], y[i, start : min(start + 128, int(lengths[i]))]
+            xb, yb = (
+                x[i, start : min(start + 128, int(lengths[i]))],
+                y[i, start : min(start + 128, int(lengths[i]))],
+            )
             loss = torch.nn.MSELoss()(torch.sigmoid(layer(xb)).squeeze(1), yb)
             optimiser.zero_grad()
             loss.backward()
@@ -401,8 +447,12 @@ def test_concepts_train_independently() -> None:
 
 
 def test_top_k_stable_matches_stable_argsort() -> None:
-    from partslib.ibd import _top_k_stable
+    from partslib.ibd.concepts import _top_k_stable
 
-    scores = torch.randint(0, 20, (500,), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    scores = torch.randint(
+        0, 20, (500,), generator=torch.Generator().manual_seed(0)
+    ).float()  # many ties
     for k in (0, 1, 33, 500):
-        assert torch.equal(_top_k_stable(scores, k), scores.argsort(descending=True, stable=True)[:k])
+        assert torch.equal(
+            _top_k_stable(scores, k), scores.argsort(descending=True, stable=True)[:k]
+        )

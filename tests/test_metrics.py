@@ -1,9 +1,10 @@
 """Tests of partslib.metrics (SPEC §5 V1-V6).
 
 The core fixture is a model whose part effects are known analytically: a linear model
-``logit_k = b_k + Σ_{c,u} W[k,c,u] x[c,u]`` on images where every part is a flat colour.
-Its exact region decomposition is ``c_p = Σ_{u∈p} W_k · x(u)``, and removing part p by
-filling it with black (``MeanFill((0,0,0))``) lowers the logit by exactly ``c_p``.
+(``toys.PixelLinearModel``) ``logit_k = b_k + Σ_{c,u} W[k,c,u] x[c,u]`` on images where every
+part is a flat colour. Its exact region decomposition is ``c_p = Σ_{u∈p} W_k · x(u)``, and
+removing part p by filling it with black (``MeanFill((0,0,0))``) lowers the logit by exactly
+``c_p``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from partslib.metrics import (
     ORDER_PAD,
@@ -38,29 +38,10 @@ from partslib.metrics import (
 )
 from partslib.removal import MeanFill
 
+from toys import PixelLinearModel, tiny_convnet
+
 P = 4  # parts 1..4, plus background 0
 BLACK = MeanFill((0.0, 0.0, 0.0))
-
-
-class LinearModel(nn.Module):
-    def __init__(self, num_classes: int, size: int, seed: int = 0, zero_others: bool = False):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.weight = nn.Parameter(torch.randn(num_classes, 3, size, size, generator=g) / size)
-        self.bias = nn.Parameter(torch.randn(num_classes, generator=g))
-        if zero_others:  # class 0 vs a constant: probability monotone in logit 0
-            with torch.no_grad():
-                self.weight[1:] = 0
-                self.bias[1:] = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x[:, None] * self.weight).sum((2, 3, 4)) + self.bias
-
-    def contributions(self, images, labels, targets) -> torch.Tensor:
-        """Exact region decomposition: (B,P+1)."""
-        per_pixel = (images * self.weight[targets]).sum(1)  # (B,H,W)
-        onehot = torch.nn.functional.one_hot(labels, P + 1).to(per_pixel.dtype)  # (B,H,W,P+1)
-        return torch.einsum("bhw,bhwp->bp", per_pixel, onehot)
 
 
 def scenes(n: int, size: int = 8, block: int = 2, seed: int = 0, min_parts: int = 2):
@@ -82,11 +63,11 @@ def scenes(n: int, size: int = 8, block: int = 2, seed: int = 0, min_parts: int 
 @pytest.fixture(scope="module")
 def linear_setup():
     images, labels, present = scenes(64)
-    model = LinearModel(3, 8).eval()
+    model = PixelLinearModel(3, 8).eval()
     with torch.no_grad():
         logits = model(images)
         targets = logits.argmax(1)
-        exact = model.contributions(images, labels, targets)
+        exact = model.contributions(images, labels, targets, P + 1)
     return model, images, labels, present, targets, logits, exact
 
 
@@ -103,7 +84,7 @@ def test_completeness_error_constructed():
 
 
 def test_completeness_of_exact_decomposition(linear_setup):
-    model, images, labels, present, targets, logits, exact = linear_setup
+    model, _images, _labels, _present, targets, logits, exact = linear_setup
     err = completeness_error(exact, model.bias[targets].detach(),
                              logits.gather(1, targets[:, None])[:, 0])
     assert err.max() < 1e-5
@@ -114,7 +95,7 @@ def test_completeness_of_exact_decomposition(linear_setup):
 # ---------------------------------------------------------------------------- V2
 
 def test_removal_effects_are_exact(linear_setup):
-    model, images, labels, present, targets, logits, exact = linear_setup
+    model, images, labels, present, targets, _logits, exact = linear_setup
     before = images.clone()
     eff = removal_effects(model, images, labels, targets, present, BLACK, batch_size=37)
     assert torch.equal(images, before)
@@ -218,9 +199,9 @@ def test_deletion_curve_analytic():
     """Class 0 against a constant class: after removing the parts in S,
     p = sigmoid(b + Σ_{p∉S} c_p) exactly; rows with fewer parts repeat their last value."""
     images, labels, present = scenes(16, seed=3)
-    model = LinearModel(2, 8, seed=1, zero_others=True).eval()
+    model = PixelLinearModel(2, 8, seed=1, zero_others=True).eval()
     targets = torch.zeros(16, dtype=torch.long)
-    exact = model.contributions(images, labels, targets).detach()
+    exact = model.contributions(images, labels, targets, P + 1).detach()
     order = claimed_order(exact, present)
     curve = deletion_curve(model, images, labels, targets, order, present, BLACK, batch_size=5)
     assert curve.shape == (16, P + 2)
@@ -253,7 +234,7 @@ def test_deletion_auc_formula_and_padding():
 
 def test_deletion_oracle_le_claimed_le_random():
     images, labels, present = scenes(200, seed=4)
-    model = LinearModel(2, 8, seed=2, zero_others=True).eval()
+    model = PixelLinearModel(2, 8, seed=2, zero_others=True).eval()
     targets = torch.zeros(200, dtype=torch.long)
     eff = removal_effects(model, images, labels, targets, present, BLACK)
     g = torch.Generator().manual_seed(0)
@@ -272,7 +253,7 @@ def test_deletion_oracle_le_claimed_le_random():
 
 
 def test_deletion_curve_rejects_bad_order(linear_setup):
-    model, images, labels, present, targets, logits, exact = linear_setup
+    model, images, labels, present, targets, _logits, exact = linear_setup
     order = claimed_order(exact, present)
     bad = order.clone()
     absent = (~present[0]).nonzero()
@@ -293,7 +274,7 @@ def test_deletion_curve_rejects_bad_order(linear_setup):
 # ---------------------------------------------------------------------------- V4
 
 def test_decisive_accuracy_exact(linear_setup):
-    model, images, labels, present, targets, logits, exact = linear_setup
+    model, images, labels, present, targets, _logits, exact = linear_setup
     eff = removal_effects(model, images, labels, targets, present, BLACK)
     top = claimed_order(eff, present)
     decisive = torch.zeros_like(present)
@@ -317,7 +298,7 @@ def test_decisive_accuracy_exact(linear_setup):
 def test_random_explainer_sits_at_chance():
     N = 1500
     images, labels, present = scenes(N, seed=7)
-    model = LinearModel(3, 8, seed=3).eval()
+    model = PixelLinearModel(3, 8, seed=3).eval()
     with torch.no_grad():
         targets = model(images).argmax(1)
     eff = removal_effects(model, images, labels, targets, present, BLACK, batch_size=2048)
@@ -356,19 +337,6 @@ def test_random_explainer_sits_at_chance():
 
 # ---------------------------------------------------------------------------- V5
 
-class TinyNet(nn.Module):
-    def __init__(self, num_classes: int = 3):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        )
-        self.head = nn.Linear(8, num_classes)
-
-    def forward(self, x):
-        return self.head(self.features(x).mean((2, 3)))
-
-
 def _cam_explain(labels):
     """Region contributions of the CAM: c_p = mean over pixels of CAM restricted to part p."""
     def explain(model, images, targets):
@@ -382,8 +350,7 @@ def _cam_explain(labels):
 
 
 def test_cascading_randomisation_tiny_net():
-    torch.manual_seed(123)
-    model = TinyNet()
+    model = tiny_convnet(seed=123)
     images, labels, present = scenes(8, size=16, block=4, seed=9, min_parts=2)
     model.train()
     with torch.no_grad():
@@ -415,7 +382,7 @@ def test_cascading_randomisation_tiny_net():
 
 
 def test_cascading_resets_batchnorm():
-    model = TinyNet()
+    model = tiny_convnet()
     with torch.no_grad():
         model.features[1].running_mean.fill_(5.0)
         model.features[1].running_var.fill_(0.01)
@@ -427,7 +394,7 @@ def test_cascading_resets_batchnorm():
         assert torch.isfinite(out).all()
         return out, None
 
-    images = torch.rand(2, 3, 8, 8)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     df = cascading_randomisation(model.eval(), ["features"], explain, images,
                                  torch.zeros(2, dtype=torch.long))
     assert (seen["bn"][0] == 0).all() and (seen["bn"][1] == 1).all()

@@ -100,7 +100,9 @@ def test_reference_copy_is_current(name):
     assert ref_path.exists(), f"no reference copy {ref_path}; {REGENERATE}"
     ref = nbformat.read(ref_path, as_version=4)
     src = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    assert _code(ref) == _code(src), f"{ref_path.name} runs older code than notebooks/; {REGENERATE}"
+    assert _code(ref) == _code(src), (
+        f"{ref_path.name} runs older code than notebooks/; {REGENERATE}"
+    )
     plan = runner.validate_profile(SMOKE, NOTEBOOKS, only=[name])
     injected = ref.metadata.get("papermill", {}).get("parameters", {})
     by_runner = {k: injected.get(k) for k in runner.RUNNER_PARAMS}

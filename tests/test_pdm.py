@@ -4,22 +4,22 @@ import pytest
 import torch
 
 from partslib.config import PDMConfig
-from partslib.models import SmallResNet, TorchvisionResNet
+from partslib.models import TorchvisionResNet
 from partslib.pdm import PartsDetectionModule, load_pdm, segment, train_pdm
 from partslib.training import load_checkpoint
+
+from toys import small_classifier, small_pdm
 
 P1 = 4
 
 
 @pytest.fixture(scope="module")
 def clf():
-    torch.manual_seed(0)
-    return SmallResNet(num_classes=3, widths=(8, 16, 32)).eval()
+    return small_classifier(num_classes=3)
 
 
 def test_forward_normalises_raw_images_like_the_classifier(clf):
-    torch.manual_seed(1)
-    pdm = PartsDetectionModule.for_classifier(clf, P1, widths=[8, 8], image_width=4).eval()
+    pdm = small_pdm(clf, P1, seed=1)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     feats = clf.features(x)
     with torch.no_grad():
@@ -63,6 +63,7 @@ def test_architecture_defaults_come_from_the_config(clf):
 
 
 def test_train_and_load_restore_the_normalisation(clf, tmp_path):
+    torch.manual_seed(0)  # the data below, and train_pdm's initial PDM, use the global RNG
     x = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8)
     masks = torch.randint(0, P1, (8, 64, 64))
     ckpt = tmp_path / "pdm.pt"

@@ -11,46 +11,32 @@ from __future__ import annotations
 import pytest
 import torch
 
-from partslib.baselines import IBDModel
 from partslib.explain import PartExplainer, RegionRule
 from partslib.explain.registry import METHODS, REGISTRY, explain_methods, get_method
-from partslib.ibd import ConceptClassifiers, decompose
-from partslib.models import SmallResNet
-from partslib.pdm import PartsDetectionModule
+
+from toys import random_ibd, random_images, small_classifier, small_pdm
 
 L = 5  # background + 4 parts
 B = 4
 SIZE = 32
 
 
-def _tiny_ibd(clf: SmallResNet, seed: int = 0) -> IBDModel:
-    g = torch.Generator().manual_seed(seed)
-    C = clf.fc.in_features
-    concepts = ConceptClassifiers(weight=torch.randn(L, C, generator=g) / C ** 0.5,
-                                  bias=torch.zeros(L), concepts=tuple(range(L)),
-                                  ap=torch.zeros(L))
-    dec = decompose(clf.fc.weight.detach(), concepts.concept_vectors()[1:], 3)
-    return IBDModel(classifier=clf, concept_classifiers=concepts, decomposition=dec,
-                    part_concepts=tuple(range(1, L)), num_labels=L)
-
-
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(0)
-    clf = SmallResNet(num_classes=3, widths=(8, 16, 16), input_size=SIZE).eval()
-    pdm = PartsDetectionModule.for_classifier(clf, L, widths=[8, 8], image_width=4).eval()
+    clf = small_classifier(num_classes=3, widths=(8, 16, 16), size=SIZE)
+    pdm = small_pdm(clf, L)
     # the last part never wins the argmax (of the PDM and of IBD's maps): always absent
     with torch.no_grad():
         pdm.classifier.weight.mul_(40.0)
         pdm.classifier.bias[L - 1] = -1e3
-    ibd = _tiny_ibd(clf)
+    ibd = random_ibd(clf, L)
     ibd.concept_classifiers.bias[L - 1] = -1e3
     return clf, pdm, ibd
 
 
 @pytest.fixture(scope="module")
 def images():
-    return torch.rand(B, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    return random_images(B, SIZE)
 
 
 def _explain(models, method, x, target=None):

@@ -63,7 +63,7 @@ def test_signature_patterns_are_nuisance_elsewhere():
         assert others, f"pattern {pat} never appears as nuisance off {part}"
     # at least two classes share a decisive pattern on different parts
     by_pattern = {}
-    for k, sig in enumerate(cfg.signatures):
+    for sig in cfg.signatures:
         for part, pat in sig:
             by_pattern.setdefault(pat, set()).add(part)
     assert any(len(parts) >= 2 for parts in by_pattern.values())

@@ -1,9 +1,10 @@
 """Table T2's study (partslib.studies.validity) on a hand-built model with known part effects.
 
-The model is linear in the image: its only stage is the image itself (a 1×1 identity conv at
-stride 1), so ``logit_k = b_k + w_k · mean_u x(u)``. Blue encodes the part label
-(``x[2] = label / 10``) and has weight 0, so an oracle "PDM" can read the parts from the image
-without the model seeing them. Then, for part p with pixel set S_p (H·W pixels in all):
+The model (``toys.MeanLinearClassifier``) is linear in the image: its only stage is the image
+itself (a 1×1 identity conv at stride 1), so ``logit_k = b_k + w_k · mean_u x(u)``. Blue encodes
+the part label (``x[2] = label / 10``) and has weight 0, so an oracle "PDM" (``toys.OraclePDM``)
+can read the parts from the image without the model seeing them. Then, for part p with pixel
+set S_p (H·W pixels in all; ``toys.mean_linear_effects``):
 
 * region rule:            ``c_p = Σ_{u∈S_p} w_k·x(u) / (H·W)``
 * removal by black fill:  ``Δ_p = Σ_{u∈S_p} w_k·x(u) / (H·W)``  (the same number)
@@ -24,7 +25,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from partslib.explain import PartExplainer, explain_methods, fused_features
 from partslib.explain.registry import METHODS
@@ -34,8 +34,7 @@ from partslib.metrics import (
     random_order,
     removal_effects,
 )
-from partslib.models import ContractClassifier, SmallResNet
-from partslib.removal import FillRemover, GaussianBlurFill, MeanFill
+from partslib.removal import GaussianBlurFill, MeanFill
 from partslib.studies import validity as vs
 from partslib.studies.removal_cache import RemovalCache, region_gap
 from partslib.studies.validity_text import (
@@ -45,96 +44,30 @@ from partslib.studies.validity_text import (
     reading,
 )
 
-H = W = 16
-L = 4  # background + 3 parts
-W_FC = torch.tensor([[1.0, -0.5, 0.0], [-0.3, 0.8, 0.0]])
-B_FC = torch.tensor([0.1, -0.2])
+from toys import (
+    MEAN_LINEAR_WEIGHT,
+    ORACLE_LABELS,
+    MeanLinearClassifier,
+    OraclePDM,
+    StoredRemoval,
+    label_coded_images,
+    mean_linear_effects,
+    small_classifier,
+)
 
-
-class LinearModel(ContractClassifier):
-    """``logit = b + W · mean_u x(u)``, with the feature contract (one stage at stride 1)."""
-
-    def __init__(self):
-        super().__init__(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-        self.s1 = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():
-            self.s1.weight.copy_(torch.eye(3)[:, :, None, None])
-            self.s1.bias.zero_()
-        self.stage_names = ("s1",)
-        self.stage_channels, self.stage_strides = {"s1": 3}, {"s1": 1}
-        self.input_size = (H, W)
-        self.fc = nn.Linear(3, 2)
-        with torch.no_grad():
-            self.fc.weight.copy_(W_FC)
-            self.fc.bias.copy_(B_FC)
-
-    def features(self, x):
-        return {"s1": self.s1(self.normalise(x))}
-
-
-class OraclePDM(nn.Module):
-    """Reads the part label from the blue channel: exact one-hot part probabilities."""
-
-    num_labels = L
-    stages = ["s1"]
-    input_size = (H, W)
-
-    def __init__(self):
-        super().__init__()
-        self.image_proj = nn.Identity()  # asks for the (normalised = raw) image
-
-    def forward(self, feats, image):
-        labels = (image[:, 2] * 10).round().long().clamp(0, L - 1)
-        return torch.log(F.one_hot(labels, L).permute(0, 3, 1, 2).float())
-
-    def fused(self):
-        return self
-
-
-class StoredRemoval(FillRemover):
-    """An exact, key-based counterfactual: removed pixels come from a stored plate per key."""
-
-    name = "stored"
-
-    def __init__(self, plates: dict[int, torch.Tensor]):
-        self.plates = plates
-
-    def fill(self, images, mask, keys):
-        return torch.stack([self.plates[int(k)] for k in keys])
-
-
-def make_data(n: int, seed: int = 0):
-    """Images with 3 rectangular parts at random places; blue = label / 10."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.zeros(n, H, W, dtype=torch.long)
-    for i in range(n):
-        for p in range(1, L):
-            h, w = (int(v) for v in torch.randint(3, 8, (2,), generator=g))
-            y, x = (int(v) for v in torch.randint(0, H - 3, (2,), generator=g))
-            labels[i, y:y + h, x:x + w] = p
-    x = torch.rand(n, 3, H, W, generator=g) * 0.8 + 0.1
-    x[:, 2] = labels.float() / 10
-    plates = {1000 + i: torch.rand(3, H, W, generator=g) for i in range(n)}
-    return x, labels, plates
-
-
-def analytic(x, labels, weights, substitute=None):
-    """Σ_{u∈S_p} w·(x(u) − x̃(u)) / (H·W) per part, ``[n, L]`` (x̃ = 0: black)."""
-    diff = x if substitute is None else x - substitute
-    cam = torch.einsum("nc,nchw->nhw", weights, diff)
-    onehot = F.one_hot(labels, L).permute(0, 3, 1, 2).float()
-    return torch.einsum("nlhw,nhw->nl", onehot, cam) / (H * W)
+L = ORACLE_LABELS  # background + 3 parts
+W_FC = MEAN_LINEAR_WEIGHT  # MeanLinearClassifier's class weights
 
 
 @pytest.fixture(scope="module")
 def study():
     torch.manual_seed(0)
-    model, pdm = LinearModel().eval(), OraclePDM()
-    x, labels, plates = make_data(200)
+    model, pdm = MeanLinearClassifier().eval(), OraclePDM()
+    x, labels, plates = label_coded_images(200)
     with torch.no_grad():
         y = model(x).argmax(1)
     # the decisive part of each image: the one with the largest true effect (black removal)
-    c = analytic(x, labels, W_FC[y])
+    c = mean_linear_effects(x, labels, W_FC[y])
     present = torch.stack([(labels == p).flatten(1).any(1) for p in range(L)], 1)
     decisive = F.one_hot(claimed_order(c, present)[:, 0], L).bool()
     ops = {"black": MeanFill((0.0, 0.0, 0.0)), "blur": GaussianBlurFill(11, 5.0),
@@ -152,7 +85,7 @@ def study():
 def test_region_contributions_are_the_analytic_ones(study):
     ex = study["ex"]
     i = ex.indices
-    expected = analytic(study["x"][i], study["labels"][i], W_FC[ex.targets])
+    expected = mean_linear_effects(study["x"][i], study["labels"][i], W_FC[ex.targets])
     for m in ("pdm-region-soft", "pdm-region-hard"):
         torch.testing.assert_close(ex.claims[m].contributions, expected, atol=1e-6, rtol=1e-5)
 
@@ -162,10 +95,10 @@ def test_measured_effects_are_the_analytic_ones(study):
     x, labels = study["x"][ex.indices], study["labels"][ex.indices]
     w = W_FC[ex.targets]
     pr = ex.present
-    black = analytic(x, labels, w)
-    blur = analytic(x, labels, w, GaussianBlurFill(11, 5.0).blur(x))
+    black = mean_linear_effects(x, labels, w)
+    blur = mean_linear_effects(x, labels, w, GaussianBlurFill(11, 5.0).blur(x))
     plates = torch.stack([study["plates"][1000 + int(i)] for i in ex.indices])
-    stored = analytic(x, labels, w, plates)
+    stored = mean_linear_effects(x, labels, w, plates)
     for op, expected in (("black", black), ("blur", blur), ("stored", stored)):
         got = ex.effects[op]
         assert torch.isnan(got[~pr]).all()
@@ -200,7 +133,7 @@ def test_contrastive_claims_are_scored_on_the_margin(study):
     i = ex.indices
     j = cl.contrast
     assert j is not None and bool((j != ex.targets).all())
-    expected = analytic(study["x"][i], study["labels"][i], W_FC[ex.targets] - W_FC[j])
+    expected = mean_linear_effects(study["x"][i], study["labels"][i], W_FC[ex.targets] - W_FC[j])
     pr = ex.present
     torch.testing.assert_close(cl.contributions, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(ex.margin_effects[("black", "pdm-region-soft-contrastive")][pr],
@@ -259,9 +192,8 @@ def test_deterministic_under_a_seed(study):
 
 
 def test_removal_cache_reproduces_the_reference_metrics():
-    torch.manual_seed(1)
-    model = SmallResNet(3, widths=(8, 8, 8), input_size=16).eval()
-    x, labels, _ = make_data(12, seed=2)
+    model = small_classifier(3, widths=(8, 8, 8), size=16, seed=1)
+    x, labels, _ = label_coded_images(12, seed=2)
     t = torch.arange(12) % 3
     pr = torch.stack([(labels == p).flatten(1).any(1) for p in range(L)], 1)
     op = GaussianBlurFill(11, 5.0)
@@ -281,8 +213,8 @@ def test_removal_cache_reproduces_the_reference_metrics():
 
 
 def test_registry_methods_match_the_part_explainer():
-    model, pdm = LinearModel().eval(), OraclePDM()
-    x, _, _ = make_data(6, seed=4)
+    model, pdm = MeanLinearClassifier().eval(), OraclePDM()
+    x, _, _ = label_coded_images(6, seed=4)
     k = torch.tensor([0, 1, 0, 1, 0, 1])
     ex = explain_methods(model, x, ["pdm-region-soft", "pdm-occlusion",
                                     "pdm-occlusion-contrastive"], pdm=pdm, target=k)
@@ -299,9 +231,8 @@ def test_registry_methods_match_the_part_explainer():
 
 @pytest.mark.parametrize("unannotated", [False, True])
 def test_region_gap_splits_the_effect_exactly(unannotated):
-    torch.manual_seed(1)
-    model = SmallResNet(3, widths=(8, 8, 8), input_size=16).eval()
-    x, labels, _ = make_data(8, seed=5)
+    model = small_classifier(3, widths=(8, 8, 8), size=16, seed=1)
+    x, labels, _ = label_coded_images(8, seed=5)
     if unannotated:  # 255 = no part: never removed, pooled apart
         labels[:, :3, :5] = 255
     t = torch.arange(8) % 3
@@ -324,15 +255,15 @@ def test_region_gap_splits_the_effect_exactly(unannotated):
 
 
 def test_bad_inputs_are_named():
-    model, pdm = LinearModel().eval(), OraclePDM()
-    x, labels, _ = make_data(4)
+    model, pdm = MeanLinearClassifier().eval(), OraclePDM()
+    x, labels, _ = label_coded_images(4)
     with pytest.raises(ValueError, match="unknown method 'pdm-region'"):
         vs.run_validity(model, pdm, x, labels, torch.zeros(4, dtype=torch.long),
                         decisive=torch.zeros(4, L, dtype=torch.bool), operators={},
                         methods=["pdm-region"])
     with pytest.raises(ValueError, match="rerender operator needs"):
         vs.default_operators(None, names=["rerender"])
-    x, labels, _ = make_data(4)
+    x, labels, _ = label_coded_images(4)
     with pytest.raises(ValueError, match="decisive"):
         vs.run_validity(model, pdm, x, labels, torch.zeros(4, dtype=torch.long),
                         decisive=torch.zeros(3, L, dtype=torch.bool), operators={})
@@ -341,8 +272,8 @@ def test_bad_inputs_are_named():
 def test_ibd_rows_and_the_2x2():
     from partslib.baselines import fit_ibd
 
-    model, pdm = LinearModel().eval(), OraclePDM()
-    x, labels, _ = make_data(60, seed=6)
+    model, pdm = MeanLinearClassifier().eval(), OraclePDM()
+    x, labels, _ = label_coded_images(60, seed=6)
     ibd = fit_ibd(model, x, labels, L, n_components=3, epochs=3)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -365,8 +296,8 @@ def test_ibd_rows_and_the_2x2():
 
 
 def test_no_correct_image_gives_an_empty_table():
-    model, pdm = LinearModel().eval(), OraclePDM()
-    x, labels, _ = make_data(6)
+    model, pdm = MeanLinearClassifier().eval(), OraclePDM()
+    x, labels, _ = label_coded_images(6)
     with torch.no_grad():
         wrong = 1 - model(x).argmax(1)
     with pytest.warns(RuntimeWarning, match="none of the 6 images"):
