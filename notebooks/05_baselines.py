@@ -79,7 +79,7 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 
 # %%
 from partslib.baselines import fit_ibd
-from partslib.localization_study import localization_figure, localization_table
+from partslib.studies.localization import localization_figure, localization_table
 
 classifier = pipeline.load_classifier(results_dir)
 pdm = pipeline.load_pdm(results_dir)

@@ -141,8 +141,8 @@ pipeline.write_params(out_dir, params);
 # `data_dir/cache/`.
 
 # %%
-from partslib import realdata_study as rs
 from partslib.data.prepare import ensure_dataset
+from partslib.studies import realphoto as rs
 
 path = rs.resolve_path(dataset_path)
 if prepare:
@@ -307,7 +307,7 @@ t1.set_index("method")[[c for c in t1.columns if c.startswith("iou:")]].T.round(
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-from partslib.localization_study import localization_figure
+from partslib.studies.localization import localization_figure
 
 fig = localization_figure(model, pdm, ibd, x_test[picks[:4]], data.test_masks[picks[:4]].long(),
                           data.part_names, targets=data.test_labels[picks[:4]],

@@ -117,8 +117,8 @@ pipeline.write_params(out_dir, params);
 # keeps their portrait aspect roughly.
 
 # %%
-from partslib import realdata_study as rs
 from partslib.data.prepare import ensure_dataset
+from partslib.studies import realphoto as rs
 
 path = rs.resolve_path(dataset_path)
 if prepare:
@@ -183,7 +183,7 @@ iou_table.round(3)
 # IBD's linear 1×1 maps on the same features, the baseline of SPEC claim 1 (blurry parts).
 
 # %%
-from partslib.localization_study import localization_table
+from partslib.studies.localization import localization_table
 
 ibd = rs.fit_ibd_baseline(model, data, epochs=ibd_epochs, seed=seed)
 t1 = localization_table(model, pdm, ibd, data.test_images.float() / 255, data.test_masks.long(),

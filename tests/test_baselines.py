@@ -19,13 +19,13 @@ from partslib.baselines import (
     normalise_maps,
 )
 from partslib.explain import PartExplainer
-from partslib.localization_study import (
+from partslib.metrics import confusion_matrix, mean_iou
+from partslib.pdm import train_pdm
+from partslib.studies.localization import (
     METHODS,
     localization_figure,
     localization_table,
 )
-from partslib.metrics import confusion_matrix, mean_iou
-from partslib.pdm import train_pdm
 
 from toys import PALETTE, PaletteClassifier, palette_blocks, small_classifier
 

@@ -113,7 +113,7 @@ def _train(x, y, ckpt, stop_at=None):
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     x, y = _toy_data()
-    full, r_full = _train(x, y, tmp_path / "full.pt")
+    full, _r_full = _train(x, y, tmp_path / "full.pt")
     with pytest.raises(_Interrupt):
         _train(x, y, tmp_path / "cut.pt", stop_at=3)
     assert load_checkpoint(tmp_path / "cut.pt", kind="classifier")["epoch"] == 2

@@ -20,7 +20,13 @@ import torch
 import torch.utils.data
 from PIL import Image
 
-from partslib.data.broden import BrodenDataset, broden_to_folder, decode_broden_png, planes_to_multilabel, read_broden_labels
+from partslib.data.broden import (
+    BrodenDataset,
+    broden_to_folder,
+    decode_broden_png,
+    planes_to_multilabel,
+    read_broden_labels,
+)
 from partslib.data.clothing_parsing import (
     CCP_LOWER_GARMENTS,
     CCP_PART_GROUPS,
@@ -38,7 +44,12 @@ from partslib.data.coco_parts import (
 )
 from partslib.data.folder import IGNORE_INDEX, FolderDataset, validate_folder, write_folder
 from partslib.data.images import load_image, read_mask
-from partslib.data.pascal_part import PASCAL_VOC_CLASSES, PascalPartDataset, pascal_part_to_folder, read_pascal_part
+from partslib.data.pascal_part import (
+    PASCAL_VOC_CLASSES,
+    PascalPartDataset,
+    pascal_part_to_folder,
+    read_pascal_part,
+)
 
 SHARED = Path(os.environ.get("PARTSLIB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CAR_PARTS = SHARED / "realdata" / "car-parts"
@@ -47,7 +58,9 @@ CCP = SHARED / "realdata" / "clothing-co-parsing"
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (set PARTSLIB_SHARED to the folder holding realdata/)")
+        pytest.skip(
+            f"real data not found at {path} (set PARTSLIB_SHARED to the folder holding realdata/)"
+        )
     return path
 
 
@@ -107,7 +120,8 @@ def test_load_image_composites_transparency_on_white(tmp_path):
 
 
 def test_load_image_applies_exif_orientation(tmp_path):
-    # stored 20 (H) x 40 (W): left half red, right half blue; orientation 6 = rotate 90° clockwise to view
+    # stored 20 (H) x 40 (W): left half red, right half blue;
+    # orientation 6 = rotate 90° clockwise to view
     arr = np.zeros((20, 40, 3), dtype=np.uint8)
     arr[:, :20] = (255, 0, 0)
     arr[:, 20:] = (0, 0, 255)
@@ -173,12 +187,18 @@ def test_write_then_load_folder(tmp_path):
     root = _write_valid(tmp_path / "f", split=True)
     assert validate_folder(root) == []
     ds = FolderDataset(root)
-    assert len(ds) == 5 and ds.part_names == ["background"] + PARTS and ds.class_names == CLASSES
+    assert len(ds) == 5 and ds.part_names == ["background", *PARTS] and ds.class_names == CLASSES
     item = ds[1]
     assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 12, 10)
     assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
     assert item["mask"].dtype == torch.int64 and item["mask"].shape == (12, 10)
-    assert item["mask"][0, 0] == IGNORE_INDEX and set(item["mask"].unique().tolist()) == {0, 1, 2, 3, 255}
+    assert item["mask"][0, 0] == IGNORE_INDEX and set(item["mask"].unique().tolist()) == {
+        0,
+        1,
+        2,
+        3,
+        255,
+    }
     assert (item["name"], item["label"], item["index"]) == ("b", 1, 1)
     expected = torch.from_numpy(_rgb(12, 10, 1)).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(item["image"], expected)  # PNG is lossless
@@ -224,7 +244,9 @@ def test_write_folder_refuses_to_overwrite_and_checks_samples(tmp_path):
     with pytest.raises(ValueError, match="'x'.*9"):
         write_folder(tmp_path / "g", [bad_value], PARTS, CLASSES)
     with pytest.raises(ValueError, match="'y'.*mask"):
-        write_folder(tmp_path / "h", [("y", _rgb(12, 10), np.zeros((5, 5), np.uint8), "cat")], PARTS, CLASSES)
+        write_folder(
+            tmp_path / "h", [("y", _rgb(12, 10), np.zeros((5, 5), np.uint8), "cat")], PARTS, CLASSES
+        )
     with pytest.raises(ValueError, match="bird"):
         write_folder(tmp_path / "i", [_sample("w", "bird")], PARTS, CLASSES)
 
@@ -244,7 +266,9 @@ def test_validator_reports_every_problem_with_its_file(tmp_path):
     m[1, 1] = 7
     Image.fromarray(m).save(root / "masks" / "c.png")  # unknown part id
     (root / "images" / "d.png").write_bytes(b"\x89PNG garbage")  # corrupt image
-    (root / "masks" / "orphan.png").write_bytes((root / "masks" / "e.png").read_bytes())  # mask without image
+    (root / "masks" / "orphan.png").write_bytes(
+        (root / "masks" / "e.png").read_bytes()
+    )  # mask without image
     Image.fromarray(_rgb(12, 10)).save(root / "images" / "f.png")  # image without class ...
     Image.fromarray(np.zeros((12, 10), np.uint8)).save(root / "masks" / "f.png")
     with open(root / "classes.csv", "a") as fh:
@@ -296,7 +320,7 @@ def test_validator_bad_headers_rgb_mask_and_missing_files(tmp_path):
 
 
 def _broden_png(labels: np.ndarray) -> Image.Image:
-    rgb = np.zeros(labels.shape + (3,), dtype=np.uint8)
+    rgb = np.zeros((*labels.shape, 3), dtype=np.uint8)
     rgb[..., 0] = labels % 256
     rgb[..., 1] = labels // 256
     return Image.fromarray(rgb)
@@ -312,17 +336,24 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def _write_broden(root: Path) -> dict:
     """Two images (32x32, segmentations 16x16) in the exact broden1_224 layout."""
     (root / "images" / "pascal").mkdir(parents=True)
-    _write_csv(root / "label.csv", ["number", "name", "category", "frequency", "coverage", "syns"], [
-        [0, "-", "-", 0, 0.0, ""],
-        [1, "person", "object(2)", 2, 0.4, "human;someone"],
-        [2, "cat", "object(1)", 1, 0.3, ""],
-        [3, "head", "part(2)", 2, 0.1, ""],
-        [4, "torso", "part(1)", 1, 0.1, ""],
-        [5, "street-s", "scene(1)", 1, 1.0, ""],
-        [300, "hair", "material(1);part(1)", 1, 0.05, ""],
-    ])
-    _write_csv(root / "category.csv", ["name", "first", "last", "count", "frequency"], [
-        ["object", 1, 2, 2, 2], ["part", 3, 300, 3, 2], ["scene", 5, 5, 1, 1]])
+    _write_csv(
+        root / "label.csv",
+        ["number", "name", "category", "frequency", "coverage", "syns"],
+        [
+            [0, "-", "-", 0, 0.0, ""],
+            [1, "person", "object(2)", 2, 0.4, "human;someone"],
+            [2, "cat", "object(1)", 1, 0.3, ""],
+            [3, "head", "part(2)", 2, 0.1, ""],
+            [4, "torso", "part(1)", 1, 0.1, ""],
+            [5, "street-s", "scene(1)", 1, 1.0, ""],
+            [300, "hair", "material(1);part(1)", 1, 0.05, ""],
+        ],
+    )
+    _write_csv(
+        root / "category.csv",
+        ["name", "first", "last", "count", "frequency"],
+        [["object", 1, 2, 2, 2], ["part", 3, 300, 3, 2], ["scene", 5, 5, 1, 1]],
+    )
     obj = np.zeros((16, 16), np.int64)
     obj[4:12, 4:12] = 1
     obj[12:, 12:] = 2
@@ -341,21 +372,67 @@ def _write_broden(root: Path) -> dict:
     _broden_png(np.where(obj2 > 0, 3, 0)).save(root / "images" / "pascal" / "img2_part.png")
     for k, name in enumerate(("img1", "img2")):
         Image.fromarray(_rgb(32, 32, k)).save(root / "images" / "pascal" / f"{name}.jpg")
-    _write_csv(root / "index.csv",
-               ["image", "split", "ih", "iw", "sh", "sw", "color", "object", "part", "material", "scene", "texture"], [
-        ["pascal/img1.jpg", "train", 32, 32, 16, 16, "", "pascal/img1_object.png",
-         "pascal/img1_part_1.png;pascal/img1_part_2.png", "", "5", ""],
-        ["pascal/img2.jpg", "val", 32, 32, 16, 16, "", "pascal/img2_object.png", "pascal/img2_part.png", "", "", ""],
-    ])
+    _write_csv(
+        root / "index.csv",
+        [
+            "image",
+            "split",
+            "ih",
+            "iw",
+            "sh",
+            "sw",
+            "color",
+            "object",
+            "part",
+            "material",
+            "scene",
+            "texture",
+        ],
+        [
+            [
+                "pascal/img1.jpg",
+                "train",
+                32,
+                32,
+                16,
+                16,
+                "",
+                "pascal/img1_object.png",
+                "pascal/img1_part_1.png;pascal/img1_part_2.png",
+                "",
+                "5",
+                "",
+            ],
+            [
+                "pascal/img2.jpg",
+                "val",
+                32,
+                32,
+                16,
+                16,
+                "",
+                "pascal/img2_object.png",
+                "pascal/img2_part.png",
+                "",
+                "",
+                "",
+            ],
+        ],
+    )
     return {"obj": obj, "part1": part1, "part2": part2}
 
 
 def test_broden_decodes_planes_r_plus_256g(tmp_path):
     truth = _write_broden(tmp_path / "broden")
-    assert (decode_broden_png(tmp_path / "broden/images/pascal/img1_part_2.png") == truth["part2"]).all()
+    assert (
+        decode_broden_png(tmp_path / "broden/images/pascal/img1_part_2.png") == truth["part2"]
+    ).all()
     labels = read_broden_labels(tmp_path / "broden")
     assert len(labels) == 301 and labels[300].name == "hair" and labels[299] is None
-    assert labels[300].categories == {"material": 1, "part": 1} and labels[1].syns == ("human", "someone")
+    assert labels[300].categories == {"material": 1, "part": 1} and labels[1].syns == (
+        "human",
+        "someone",
+    )
 
     ds = BrodenDataset(tmp_path / "broden", categories=("object", "part", "scene"))
     assert len(ds) == 2 and ds.planes == {"object": 1, "part": 2, "scene": 1}
@@ -377,7 +454,7 @@ def test_broden_decodes_planes_r_plus_256g(tmp_path):
 
 
 def test_broden_to_folder_first_plane_wins(tmp_path):
-    truth = _write_broden(tmp_path / "broden")
+    _write_broden(tmp_path / "broden")
     result = broden_to_folder(tmp_path / "broden", tmp_path / "out")
     assert result.written == 2 and result.skipped == {}
     assert validate_folder(tmp_path / "out") == []
@@ -395,7 +472,9 @@ def test_broden_to_folder_first_plane_wins(tmp_path):
 
 def test_broden_bad_files_are_named(tmp_path):
     _write_broden(tmp_path / "broden")
-    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "broden/images/pascal/img2_part.png")
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(
+        tmp_path / "broden/images/pascal/img2_part.png"
+    )
     ds = BrodenDataset(tmp_path / "broden")
     with pytest.raises(ValueError, match="img2_part.png.*sh x sw"):
         ds[1]
@@ -433,13 +512,23 @@ def _write_pascal_part(root: Path) -> None:
     head[13:15, 20:23] = 1
     chair = np.zeros((h, w), np.uint8)
     chair[15:19, 0:4] = 1
-    car_parts = _struct(["part_name", "mask"], [["wheel_1", wheel1], ["wheel_2", wheel2], ["body", body]])
+    car_parts = _struct(
+        ["part_name", "mask"], [["wheel_1", wheel1], ["wheel_2", wheel2], ["body", body]]
+    )
     person_parts = _struct(["part_name", "mask"], [["head", head]])
-    objects = _struct(["class", "class_ind", "mask", "parts"], [
-        ["car", np.array([[7]], dtype=np.float64), car, car_parts],
-        ["person", np.array([[15]], dtype=np.float64), person, person_parts],
-        ["chair", np.array([[9]], dtype=np.float64), chair, np.zeros((0, 0))],  # no parts, as in the public files
-    ])
+    objects = _struct(
+        ["class", "class_ind", "mask", "parts"],
+        [
+            ["car", np.array([[7]], dtype=np.float64), car, car_parts],
+            ["person", np.array([[15]], dtype=np.float64), person, person_parts],
+            [
+                "chair",
+                np.array([[9]], dtype=np.float64),
+                chair,
+                np.zeros((0, 0)),
+            ],  # no parts, as in the public files
+        ],
+    )
     anno = _struct(["imname", "objects"], [["2008_000001", objects]])
     scipy.io.savemat(root / "Annotations_Part" / "2008_000001.mat", {"anno": anno})
     Image.fromarray(_rgb(h, w)).save(root / "JPEGImages" / "2008_000001.jpg")
@@ -449,7 +538,11 @@ def test_pascal_part_reads_nested_structs(tmp_path):
     _write_pascal_part(tmp_path)
     imname, objects = read_pascal_part(tmp_path / "Annotations_Part" / "2008_000001.mat")
     assert imname == "2008_000001"
-    assert [(o.class_name, o.class_ind, len(o.parts)) for o in objects] == [("car", 7, 3), ("person", 15, 1), ("chair", 9, 0)]
+    assert [(o.class_name, o.class_ind, len(o.parts)) for o in objects] == [
+        ("car", 7, 3),
+        ("person", 15, 1),
+        ("chair", 9, 0),
+    ]
     assert objects[0].parts[0][0] == "wheel_1" and objects[0].parts[0][1].sum() == 9
 
     ds = PascalPartDataset(tmp_path / "JPEGImages", tmp_path / "Annotations_Part")
@@ -460,7 +553,9 @@ def test_pascal_part_reads_nested_structs(tmp_path):
     assert mask[10, 4] == 3 and mask[10, 16] == 3 and mask[5, 10] == 1 and mask[13, 21] == 2
     assert mask[16, 1] == 0  # chair: an object without parts stays background
 
-    result = pascal_part_to_folder(tmp_path / "JPEGImages", tmp_path / "Annotations_Part", tmp_path / "out")
+    result = pascal_part_to_folder(
+        tmp_path / "JPEGImages", tmp_path / "Annotations_Part", tmp_path / "out"
+    )
     assert result.written == 1 and validate_folder(tmp_path / "out") == []
     folder = FolderDataset(tmp_path / "out")
     assert folder.class_names == list(PASCAL_VOC_CLASSES) and torch.equal(folder[0]["mask"], mask)
@@ -477,7 +572,9 @@ def test_photo_and_mask_of_different_sizes_name_both_files(tmp_path):
     _write_pascal_part(tmp_path)
     Image.fromarray(_rgb(21, 24)).save(tmp_path / "JPEGImages" / "2008_000001.jpg")  # 1 row more
     ds = PascalPartDataset(tmp_path / "JPEGImages", tmp_path / "Annotations_Part")
-    with pytest.raises(ValueError, match=r"2008_000001.mat.*\(20, 24\).*2008_000001.jpg.*\(21, 24\)"):
+    with pytest.raises(
+        ValueError, match=r"2008_000001.mat.*\(20, 24\).*2008_000001.jpg.*\(21, 24\)"
+    ):
         ds[0]
     with pytest.raises(IndexError, match="out of range"):
         ds[1]
@@ -507,7 +604,9 @@ def _mask_50x40():
 def test_rle_decoding_compressed_and_uncompressed():
     assert (rle_decode(RLE_4x5) == _mask_4x5()).all()
     assert (rle_decode(RLE_50x40) == _mask_50x40()).all() and rle_decode(RLE_50x40).sum() == 601
-    assert (rle_decode({"size": [4, 5], "counts": RLE_4x5["counts"].encode()}) == _mask_4x5()).all()  # bytes
+    assert (
+        rle_decode({"size": [4, 5], "counts": RLE_4x5["counts"].encode()}) == _mask_4x5()
+    ).all()  # bytes
     flat = _mask_4x5().T.ravel()  # column-major runs, starting with zeros
     runs = [len(list(g)) for g in np.split(flat, np.flatnonzero(np.diff(flat)) + 1)]
     counts = ([0] if flat[0] else []) + runs
@@ -520,12 +619,18 @@ def test_polygon_rasterising_uses_pixel_centres():
     square = polygons_to_mask([[10, 10, 20, 10, 20, 20, 10, 20]], 30, 30)
     assert square.sum() == 100 and square[10:20, 10:20].all()
     tri = polygons_to_mask([[0, 0, 8, 0, 0, 8]], 10, 10)
-    assert 28 <= tri.sum() <= 36 and tri[0, 0] and not tri[7, 7]  # area 32; centres on the edge may go either way
+    assert (
+        28 <= tri.sum() <= 36 and tri[0, 0] and not tri[7, 7]
+    )  # area 32; centres on the edge may go either way
     assert polygons_to_mask([[1, 1, 2, 2]], 5, 5).sum() == 0  # degenerate polygon
 
 
-def _coco_json(path: Path, images: list[dict], categories: list[dict], annotations: list[dict]) -> None:
-    path.write_text(json.dumps({"images": images, "categories": categories, "annotations": annotations}))
+def _coco_json(
+    path: Path, images: list[dict], categories: list[dict], annotations: list[dict]
+) -> None:
+    path.write_text(
+        json.dumps({"images": images, "categories": categories, "annotations": annotations})
+    )
 
 
 def test_coco_parts_dataset_paints_polygons_rle_and_crowds(tmp_path):
@@ -538,43 +643,102 @@ def test_coco_parts_dataset_paints_polygons_rle_and_crowds(tmp_path):
         {"id": 9, "name": "Fish Fin", "supercategory": "Fish"},
     ]
     anns = [
-        {"id": 1, "image_id": 3, "category_id": 7, "segmentation": RLE_50x40, "area": 601, "iscrowd": 0},  # compressed RLE
-        {"id": 2, "image_id": 3, "category_id": 5, "segmentation": [[5, 10, 15, 10, 15, 20, 5, 20]], "area": 100, "iscrowd": 0},
-        {"id": 3, "image_id": 3, "category_id": 9,
-         "segmentation": {"size": [50, 40], "counts": [35 * 50, 50, 4 * 50]}, "iscrowd": 1},  # uncompressed RLE: column 35, crowd
-        {"id": 4, "image_id": 3, "category_id": 1, "segmentation": [[0, 0, 40, 0, 40, 50, 0, 50]], "area": 2000, "iscrowd": 0},
+        {
+            "id": 1,
+            "image_id": 3,
+            "category_id": 7,
+            "segmentation": RLE_50x40,
+            "area": 601,
+            "iscrowd": 0,
+        },  # compressed RLE
+        {
+            "id": 2,
+            "image_id": 3,
+            "category_id": 5,
+            "segmentation": [[5, 10, 15, 10, 15, 20, 5, 20]],
+            "area": 100,
+            "iscrowd": 0,
+        },
+        {
+            "id": 3,
+            "image_id": 3,
+            "category_id": 9,
+            "segmentation": {"size": [50, 40], "counts": [35 * 50, 50, 4 * 50]},
+            "iscrowd": 1,
+        },  # uncompressed RLE: column 35, crowd
+        {
+            "id": 4,
+            "image_id": 3,
+            "category_id": 1,
+            "segmentation": [[0, 0, 40, 0, 40, 50, 0, 50]],
+            "area": 2000,
+            "iscrowd": 0,
+        },
     ]
-    _coco_json(tmp_path / "parts.json", [{"id": 3, "file_name": "n01_1.JPEG", "height": 50, "width": 40}], cats, anns)
-    ds = CocoPartsDataset(tmp_path / "images", tmp_path / "parts.json", class_of=supercategory_class(cats))
+    _coco_json(
+        tmp_path / "parts.json",
+        [{"id": 3, "file_name": "n01_1.JPEG", "height": 50, "width": 40}],
+        cats,
+        anns,
+    )
+    ds = CocoPartsDataset(
+        tmp_path / "images", tmp_path / "parts.json", class_of=supercategory_class(cats)
+    )
     assert ds.part_names == ["background", "Quadruped Head", "Quadruped Body", "Fish Fin"]
-    assert ds.class_names == ["Quadruped"] and ds.areas_by_part(0) == {"Quadruped Body": 601.0, "Quadruped Head": 100.0}
+    assert ds.class_names == ["Quadruped"] and ds.areas_by_part(0) == {
+        "Quadruped Body": 601.0,
+        "Quadruped Head": 100.0,
+    }
     item = ds[0]
     assert item["name"] == "n01_1" and item["label"] == 0 and item["image"].shape == (3, 50, 40)
     mask = item["mask"]
     assert mask[15, 10] == 1  # the small head is painted over the larger body
     assert mask[30, 20] == 2 and mask[0, 39] == 2
-    assert (mask[:, 35] == IGNORE_INDEX).all() and (mask == IGNORE_INDEX).sum() == 50  # the crowd is ignored
+    assert (mask[:, 35] == IGNORE_INDEX).all() and (
+        mask == IGNORE_INDEX
+    ).sum() == 50  # the crowd is ignored
     assert mask[5, 5] == 0  # _background_ category stays background
     assert ds[0]["mask"].unique().tolist() == [0, 1, 2, 255]
-    assert CocoPartsDataset(tmp_path / "images", tmp_path / "parts.json", size=(10, 8))[0]["mask"].shape == (10, 8)
+    assert CocoPartsDataset(tmp_path / "images", tmp_path / "parts.json", size=(10, 8))[0][
+        "mask"
+    ].shape == (10, 8)
     assert CocoPartsDataset(tmp_path / "images", tmp_path / "parts.json").labels == [-1]
 
     anns.append({"id": 9, "image_id": 99, "category_id": 5, "segmentation": []})
-    _coco_json(tmp_path / "bad.json", [{"id": 3, "file_name": "n01_1.JPEG", "height": 50, "width": 40}], cats, anns)
+    _coco_json(
+        tmp_path / "bad.json",
+        [{"id": 3, "file_name": "n01_1.JPEG", "height": 50, "width": 40}],
+        cats,
+        anns,
+    )
     with pytest.raises(ValueError, match="bad.json.*annotation 9.*image_id 99"):
         CocoPartsDataset(tmp_path / "images", tmp_path / "bad.json")
 
 
 def test_carparts_viewpoint_rule():
-    assert carparts_viewpoint({"hood": 300, "front_bumper": 200, "back_bumper": 100, "wheel": 400}) == "front"
-    assert carparts_viewpoint({"trunk": 300, "back_glass": 100, "hood": 100, "wheel": 100}) == "back"
-    assert carparts_viewpoint({"hood": 200, "back_bumper": 100, "wheel": 100}) == "side"  # not > 2x back
-    assert carparts_viewpoint({"hood": 100, "front_left_door": 500, "front_right_door": 500}) == "side"  # < 15 %
+    assert (
+        carparts_viewpoint({"hood": 300, "front_bumper": 200, "back_bumper": 100, "wheel": 400})
+        == "front"
+    )
+    assert (
+        carparts_viewpoint({"trunk": 300, "back_glass": 100, "hood": 100, "wheel": 100}) == "back"
+    )
+    assert (
+        carparts_viewpoint({"hood": 200, "back_bumper": 100, "wheel": 100}) == "side"
+    )  # not > 2x back
+    assert (
+        carparts_viewpoint({"hood": 100, "front_left_door": 500, "front_right_door": 500}) == "side"
+    )  # < 15 %
     assert carparts_viewpoint({}) == "side"
 
 
 def _write_carparts_layout(root: Path) -> None:
-    names = [n["name"] for n in [{"name": "_background_"}]] + ["back_bumper", "front_bumper", "hood", "wheel"]
+    names = [n["name"] for n in [{"name": "_background_"}]] + [
+        "back_bumper",
+        "front_bumper",
+        "hood",
+        "wheel",
+    ]
     cats = [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(names)]
     for sub, base, views in (("trainingset", 1, ["front", "back"]), ("testset", 401, ["side"])):
         (root / sub / "JPEGImages").mkdir(parents=True)
@@ -582,14 +746,34 @@ def _write_carparts_layout(root: Path) -> None:
         for k, view in enumerate(views):
             iid, fname = base + k, f"{sub[:4]}{k + 1}.jpg"
             Image.fromarray(_rgb(32, 32, iid)).save(root / sub / "JPEGImages" / fname)
-            images.append({"id": iid, "path": f"JPEGImages/{fname}", "width": 32, "height": 32, "file_name": fname})
-            boxes = {"front": [(3, [0, 0, 32, 0, 32, 16, 0, 16]), (5, [0, 20, 8, 20, 8, 28, 0, 28])],
-                     "back": [(2, [0, 0, 32, 0, 32, 16, 0, 16])],
-                     "side": [(5, [0, 0, 32, 0, 32, 16, 0, 16]), (3, [0, 20, 4, 20, 4, 24, 0, 24])]}[view]
+            images.append(
+                {
+                    "id": iid,
+                    "path": f"JPEGImages/{fname}",
+                    "width": 32,
+                    "height": 32,
+                    "file_name": fname,
+                }
+            )
+            boxes = {
+                "front": [(3, [0, 0, 32, 0, 32, 16, 0, 16]), (5, [0, 20, 8, 20, 8, 28, 0, 28])],
+                "back": [(2, [0, 0, 32, 0, 32, 16, 0, 16])],
+                "side": [(5, [0, 0, 32, 0, 32, 16, 0, 16]), (3, [0, 20, 4, 20, 4, 24, 0, 24])],
+            }[view]
             for j, (cid, poly) in enumerate(boxes):
                 m = polygons_to_mask([poly], 32, 32)
-                anns.append({"id": 100 * iid + j, "image_id": iid, "category_id": cid, "segmentation": [poly],
-                             "area": int(m.sum()), "bbox": [0, 0, 1, 1], "iscrowd": False, "isbbox": False})
+                anns.append(
+                    {
+                        "id": 100 * iid + j,
+                        "image_id": iid,
+                        "category_id": cid,
+                        "segmentation": [poly],
+                        "area": int(m.sum()),
+                        "bbox": [0, 0, 1, 1],
+                        "iscrowd": False,
+                        "isbbox": False,
+                    }
+                )
         _coco_json(root / sub / "annotations.json", images, cats, anns)
 
 
@@ -599,18 +783,28 @@ def test_carparts_to_folder_on_the_public_layout(tmp_path):
     assert result.written == 3 and validate_folder(tmp_path / "out") == []
     ds = FolderDataset(tmp_path / "out")
     assert ds.class_names == ["back", "front", "side"]
-    assert dict(zip(ds.names, (ds.class_names[y] for y in ds.labels))) == {"trai1": "front", "trai2": "back", "test1": "side"}
+    assert dict(zip(ds.names, (ds.class_names[y] for y in ds.labels))) == {
+        "trai1": "front",
+        "trai2": "back",
+        "test1": "side",
+    }
     assert FolderDataset(tmp_path / "out", split="test").names == ["test1"]
     assert ds.part_names == ["background", "back_bumper", "front_bumper", "hood", "wheel"]
     front = ds[ds.names.index("trai1")]["mask"]
-    assert front[5, 5] == ds.part_names.index("front_bumper") and front[25, 5] == ds.part_names.index("wheel")
+    assert front[5, 5] == ds.part_names.index("front_bumper") and front[
+        25, 5
+    ] == ds.part_names.index("wheel")
 
 
 def test_real_carparts_viewpoints_split_294_144_62():
     root = _need(CAR_PARTS)
     counts = {"front": 0, "back": 0, "side": 0}
-    datasets = [CocoPartsDataset(root / s / "JPEGImages", root / s / "annotations.json", class_of=carparts_viewpoint)
-                for s in ("trainingset", "testset")]
+    datasets = [
+        CocoPartsDataset(
+            root / s / "JPEGImages", root / s / "annotations.json", class_of=carparts_viewpoint
+        )
+        for s in ("trainingset", "testset")
+    ]
     for ds in datasets:
         for y in ds.labels:
             counts[ds.class_names[y]] += 1
@@ -621,11 +815,13 @@ def test_real_carparts_viewpoints_split_294_144_62():
         item = ds[0]
         assert item["mask"].shape == item["image"].shape[1:]
         assert 0.05 < (item["mask"] > 0).float().mean() < 0.95
-    small = CocoPartsDataset(root / "testset/JPEGImages", root / "testset/annotations.json", size=(128, 128))[1]
+    small = CocoPartsDataset(
+        root / "testset/JPEGImages", root / "testset/annotations.json", size=(128, 128)
+    )[1]
     assert small["image"].shape == (3, 128, 128) and small["mask"].shape == (128, 128)
 
 
-# =============================================================================== Clothing Co-Parsing
+# ============================================================================ Clothing Co-Parsing
 
 
 def test_ccp_grouping_covers_every_label_once():
@@ -644,11 +840,15 @@ def test_real_ccp_first_files(tmp_path):
     assert sorted(m for g in CCP_PART_GROUPS.values() for m in g) == sorted(raw.label_names[1:])
     assert raw.part_names[1:] == raw.label_names[1:] and raw.labels == [-1, -1, -1]
 
-    ds = ClothingCoParsingDataset(root, groups=CCP_PART_GROUPS, class_of=ccp_lower_garment, names=names)
-    assert ds.part_names == ["background"] + list(CCP_PART_GROUPS)
+    ds = ClothingCoParsingDataset(
+        root, groups=CCP_PART_GROUPS, class_of=ccp_lower_garment, names=names
+    )
+    assert ds.part_names == ["background", *list(CCP_PART_GROUPS)]
     for i in range(len(ds)):
         item = ds[i]
-        assert item["image"].shape[1:] == item["mask"].shape and item["mask"].max() <= len(CCP_PART_GROUPS)
+        assert item["image"].shape[1:] == item["mask"].shape and item["mask"].max() <= len(
+            CCP_PART_GROUPS
+        )
         hair, skin = ds.part_names.index("hair"), ds.part_names.index("skin")
         assert (item["mask"] == hair).any() and (item["mask"] == skin).any()
         assert torch.equal(item["mask"] == 0, torch.from_numpy(raw.raw_labels(i) == 0))

@@ -1,4 +1,4 @@
-"""The real-photo study (partslib.realdata_study, partslib.data.prepare).
+"""The real-photo study (partslib.studies.realphoto, partslib.data.prepare).
 
 The pipeline runs end to end on a tiny folder-format dataset written with ``write_folder``
 (a few images, 2 classes, 2 parts) in seconds. The Car Parts conversion and the CCP loader
@@ -17,12 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from partslib import realdata_study as rs
 from partslib.data.folder import FolderDataset, write_folder
 from partslib.data.prepare import ccp_outfit, ensure_dataset, prepare_ccp
 from partslib.data.prepare import main as prepare_main
 from partslib.explain import PartExplainer
 from partslib.models import create_classifier
+from partslib.studies import realphoto as rs
 
 SHARED = Path(os.environ.get("PARTSLIB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CAR_PARTS = SHARED / "realdata" / "car-parts"
@@ -33,8 +33,9 @@ PARTS = ["top", "bottom"]
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (set PARTSLIB_SHARED to the folder holding "
-                    f"realdata/)")
+        pytest.skip(
+            f"real data not found at {path} (set PARTSLIB_SHARED to the folder holding realdata/)"
+        )
     return path
 
 
@@ -73,22 +74,31 @@ def tiny_run(tiny_folder, tmp_path_factory):
     torch.manual_seed(0)
     results = tmp_path_factory.mktemp("results")
     data = rs.load_real_data(tiny_folder, 32, name="tiny", cache_dir=results / "cache")
-    model, cm, _ = rs.train_classifier(data, results_dir=results, widths=(8, 16, 16),
-                                       epochs=6, batch_size=6, lr=0.01)
-    pdm, pm, _ = rs.train_part_model(model, data, results_dir=results, epochs=2, batch_size=8,
-                                     image_width=4)
+    model, cm, _ = rs.train_classifier(
+        data, results_dir=results, widths=(8, 16, 16), epochs=6, batch_size=6, lr=0.01
+    )
+    pdm, pm, _ = rs.train_part_model(
+        model, data, results_dir=results, epochs=2, batch_size=8, image_width=4
+    )
     return data, model, pdm, cm, pm, results
 
 
 def test_load_real_data_splits_and_cache(tiny_folder, tmp_path):
     data = rs.load_real_data(tiny_folder, (32, 24), name="tiny", cache_dir=tmp_path)
     assert data.train_images.shape == (18, 3, 32, 24) and data.train_images.dtype == torch.uint8
-    assert data.test_masks.shape == (6, 32, 24) and set(data.test_masks.unique().tolist()) <= {0, 1, 2, 255}
+    assert data.test_masks.shape == (6, 32, 24) and set(data.test_masks.unique().tolist()) <= {
+        0,
+        1,
+        2,
+        255,
+    }
     assert data.part_names == ["background", *PARTS] and data.class_names == CLASSES
     assert data.split_rule.startswith("classes.csv")
     assert len(list(tmp_path.glob("tiny-*.pt"))) == 1
     again = rs.load_real_data(tiny_folder, (32, 24), name="tiny", cache_dir=tmp_path)
-    assert torch.equal(again.train_images, data.train_images) and again.test_names == data.test_names
+    assert (
+        torch.equal(again.train_images, data.train_images) and again.test_names == data.test_names
+    )
     counts, parts = rs.data_tables(data)
     assert counts.loc["all", "train"] == 18 and parts.shape == (3, 4)
 
@@ -104,7 +114,11 @@ def test_load_real_data_without_split_column(tmp_path):
 def test_pipeline_end_to_end(tiny_run):
     data, model, pdm, cm, pm, results = tiny_run
     assert 0.0 <= cm["test_accuracy"] <= 1.0 and len(cm["confusion_matrix"]) == 2
-    assert cm["epochs_trained"] == 6 and cm["test_accuracy"] >= 0.5 and (results / "checkpoints" / "tiny-classifier.pt").is_file()
+    assert (
+        cm["epochs_trained"] == 6
+        and cm["test_accuracy"] >= 0.5
+        and (results / "checkpoints" / "tiny-classifier.pt").is_file()
+    )
     assert pm["classifier_unchanged"] and 0.0 <= pm["miou"] <= 1.0
     assert set(pm) >= {"iou/top", "iou/bottom", "iou/background"}
     loaded = rs.load_classifier(results, "tiny")
@@ -118,9 +132,17 @@ def test_pipeline_end_to_end(tiny_run):
     t1m = rs.t1_metrics(t1)
     assert "pdm/miou" in t1m and "ibd_linear_maps/iou/top" in t1m
 
-    t2, extras = rs.validity(model, pdm, ibd, data, decisive, n_eval=4, n_sanity=2,
-                             n_eval_by_operator={"road": 2},
-                             methods=("pdm-region-soft", "pdm-occlusion", "gradcam-mass", "random"))
+    t2, extras = rs.validity(
+        model,
+        pdm,
+        ibd,
+        data,
+        decisive,
+        n_eval=4,
+        n_sanity=2,
+        n_eval_by_operator={"road": 2},
+        methods=("pdm-region-soft", "pdm-occlusion", "gradcam-mass", "random"),
+    )
     assert set(t2["operator"]) == {"mean", "blur", "road"} and t2["n_images"].min() >= 1
     assert extras["mean"] is extras["blur"] and extras["road"] is not extras["mean"]
     assert t2[t2.operator == "road"]["n_images"].max() <= 2
@@ -132,12 +154,14 @@ def test_pipeline_end_to_end(tiny_run):
 
 
 def test_resume_reuses_checkpoints(tiny_run):
-    data, model, pdm, cm, pm, results = tiny_run
-    again, cm2, _ = rs.train_classifier(data, results_dir=results, widths=(8, 16, 16), epochs=6,
-                                        batch_size=6, lr=0.01)
+    data, _model, _pdm, cm, pm, results = tiny_run
+    again, cm2, _ = rs.train_classifier(
+        data, results_dir=results, widths=(8, 16, 16), epochs=6, batch_size=6, lr=0.01
+    )
     assert cm2["epochs_trained"] == 0 and cm2["test_accuracy"] == cm["test_accuracy"]
-    _, pm2, _ = rs.train_part_model(again, data, results_dir=results, epochs=2, batch_size=8,
-                                    image_width=4)
+    _, pm2, _ = rs.train_part_model(
+        again, data, results_dir=results, epochs=2, batch_size=8, image_width=4
+    )
     assert pm2["miou"] == pytest.approx(pm["miou"])
 
 
@@ -147,12 +171,30 @@ def test_decisive_matrix():
     assert d.tolist() == [[False, False, False], [False, False, True], [False, False, True]]
     with pytest.raises(ValueError, match="unknown classes \\['oval'\\].*parts \\['wing'\\]"):
         rs.decisive_matrix(labels, CLASSES, ["background", *PARTS], {"oval": ["wing"]})
-    parts = ["background", "back_bumper", "back_glass", "back_left_door", "back_left_light",
-             "back_right_door", "back_right_light", "front_bumper", "front_glass",
-             "front_left_door", "front_left_light", "front_right_door", "front_right_light",
-             "hood", "left_mirror", "right_mirror", "tailgate", "trunk", "wheel"]
-    d = rs.decisive_matrix(torch.tensor([0, 1, 2]), ["back", "front", "side"], parts,
-                           rs.CARPARTS_DECISIVE)
+    parts = [
+        "background",
+        "back_bumper",
+        "back_glass",
+        "back_left_door",
+        "back_left_light",
+        "back_right_door",
+        "back_right_light",
+        "front_bumper",
+        "front_glass",
+        "front_left_door",
+        "front_left_light",
+        "front_right_door",
+        "front_right_light",
+        "hood",
+        "left_mirror",
+        "right_mirror",
+        "tailgate",
+        "trunk",
+        "wheel",
+    ]
+    d = rs.decisive_matrix(
+        torch.tensor([0, 1, 2]), ["back", "front", "side"], parts, rs.CARPARTS_DECISIVE
+    )
     assert d.sum(1).tolist() == [6, 5, 7] and not d[:, 0].any()
     assert not (d[0] & d[1]).any() and not (d[1] & d[2]).any()
 
@@ -165,11 +207,18 @@ def test_create_classifier_backbones(tmp_path):
     # an ImageNet-style file (1000-class head) fine-tunes: every layer but the head is loaded
     src = create_classifier("resnet18", 1000, 64)
     path = tmp_path / "imagenet.pt"
-    state = {k: v for k, v in src.state_dict().items()}
-    torch.save({("module." + k.replace("stem.0", "conv1").replace("stem.1", "bn1")): v
-                for k, v in state.items()}, path)
+    state = dict(src.state_dict().items())
+    torch.save(
+        {
+            ("module." + k.replace("stem.0", "conv1").replace("stem.1", "bn1")): v
+            for k, v in state.items()
+        },
+        path,
+    )
     ft = create_classifier("resnet18", 3, 64, weights=path)
-    assert ft.num_classes == 3 and torch.equal(ft.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+    assert ft.num_classes == 3 and torch.equal(
+        ft.layer1[0].conv1.weight, src.layer1[0].conv1.weight
+    )
     with pytest.raises(ValueError, match="small_resnet"):
         create_classifier("vgg16", 3, 64)
     small = create_classifier("small_resnet", 2, 32, widths=(8, 16))
@@ -184,14 +233,16 @@ def test_epochs_zero_uses_the_weights_as_given(tiny_run, tmp_path):
     data, model, *_ = tiny_run
     path = tmp_path / "trained.pt"
     torch.save(model.state_dict(), path)
-    same, cm, hist = rs.train_classifier(data, results_dir=tmp_path, weights=path,
-                                         widths=(8, 16, 16), epochs=0)
+    same, cm, hist = rs.train_classifier(
+        data, results_dir=tmp_path, weights=path, widths=(8, 16, 16), epochs=0
+    )
     assert hist == [] and cm["epochs_trained"] == 0
     x = data.test_images.float() / 255
     assert torch.equal(same(x), model(x))
 
 
 # ------------------------------------------------------------------------ any photograph
+
 
 def _photo_files(tmp_path: Path) -> dict[str, Path]:
     rgb = _sample(1, size=60)[1]
@@ -205,8 +256,9 @@ def _photo_files(tmp_path: Path) -> dict[str, Path]:
     rotated = tmp_path / "exif.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(np.ascontiguousarray(np.rot90(rgb[:, :45], 1))).save(rotated, exif=exif,
-                                                                        quality=95)
+    Image.fromarray(np.ascontiguousarray(np.rot90(rgb[:, :45], 1))).save(
+        rotated, exif=exif, quality=95
+    )
     return {"gray": gray, "rgba": rgba, "exif": rotated, "upright": _upright(tmp_path, rgb)}
 
 
@@ -243,6 +295,7 @@ def test_explain_photo_any_mode_and_orientation(tiny_run, tmp_path):
 
 # ----------------------------------------------------------------------- data preparation
 
+
 def test_ensure_dataset_reports_a_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="git clone https://github.com/dsmlr"):
         ensure_dataset("carparts", tmp_path / "carparts", src=tmp_path / "nowhere")
@@ -270,16 +323,20 @@ def test_carparts_conversion_and_viewpoints(tmp_path):
     test = FolderDataset(out, split="test", validate=False)
     assert (len(train), len(test)) == (400, 100)
     assert train.class_names == ["back", "front", "side"] and len(train.part_names) == 19
-    counts = {s: np.bincount(ds.labels, minlength=3).tolist() for s, ds in
-              (("train", train), ("test", test))}
+    counts = {
+        s: np.bincount(ds.labels, minlength=3).tolist()
+        for s, ds in (("train", train), ("test", test))
+    }
     assert counts == {"train": [126, 219, 55], "test": [18, 75, 7]}  # back, front, side
     assert ensure_dataset("carparts", out, src=tmp_path / "nowhere") == out  # exists: no-op
     data = rs.load_real_data(out, 64, name="carparts", validate=False)
-    d = rs.decisive_matrix(data.test_labels, data.class_names, data.part_names,
-                           rs.CARPARTS_DECISIVE)
+    d = rs.decisive_matrix(
+        data.test_labels, data.class_names, data.part_names, rs.CARPARTS_DECISIVE
+    )
     # the defining parts are present in nearly every front / back photo
-    present = torch.stack([(data.test_masks.long() == p).flatten(1).any(1)
-                           for p in range(data.num_labels)], 1)
+    present = torch.stack(
+        [(data.test_masks.long() == p).flatten(1).any(1) for p in range(data.num_labels)], 1
+    )
     has = (d & present).any(1)
     for k in (0, 1):
         assert has[data.test_labels == k].float().mean() > 0.9
@@ -291,8 +348,16 @@ def test_ccp_loader_and_conversion_on_real_files(tmp_path):
     res = prepare_ccp(src, tmp_path / "ccp", test_every=3, names=names)
     assert res.written + len(res.skipped) == 6
     ds = FolderDataset(tmp_path / "ccp")
-    assert ds.part_names == ["background", "hair", "skin", "upper_clothes", "lower_clothes",
-                             "full_body", "shoes", "accessories"]
+    assert ds.part_names == [
+        "background",
+        "hair",
+        "skin",
+        "upper_clothes",
+        "lower_clothes",
+        "full_body",
+        "shoes",
+        "accessories",
+    ]
     assert set(ds.class_names) <= {"dress", "shorts", "skirt", "trousers"}
     item = ds[0]
     assert item["image"].shape[1:] == item["mask"].shape and item["mask"].max() <= 7

@@ -12,7 +12,7 @@ and on any classifier with the feature contract of :mod:`partslib.models`:
    classifier's features and the part masks (255 = ignore), with median-frequency class weights
    for rare parts (``balance=True``).
 4. :func:`localization` -- table T1 (PDM vs IBD's linear maps vs Grad-CAM/CAM; per-part IoU,
-   mIoU) through :func:`partslib.localization_study.localization_table`.
+   mIoU) through :func:`partslib.studies.localization.localization_table`.
 5. :func:`validity` -- table T2 (V1-V5) through :func:`partslib.studies.validity.run_validity`
    with the **imputation operators** (mean colour, Gaussian blur, ROAD's noisy linear
    imputation); the measured effects remove the **ground-truth** part masks. The decisive
@@ -267,7 +267,7 @@ def localization(classifier: ContractClassifier, pdm, ibd, data: RealData,
     Grad-CAM/CAM explain the **true** class; the region columns use the decisive parts of the
     true class (or the whole car/person when ``decisive_parts`` is empty).
     """
-    from partslib.localization_study import localization_table
+    from partslib.studies.localization import localization_table
 
     decisive = None
     if decisive_parts:
