@@ -51,10 +51,7 @@ n_eval: int = 300  # correctly classified test images evaluated (V1, V2, V4)
 n_deletion: int = 100  # of those, the images of the part-deletion games (V3)
 n_sanity: int = 32  # of those, the images of the cascading randomisation (V5)
 operators: list[str] = ["rerender", "mean", "blur", "road"]  # removal operators ("x without p")
-methods: list[str] = [  # explainers scored (names of partslib.explain.registry)
-    "pdm-region-soft", "pdm-region-hard", "pdm-occlusion", "pdm-region-soft-contrastive",
-    "pdm-occlusion-contrastive", "pdm-basis", "ibd", "ibd-linear-region", "gradcam-mass",
-    "random"]
+methods: list[str] = []  # explainers scored: names of partslib.REGISTRY; [] = all of them
 sanity_methods: list[str] = ["pdm-region-soft", "gradcam-mass", "ibd"]  # explainers of V5
 ibd_n_train: int = 2000  # training images for IBD's concept classifiers (as notebook 05)
 ibd_epochs: int = 15  # IBD concept-classifier epochs (as notebook 05)
@@ -111,6 +108,7 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 
 # %%
 from partslib.baselines import fit_ibd
+from partslib.explain import METHODS
 from partslib.studies import validity as t2_study
 from partslib.studies import validity_plots as t2_plots
 from partslib.studies import validity_text as t2_text
@@ -132,7 +130,7 @@ t2, extras = t2_study.run_validity(
     classifier, pdm, images, masks, labels, decisive=test.decisive,
     operators=t2_study.default_operators(test, seed=seed, names=operators),
     keys=range(len(test)),
-    ibd=ibd, n_eval=n_eval, n_deletion=n_deletion, methods=methods,
+    ibd=ibd, n_eval=n_eval, n_deletion=n_deletion, methods=methods or METHODS,
     sanity_methods=sanity_methods, n_sanity=n_sanity, seed=seed)
 t2.to_csv(out_dir / "t2.csv", index=False)
 print(f"{extras.settings['n_images']} correctly classified test images "

@@ -66,9 +66,7 @@ decisive_parts: dict = {  # decisive parts of each class: V4 and T1's region col
              "left_mirror", "right_mirror", "wheel"],
 }
 t2_operators: list[str] = ["mean", "blur", "road"]  # imputation operators of T2
-t2_methods: list[str] = ["pdm-region-soft", "pdm-region-hard", "pdm-occlusion",
-                         "pdm-region-soft-contrastive", "pdm-occlusion-contrastive",
-                         "pdm-basis", "ibd", "ibd-linear-region", "gradcam-mass", "random"]
+t2_methods: list[str] = []  # explainers of T2: names of partslib.REGISTRY; [] = all of them
 n_eval: int = 100  # T2: at most this many correctly classified test photos
 n_eval_road: int = 40  # T2 with ROAD (a sparse solve per removal): fewer photos
 n_sanity: int = 16  # T2 V5: photos of the cascading randomisation
@@ -331,9 +329,11 @@ viz.save_figure(fig, out_dir / "t1_localization.png");
 # and wheels, which only a side or angled view shows at length.
 
 # %%
+from partslib.explain import METHODS
 from partslib.studies import validity_plots as t2_plots
 from partslib.studies import validity_text as t2_text
 
+t2_methods = list(t2_methods) or list(METHODS)
 t0 = time.perf_counter()
 t2, extras = rs.validity(model, pdm, ibd, data, decisive_parts, operators=t2_operators,
                          methods=t2_methods, n_eval=n_eval,
