@@ -51,7 +51,7 @@ n_eval: int = 300  # correctly classified test images evaluated (V1, V2, V4)
 n_deletion: int = 100  # of those, the images of the part-deletion games (V3)
 n_sanity: int = 32  # of those, the images of the cascading randomisation (V5)
 operators: list[str] = ["rerender", "mean", "blur", "road"]  # removal operators ("x without p")
-methods: list[str] = []  # explainers scored: names of partslib.REGISTRY; [] = all of them
+methods: list[str] = []  # explainers scored, by name in partslib.REGISTRY (empty: all)
 sanity_methods: list[str] = ["pdm-region-soft", "gradcam-mass", "ibd"]  # explainers of V5
 ibd_n_train: int = 2000  # training images for IBD's concept classifiers (as notebook 05)
 ibd_epochs: int = 15  # IBD concept-classifier epochs (as notebook 05)

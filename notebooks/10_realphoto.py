@@ -66,7 +66,7 @@ decisive_parts: dict = {  # decisive parts of each class: V4 and T1's region col
              "left_mirror", "right_mirror", "wheel"],
 }
 t2_operators: list[str] = ["mean", "blur", "road"]  # imputation operators of T2
-t2_methods: list[str] = []  # explainers of T2: names of partslib.REGISTRY; [] = all of them
+t2_methods: list[str] = []  # explainers of T2, by name in partslib.REGISTRY (empty: all)
 n_eval: int = 100  # T2: at most this many correctly classified test photos
 n_eval_road: int = 40  # T2 with ROAD (a sparse solve per removal): fewer photos
 n_sanity: int = 16  # T2 V5: photos of the cascading randomisation
