@@ -18,6 +18,7 @@ __all__ = [
     "StudyRootError",
     "find_root",
     "flatten",
+    "jsonable",
     "merge_metrics",
     "read_json",
     "stage_name",
@@ -45,13 +46,27 @@ def stage_name(notebook: str) -> str:
     return re.sub(r"^\d+[_-]", "", notebook)
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` with paths, numpy scalars and tensors turned into JSON types (recursively)."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalars and arrays, tensors
+        return obj.tolist()
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON through a temporary file, so readers never see half a
-    file (the runner rewrites ``timings.json`` while notebooks may read it)."""
+    file (the runner rewrites ``timings.json`` while notebooks may read it). Paths, numpy
+    values and tensors are converted (:func:`jsonable`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1) + "\n")
     os.replace(tmp, path)
     return path
 

@@ -19,7 +19,6 @@ Layout of a run (see ``results/README.md``): ``results_dir/<stage>/`` holds a st
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import sys
@@ -29,13 +28,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from partslib.config import ClassifierConfig, DataConfig, PDMConfig, resolve
 from partslib.data.split import Split, as_split
 from partslib.data.synthparts import SynthParts, SynthPartsConfig
+from partslib.io import write_json
 from partslib.models import ContractClassifier, build_classifier, create_classifier
 from partslib.training import (
     TensorLoader,
@@ -110,30 +109,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return obj
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write JSON atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def write_params(out_dir: str | os.PathLike, params: Mapping[str, Any]) -> Path:
