@@ -24,6 +24,10 @@ METRICS = {
     "validity/n_images": 12,
     "validity/pdm-region-soft/rerender/spearman": 0.3,
     "validity/pdm-region-soft/rerender/decisive": 0.25,
+    "validity/pdm-region-soft/rerender/decisive_ceiling": 0.9,
+    # the best mode's claim is a blur removal: its ceiling is blur's, never re-render's
+    "validity/pdm-occlusion/rerender/decisive_ceiling": 0.9,
+    "validity/pdm-occlusion/blur/decisive_ceiling": 1.0,
 }
 T2 = """method,operator,units,spearman,decisive,decisive_ceiling,decisive_chance,top_part,note
 pdm-region-soft,rerender,logit,0.3,0.25,0.9,0.2,0.3,
@@ -66,19 +70,31 @@ def _text(html: str) -> str:
     return re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
 
 
-def test_headline_puts_the_default_rule_beside_the_best_mode(run_dir):
+def test_headline_shows_the_default_rule_first_and_the_best_mode_beside_it(run_dir):
     table = report.headline_table(report.load_run(run_dir))
     whats = list(table.what)
-    i = whats.index("decisive-part accuracy, best PDM mode")
-    assert "default rule" in whats[i - 1] and not table.counted.iloc[i - 1]
+    i = next(j for j, w in enumerate(whats) if w.startswith("decisive-part accuracy, default"))
+    assert whats[i + 1] == "decisive-part accuracy, best PDM mode (pdm-occlusion)"
+    assert table.counted.iloc[i] and not table.counted.iloc[i + 1]
     assert table.counted.sum() == len(report.TARGETS)
     assert table.meaning.str.len().min() > 10  # every row says what it means
     row = table.set_index("key").loc["validity/pdm-region-soft/rerender/decisive"]
-    assert (row.measured, row.met) == ("0.250", "no")
+    assert (row.measured, row.met, row.ceiling) == ("0.250", "no", "0.900 (re-render)")
+    best = table.set_index("key").loc["validity/best_pdm_decisive"]
+    # compared with the ceiling of its own operator (blur), not re-render's 0.900
+    assert (best.measured, best.ceiling) == ("0.950", "1.000 (blur)")
     nan_row = table.set_index("key").loc["baselines/pdm_minus_ibd_miou"]
-    assert (nan_row.measured, nan_row.met) == ("not measured", "–")
-    # the totals the summary stage records count the same rows as before
+    assert (nan_row.measured, nan_row.met, nan_row.ceiling) == ("not measured", "–", "")
     assert list(report.targets_table({}).key) == [t.key for t in report.TARGETS]
+    md = report.headline_markdown(report.load_run(run_dir), "default")
+    assert "| 0.950 | 1.000 (blur) |" in md and "beside, not counted" in md
+
+
+def test_headline_takes_the_operator_the_run_recorded():
+    metrics = {**METRICS, "validity/best_pdm_operator": "mean",
+               "validity/pdm-occlusion/mean/decisive_ceiling": 0.5}
+    best = report.headline_table(metrics).set_index("key").loc["validity/best_pdm_decisive"]
+    assert best.ceiling == "0.500 (mean fill)"
 
 
 def test_report_shows_the_wall_time_when_timings_have_it(run_dir):
@@ -123,6 +139,21 @@ def test_t2_is_a_method_by_operator_matrix(run_dir):
     assert "default" in body[0] and "best PDM mode" in body[1]
     assert ">0.90<" in rows[5] and ">1.00<" in rows[5]  # ceiling per operator
     assert "–" in body[2] and "not computed" in html  # missing ρ: a dash and its footnote
+    # occlusion's claim is a blur removal: its decisive number stands under blur only
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", body[1])
+    assert cells[2].startswith("→") and cells[4].startswith("0.97")
+    assert "that operator&#x27;s ceiling only" in html
+
+
+def test_t2_matrix_shows_bootstrap_intervals(run_dir):
+    import pandas as pd
+
+    t2 = pd.read_csv(run_dir / "validity/t2.csv")
+    assert "[" not in tables.t2_matrix(t2)
+    t2["spearman_lo"], t2["spearman_hi"] = t2.spearman - 0.1, t2.spearman + 0.1
+    t2["decisive_lo"], t2["decisive_hi"] = t2.decisive - 0.05, t2.decisive + 0.05
+    html = tables.t2_matrix(t2)
+    assert "[0.20, 0.40]" in html and "[0.20, 0.30]" in html and "bootstrap interval" in html
 
 
 def test_benchmark_targets_read_the_keys_of_earlier_runs_too():
@@ -175,7 +206,7 @@ def test_write_report_and_readme_block(run_dir, tmp_path):
     readme.write_text("intro\n<!-- headline:begin -->\nold\n<!-- headline:end -->\nrest\n")
     assert report.update_readme(readme, report.load_run(run_dir), "default")
     text = readme.read_text()
-    assert "| classifier test accuracy | 0.990 | >= 0.97 | yes |" in text
+    assert "| classifier test accuracy | 0.990 |  | >= 0.97 | yes |" in text
     assert text.startswith("intro\n") and text.endswith("rest\n")
     assert not report.update_readme(readme, report.load_run(run_dir), "default")
     other = tmp_path / "other.md"

@@ -107,14 +107,14 @@ def test_measured_effects_are_the_analytic_ones(study):
 
 def test_valid_explanations_score_perfectly(study):
     t2 = study["t2"]
-    # region rule = black-fill removal, exactly (linear model): perfect V2, oracle V3
+    # region rule = black-fill removal, exactly (linear model): perfect V2, greedy V3
     for m in ("pdm-region-soft", "pdm-region-hard", "pdm-region-soft-contrastive"):
         r = t2.loc[(m, "black")]
         assert r.spearman == pytest.approx(1.0) and r.top_part == 1.0
         assert r.norm_abs_error < 1e-5
         assert r.completeness_error_max < 1e-5
     r = t2.loc[("pdm-region-soft", "black")]
-    assert r.auc_claimed == pytest.approx(r.auc_oracle)
+    assert r.auc_claimed == pytest.approx(r.auc_greedy)
     assert r.auc_claimed < r.auc_random
     # occlusion by blur on exact part masks = measured blur effect on the same masks
     for m in ("pdm-occlusion", "pdm-occlusion-contrastive"):
@@ -318,4 +318,20 @@ def test_headline_best_pdm_mode_leaves_out_the_basis_rule():
     out = headline(t2, reference="blur")
     assert out["best_pdm_mode"] == "pdm-occlusion" and out["best_pdm_decisive"] == 0.9
     assert out["pdm_region_spearman"] == 0.3 and out["ibd_spearman"] == 0.2
-    assert out["decisive_ceiling"] == 0.8
+    assert out["best_pdm_operator"] == "blur" and out["best_pdm_ceiling"] == 0.8
+    assert out["default_decisive"] == 0.5 and out["default_ceiling"] == 0.8
+
+
+def test_headline_compares_each_decisive_number_with_its_own_operator():
+    """Occlusion's claim is a blur removal: its ceiling is blur's, the default rule's the
+    reference operator's, never one for the other."""
+    rows = [(m, op, d, c) for op, c in (("rerender", 0.95), ("blur", 0.997))
+            for m, d in (("pdm-region-soft", 0.27), ("pdm-occlusion", 0.987))]
+    t2 = pd.DataFrame([{"method": m, "operator": op, "decisive": d, "spearman": 0.5,
+                        "decisive_ceiling": c} for m, op, d, c in rows])
+    out = headline(t2)
+    assert (out["default_decisive"], out["default_operator"], out["default_ceiling"]) == \
+        (0.27, "rerender", 0.95)
+    assert (out["best_pdm_mode"], out["best_pdm_operator"], out["best_pdm_ceiling"]) == \
+        ("pdm-occlusion", "blur", 0.997)
+    assert "decisive_ceiling" not in out

@@ -86,6 +86,9 @@ class Method:
         maps: where its parts come from: ``"pdm"`` or ``"ibd"`` (IBD's linear maps).
         contrastive: explains the margin against the runner-up class.
         rule: factory of the rule from :class:`Models`.
+        operator: the removal operator of T2 (:mod:`partslib.studies.validity`) its claim is
+            itself made with (occlusion by blur: ``"blur"``), or None; its decisive-part
+            accuracy is compared with that operator's ceiling only.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Method:
     maps: str
     contrastive: bool
     rule: Callable[[Models], Rule]
+    operator: str | None = None
 
     def segmenter(self, pdm: Any = None, ibd: Any = None) -> Segmenter:
         """The part map of this method from the given models (a built segmenter is kept)."""
@@ -144,12 +148,13 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
            "CAM x argmax PDM part map; complete", ("pdm",), "pdm", False,
            lambda m: RegionRule(hard=True)),
     Method("pdm-occlusion", "occlusion (blur)", "logit", _BLUR_NOTE, ("pdm",), "pdm", False,
-           _blur_occlusion),
+           _blur_occlusion, operator="blur"),
     Method("pdm-region-soft-contrastive", "region, vs runner-up", "margin",
            "region rule on the margin logit_k - logit_j", ("pdm",), "pdm", True,
            lambda m: RegionRule(hard=False)),
     Method("pdm-occlusion-contrastive", "occlusion, vs runner-up", "margin",
-           "blur on PDM masks, margin", ("pdm",), "pdm", True, _blur_occlusion),
+           "blur on PDM masks, margin", ("pdm",), "pdm", True, _blur_occlusion,
+           operator="blur"),
     Method("pdm-basis", "IBD basis, PDM maps", "logit",
            "same numbers as ibd: the basis rule reads no map (2x2 cell pdm x basis = "
            "linear x basis)", ("pdm", "ibd"), "pdm", False, lambda m: IBDBasisRule(m.ibd)),

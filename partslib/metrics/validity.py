@@ -262,7 +262,7 @@ def removal_agreement(claimed: torch.Tensor, effects: torch.Tensor, present: tor
 def claimed_order(contributions: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Present parts ranked by decreasing contribution (ties: lower part index first).
 
-    The oracle order is ``claimed_order(effects, present)``.
+    The greedy order (by single-removal effect) is ``claimed_order(effects, present)``.
 
     Returns:
         ``(B,P+1)`` long: the first ``n_present`` entries of each row are part indices, the

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     run = read_run(run_dir)
     table = headline_table(run.metrics)
-    print(table[["what", "measured", "target", "met"]].to_string(index=False))
+    print(table[["what", "measured", "ceiling", "target", "met"]].to_string(index=False))
     print(f"whole study wall time: {run.wall_note}")
     if args.readme:
         changed = update_readme(Path("README.md"), run.metrics, args.profile)

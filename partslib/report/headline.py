@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from partslib.io import merge_metrics, read_json
+from partslib.report.tables import OPERATOR_LABELS
 
 __all__ = [
     "BESIDE",
@@ -65,9 +66,10 @@ TARGETS: list[Target] = [
     Target("completeness, max relative error", "explanations/completeness_max_rel_error", "<=",
            1e-4, ".1e", "region rule: bias + the parts' contributions give back the logit; the "
                         "worst relative error"),
-    Target("decisive-part accuracy, best PDM mode", "validity/best_pdm_decisive", ">=", 0.90,
-           ".3f", "share of images whose top-ranked part defines the class, for the PDM rule "
-                  "that scores best (chosen after the fact: read it beside the default rule)"),
+    Target("decisive-part accuracy, default rule (PDM-region)",
+           "validity/pdm-region-soft/rerender/decisive", ">=", 0.95, ".3f",
+           "share of images whose top-ranked part by the default rule defines the class; the "
+           "ceiling is the share the re-render effects themselves reach"),
     Target("part-removal Spearman, PDM-region vs re-render",
            "validity/pdm-region-soft/rerender/spearman", ">=", 0.70, ".3f",
            "rank agreement of the default rule's part contributions with the logit drop when "
@@ -84,16 +86,34 @@ TARGETS: list[Target] = [
            "the whole study, from data generation to this report, on the machine above"),
 ]
 
-# Rows shown right before the target they qualify, and not counted in the study's totals
-# (summary/*targets* keep comparing with earlier runs): the default rule's own decisive-part
-# accuracy stands beside the best mode's, never replaced by it.
+# Rows shown right after the target they qualify, and not counted in the study's totals: the
+# best PDM mode (chosen after the fact) stands beside the default rule's decisive-part
+# accuracy, never in its place, each against the ceiling of its own removal operator.
 BESIDE: dict[str, Target] = {
-    "validity/best_pdm_decisive": Target(
-        "decisive-part accuracy, default rule (PDM-region)",
-        "validity/pdm-region-soft/rerender/decisive", ">=", 0.90, ".3f",
-        "share of images whose top-ranked part by the default rule defines the class "
-        "(re-render ceiling: the measured effects themselves)"),
+    "validity/pdm-region-soft/rerender/decisive": Target(
+        "decisive-part accuracy, best PDM mode", "validity/best_pdm_decisive", ">=", 0.95,
+        ".3f", "the same share for the PDM rule that scores best (chosen after the fact); its "
+               "ceiling is that of the removal operator its claim is made with"),
 }
+
+
+def _ceiling(t: Target, metrics: Mapping[str, Any]) -> tuple[float | None, str, str]:
+    """The ceiling of a decisive-part row under the same removal operator: (value, operator,
+    method), from the run's T2 keys; (None, "", "") for other rows."""
+    parts = t.key.split("/")
+    if t.key == "validity/best_pdm_decisive":
+        mode = metrics.get("validity/best_pdm_mode")
+        if not isinstance(mode, str):
+            return None, "", ""
+        op = metrics.get("validity/best_pdm_operator")
+        if not isinstance(op, str):  # a run made before the key: the registry's operator
+            from partslib.studies.validity_text import own_operator
+
+            op = own_operator(mode)
+        return _number(metrics.get(f"validity/{mode}/{op}/decisive_ceiling")), op, mode
+    if len(parts) == 4 and parts[0] == "validity" and parts[3] == "decisive":
+        return _number(metrics.get(f"{t.key}_ceiling")), parts[2], parts[1]
+    return None, "", ""
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,13 @@ def _row(t: Target, metrics: Mapping[str, Any], counted: bool) -> dict[str, Any]
     ok = None
     if value is not None:
         ok = {">=": value >= t.target, "<=": value <= t.target, "<": value < t.target}[t.op]
-    return {"what": t.label, "measured": "not measured" if value is None else format(value, t.fmt),
+    ceiling, op, method = _ceiling(t, metrics)
+    label = t.label
+    if t.key == "validity/best_pdm_decisive" and method:
+        label = f"{label} ({method})"
+    return {"what": label, "measured": "not measured" if value is None else format(value, t.fmt),
+            "ceiling": "" if ceiling is None else
+                       f"{ceiling:{t.fmt}} ({OPERATOR_LABELS.get(op, op)})",
             "target": f"{t.op} {t.target:g}", "met": {True: "yes", False: "no", None: "–"}[ok],
             "key": t.key, "value": value, "meaning": t.meaning, "counted": counted}
 
@@ -192,13 +218,15 @@ def targets_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """The targets with the rows of :data:`BESIDE` before the ones they qualify; columns of
-    :func:`targets_table` plus ``value`` (float or None), ``meaning`` and ``counted``."""
+    """The targets with the rows of :data:`BESIDE` right after the ones they qualify; columns of
+    :func:`targets_table` plus ``ceiling`` (a decisive-part row's ceiling under the same
+    removal operator, with the operator, else ""), ``value`` (float or None), ``meaning`` and
+    ``counted``."""
     rows = []
     for t in TARGETS:
+        rows.append(_row(t, metrics, True))
         if t.key in BESIDE:
             rows.append(_row(BESIDE[t.key], metrics, False))
-        rows.append(_row(t, metrics, True))
     return pd.DataFrame(rows)
 
 
@@ -207,9 +235,15 @@ def headline_markdown(metrics: Mapping[str, Any], profile: str) -> str:
     table = headline_table(metrics)
     lines = [f"Profile `{profile}` — measured by `scripts/study.sh {profile}` "
              f"(`results/{profile}/metrics.json`, report `results/{profile}/report.html`):", "",
-             "| what | measured | target | met |", "|---|---|---|---|"]
+             "| what | measured | ceiling, same operator | target | met |",
+             "|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        lines.append(f"| {r['what']} | {r['measured']} | {r['target']} | {r['met']} |")
+        met = r["met"] if r["counted"] else f"{r['met']} (beside, not counted)"
+        lines.append(f"| {r['what']} | {r['measured']} | {r['ceiling']} | {r['target']} | "
+                     f"{met} |")
+    lines += ["", "Each decisive-part accuracy stands beside the ceiling of the same removal "
+                  "operator: the share of images for which the measured effects of that "
+                  "operator themselves rank a decisive part first."]
     return "\n".join(lines)
 
 

@@ -126,15 +126,17 @@ def _headline(run: Run) -> tuple[str, str]:
     """The verdict sentence and the headline table (the default rule's rows beside the
     flattering ones)."""
     table = headline_table(run.metrics)
-    rows = ["<tr><th class='left'>what</th><th>measured</th><th>target</th><th>met</th></tr>"]
+    rows = ["<tr><th class='left'>what</th><th>measured</th><th>ceiling, same operator</th>"
+            "<th>target</th><th>met</th></tr>"]
     for r in table.to_dict("records"):
         met = {"yes": "met", "no": "missed"}.get(r["met"], "none")
         cls = "" if r["counted"] else "beside"
-        tag = "" if r["counted"] else " <span class='tag'>beside the next row, not counted</span>"
+        tag = "" if r["counted"] else " <span class='tag'>beside the row above, not counted</span>"
         rows.append(f"<tr class='{cls}'><td class='left'><span class='what'>"
                     f"{escape(r['what'])}</span>{tag}<span class='meaning'>"
                     f"{escape(r['meaning'])}</span></td>"
                     f"<td class='num big'>{escape(r['measured'])}</td>"
+                    f"<td class='num'>{escape(r.get('ceiling', ''))}</td>"
                     f"<td class='num'>{escape(r['target'])}</td>"
                     f"<td class='{met}'>{escape(r['met'])}</td></tr>")
     return _verdict(table), "<table class='headline'>" + "".join(rows) + "</table>"

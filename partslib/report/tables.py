@@ -97,11 +97,48 @@ def _ordered(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _interval(r: dict[str, Any], col: str) -> str:
+    """`` [lo, hi]`` of the row's bootstrap interval for ``col``, if the run has one."""
+    lo, hi = r.get(f"{col}_lo"), r.get(f"{col}_hi")
+    if _missing(lo) or _missing(hi):
+        return ""
+    return f"<br><small class='ci'>[{fmt(lo, '.2f')}, {fmt(hi, '.2f')}]</small>"
+
+
+def _own_operator(method: str) -> str | None:
+    """The removal operator a method's claim is itself made with (registry), or None."""
+    from partslib.explain.registry import REGISTRY
+
+    entry = REGISTRY.get(method)
+    return None if entry is None else entry.operator
+
+
+def _t2_cell(r: dict[str, Any], op: str, ceiling: float, chance: float) -> tuple[str, bool]:
+    """The ρ and decisive cells of one (method, operator), and whether the decisive number is
+    read against the method's own (margin) ceiling."""
+    own_ceil, rho, dec = r.get("decisive_ceiling"), r["spearman"], r["decisive"]
+    rho_td = (f"<td class='num' style='{_shade(None if _missing(rho) else rho)}'>"
+              f"{fmt(rho, '.2f')}{_interval(r, 'spearman')}</td>")
+    own_op = _own_operator(str(r["method"]))
+    if own_op is not None and own_op != op:
+        return (rho_td + f"<td class='num sep' title='its claim is a {escape(own_op)} "
+                f"removal: read its decisive-part accuracy under {escape(own_op)}'>"
+                f"→ {escape(OPERATOR_LABELS.get(own_op, own_op))}</td>"), False
+    span = ceiling - chance
+    rel = None if _missing(dec) or span <= 0 else (dec - chance) / span
+    own = "" if _missing(own_ceil) or own_ceil == ceiling else \
+        f"<small> of {own_ceil:.2f}</small>"
+    return (rho_td + f"<td class='num sep' style='{_shade(rel, 210)}'>{fmt(dec, '.2f')}{own}"
+            f"{_interval(r, 'decisive')}</td>"), bool(own)
+
+
 def t2_matrix(t2: pd.DataFrame, default: str = DEFAULT_RULE,
               best: str | None = None) -> str:
     """T2 as a method x operator matrix: Spearman of claimed contributions against the measured
     removal effects, and decisive-part accuracy beside the ceiling of the same operator (the
-    share the measured effects themselves reach) and the chance rate."""
+    share the measured effects themselves reach) and the chance rate; 95% bootstrap intervals
+    over images under each number where the run has them. A method whose claim is itself a
+    removal (occlusion by blur) shows its decisive-part accuracy under that operator only."""
     methods, operators = _ordered(t2.method), _ordered(t2.operator)
     cell = {(r["method"], r["operator"]): r for r in t2.to_dict("records")}
     ceiling = {op: t2[t2.operator == op].decisive_ceiling.mode().iloc[0] for op in operators}
@@ -111,7 +148,7 @@ def t2_matrix(t2: pd.DataFrame, default: str = DEFAULT_RULE,
         f"{escape(OPERATOR_LABELS.get(op, op))}</th>" for op in operators) + \
         "<th rowspan='2'>units</th></tr>"
     sub = "<tr>" + "<th>ρ</th><th class='sep'>decisive</th>" * len(operators) + "</tr>"
-    rows, foot, own_ceiling = [top, sub], [], False
+    rows, foot, own_ceiling, moved = [top, sub], [], False, False
     for m in methods:
         tags = ""
         if m == default:
@@ -124,16 +161,11 @@ def t2_matrix(t2: pd.DataFrame, default: str = DEFAULT_RULE,
             if r is None:
                 tds.append(f"<td>{DASH}</td><td class='sep'>{DASH}</td>")
                 continue
-            units, own_ceil = r.get("units", ""), r.get("decisive_ceiling")
-            rho, dec = r["spearman"], r["decisive"]
-            span = ceiling[op] - chance[op]
-            rel = None if _missing(dec) or span <= 0 else (dec - chance[op]) / span
-            own = "" if _missing(own_ceil) or own_ceil == ceiling[op] else \
-                f"<small> of {own_ceil:.2f}</small>"
-            own_ceiling = own_ceiling or bool(own)
-            tds.append(f"<td class='num' style='{_shade(None if _missing(rho) else rho)}'>"
-                       f"{fmt(rho, '.2f')}</td><td class='num sep' style='"
-                       f"{_shade(rel, 210)}'>{fmt(dec, '.2f')}{own}</td>")
+            units = r.get("units", "")
+            html, own = _t2_cell(r, op, ceiling[op], chance[op])
+            own_ceiling = own_ceiling or own
+            moved = moved or "→" in html
+            tds.append(html)
         label = escape(method_label(m))
         cls = " class='default'" if m == default else ""
         rows.append(f"<tr{cls}><td class='left' title='{escape(m)}'>{label}{tags}</td>"
@@ -148,6 +180,11 @@ def t2_matrix(t2: pd.DataFrame, default: str = DEFAULT_RULE,
         foot.append(f"{DASH}: not computed (no image had two parts with distinct effects)")
     if own_ceiling:
         foot.append("“of x”: margin rules are scored against the margin's own ceiling")
+    if moved:
+        foot.append("→ op: the rule's claim is itself a removal by that operator; its "
+                    "decisive-part accuracy is compared with that operator's ceiling only")
+    if any(c.endswith("_lo") for c in t2.columns):
+        foot.append("[lo, hi]: 95% bootstrap interval over the evaluated images")
     notes = "".join(f"<li>{escape(n)}</li>" for n in foot)
     return "<table class='matrix'>" + "".join(rows) + "</table>" + \
         (f"<ul class='foot'>{notes}</ul>" if notes else "")
@@ -156,8 +193,10 @@ def t2_matrix(t2: pd.DataFrame, default: str = DEFAULT_RULE,
 def t2_details(t2: pd.DataFrame) -> str:
     """The other T2 columns (top-part agreement, error, deletion AUCs) as a long table."""
     cols = ["method", "operator", "top_part", "norm_abs_error", "auc_claimed", "auc_random",
-            "auc_oracle", "completeness_error_max"]
-    df = t2.loc[:, [c for c in cols if c in t2.columns]].copy()
+            "auc_greedy", "completeness_error_max"]
+    # runs made before the greedy deletion order had its name called it "oracle"
+    df = t2.rename(columns={"auc_oracle": "auc_greedy"})
+    df = df.loc[:, [c for c in cols if c in df.columns]].copy()
     df["method"] = df.method.map(method_label)
     return html_table(df, {"completeness_error_max": ".1e"}, cls="long")
 

@@ -121,7 +121,8 @@ class ValidityExtras:
         effects: operator → ``[n,P+1]`` logit effects Δ (ground-truth masks).
         margin_effects: (operator, method) → ``[n,P+1]`` margin effects of contrastive methods.
         curves: (order, operator) → ``[n,P+2]`` deletion curves (probability); order is a
-            method name, ``"random"`` or ``"oracle"``.
+            method name, ``"random"`` or ``"greedy"`` (parts in the order of
+            their single-removal effects).
         per_image: one row per (method, operator, image) of V2.
         sanity: V5, one row per (method, step).
         gap: :func:`~partslib.studies.removal_cache.region_gap` per operator on the
@@ -235,7 +236,7 @@ def _select_correct(classifier: ContractClassifier, images: Tensor, labels: Tens
 
 
 _METRIC_COLS = ["completeness_error_max", "completeness_error_mean", "spearman", "top_part",
-                "norm_abs_error", "auc_claimed", "auc_random", "auc_oracle", "decisive",
+                "norm_abs_error", "auc_claimed", "auc_random", "auc_greedy", "decisive",
                 "decisive_ceiling", "decisive_chance"]
 
 
@@ -307,10 +308,11 @@ def _claims(ev: _Eval, classifier: ContractClassifier, pdm: Any, ibd: Any,
 
 def _deletion(ev: _Eval, cache: RemovalCache, op_name: str, delta: Tensor,
               curves: dict[tuple[str, str], Tensor]) -> dict[str, float]:
-    """V3 on the first ``n3`` images: claimed orders, random, oracle (by logit effect)."""
+    """V3 on the first ``n3`` images: claimed orders, random, greedy (by single-removal logit
+    effect: not optimal when effects interact)."""
     sub = slice(0, ev.n3)
     aucs = {}
-    for name, order in dict(ev.orders, oracle=claimed_order(delta, ev.present)).items():
+    for name, order in dict(ev.orders, greedy=claimed_order(delta, ev.present)).items():
         curve = cache.deletion_curve(ev.k[sub], order[sub], ev.present[sub])
         curves[(name, op_name)] = curve
         aucs[name] = float(torch.nanmean(deletion_auc(curve, ev.present[sub].sum(1))))
@@ -342,7 +344,7 @@ def _method_row(ev: _Eval, m: str, op_name: str, cache: RemovalCache, delta: Ten
            "n_images_v3": ev.n3, "completeness_error_max": v1, "completeness_error_mean": v1_mean,
            "spearman": agree.summary["spearman"], "top_part": agree.summary["top_part"],
            "norm_abs_error": nae, "auc_claimed": aucs[m], "auc_random": aucs["random"],
-           "auc_oracle": aucs["oracle"], "decisive": ev.decisive_acc[m],
+           "auc_greedy": aucs["greedy"], "decisive": ev.decisive_acc[m],
            "decisive_ceiling": ceil, "decisive_chance": chance, "note": NOTES.get(m, "")}
     pi = agree.per_image.copy()
     pi.insert(0, "image", ev.idx.numpy())
@@ -360,7 +362,7 @@ def _settings(ev: _Eval, n_eval: int, operators: Mapping[str, RemovalOperator],
         "operators": {n: getattr(o, "name", type(o).__name__) for n, o in operators.items()},
         "v2_score": "logit (margin logit_k - logit_j for contrastive methods)",
         "v3_score": "softmax probability of the target class; AUC by RISE's trapezoid, "
-                    "lower is better; oracle order = by logit effect",
+                    "lower is better; greedy order = by single-removal logit effect",
         "scorer": "BatchNorm-folded channels-last copy of the classifier" if use_fused
                   else "the classifier",
         "random_order_seed": ev.seed, "random_explainer_seed": ev.seed,
@@ -407,9 +409,9 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
         ``units``, ``score_v2``, ``score_v3``, ``seed``, ``n_images``, ``n_images_v3``, V1
         ``completeness_error_max``/``_mean`` (for the basis rule: IBD's residual), V2
         ``spearman``, ``top_part``, ``norm_abs_error``, V3 ``auc_claimed``, ``auc_random``,
-        ``auc_oracle`` (lower is better), V4 ``decisive``, ``decisive_ceiling``,
-        ``decisive_chance`` and ``note``; ``t2.attrs`` records the settings. V5 is in
-        ``extras.sanity``, the region-rule gap in ``extras.gap``.
+        ``auc_greedy`` (lower is better; greedy = by single-removal effect), V4 ``decisive``,
+        ``decisive_ceiling``, ``decisive_chance`` and ``note``; ``t2.attrs`` records the
+        settings. V5 is in ``extras.sanity``, the region-rule gap in ``extras.gap``.
     """
     t_start, cpu_start = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}

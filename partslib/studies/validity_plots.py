@@ -54,7 +54,8 @@ def plot_claimed_vs_measured(extras: ValidityExtras, operator: str = "rerender",
 def plot_deletion_curves(extras: ValidityExtras, operators: Sequence[str] | None = None,
                          methods: Sequence[str] | None = None) -> Figure:
     """Mean class probability after removing 0, 1, ... parts in the claimed order of each
-    method, a random order and the oracle order (by measured effect); one panel per operator."""
+    method, a random order and the greedy order (by single-removal effect); one panel per
+    operator."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -62,18 +63,18 @@ def plot_deletion_curves(extras: ValidityExtras, operators: Sequence[str] | None
     methods = list(methods or extras.claims)
     rows = []
     for (order, op), curve in extras.curves.items():
-        if op not in ops or (order not in methods and order not in ("random", "oracle")):
+        if op not in ops or (order not in methods and order not in ("random", "greedy")):
             continue
         mean = curve.double().mean(0).numpy()
         rows += [{"order": order, "operator": op, "parts removed": j, "probability": v}
                  for j, v in enumerate(mean)]
     df = pd.DataFrame(rows)
-    hue_order = [*methods, "random", "oracle"]
+    hue_order = [*methods, "random", "greedy"]
     palette: dict[str, str | tuple[float, float, float]] = dict(
         zip(methods, sns.color_palette("husl", len(methods))))
-    palette.update(random="0.55", oracle="black")
+    palette.update(random="0.55", greedy="black")
     # (None, None): matplotlib's solid line (Line2D.set_dashes)
-    dashes = {o: (2, 2) if o in ("random", "oracle") else (None, None) for o in hue_order}
+    dashes = {o: (2, 2) if o in ("random", "greedy") else (None, None) for o in hue_order}
     g = sns.relplot(data=df, x="parts removed", y="probability", hue="order", style="order",
                     hue_order=hue_order, style_order=hue_order, palette=palette, dashes=dashes,
                     col="operator", col_order=ops, kind="line", height=2.8, aspect=1.0,

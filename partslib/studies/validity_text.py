@@ -10,19 +10,20 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 import torch
 
-from partslib.explain.registry import METHODS
+from partslib.explain.registry import METHODS, REGISTRY
 from partslib.metrics.validity import claimed_order, removal_agreement
 
 if TYPE_CHECKING:
     from partslib.studies.validity import ValidityExtras
 
-__all__ = ["ablation_table", "gap_summary", "headline", "metrics_dict", "reading"]
+__all__ = ["ablation_table", "gap_summary", "headline", "metrics_dict", "own_operator",
+           "reading"]
 
 PDM_METHODS = tuple(m for m in METHODS if m.startswith("pdm-"))
 
 
 _METRIC_COLUMNS = ("spearman", "top_part", "norm_abs_error", "auc_claimed", "auc_random",
-                   "auc_oracle", "decisive", "decisive_ceiling", "completeness_error_max",
+                   "auc_greedy", "decisive", "decisive_ceiling", "completeness_error_max",
                    "completeness_error_mean")
 
 
@@ -60,24 +61,40 @@ def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[s
     return out
 
 
+def own_operator(method: str, default: str = "rerender") -> str:
+    """The removal operator a method's decisive-part accuracy is compared under: the one its
+    claim is itself made with (registry ``operator``, e.g. blur for occlusion), else
+    ``default``."""
+    entry = REGISTRY.get(method)
+    return entry.operator if entry is not None and entry.operator else default
+
+
 def headline(t2: pd.DataFrame, reference: str = "rerender") -> dict[str, Any]:
-    """The SPEC §8 numbers: best PDM mode's decisive accuracy (and which mode; ``pdm-basis``,
-    which equals IBD, does not count), the ceiling
-    under ``reference``, PDM-region (soft) Spearman against ``reference`` effects, with IBD and
-    Grad-CAM beside it."""
+    """The SPEC §8 numbers, each decisive-part accuracy beside the ceiling of the same removal
+    operator: the default rule's (``default_*``, against ``reference``), then the best PDM
+    mode's (``best_pdm_*``; ``pdm-basis``, which equals IBD, does not count) against the
+    ceiling of its own operator (:func:`own_operator`: blur for occlusion); PDM-region (soft)
+    Spearman against ``reference`` effects, with IBD, Grad-CAM and random beside it."""
     ref = t2[t2.operator == reference].set_index("method")
     # pdm-basis is left out: the basis rule reads no PDM map, its numbers are IBD's
     pdm = ref.loc[[m for m in PDM_METHODS if m in ref.index and m != "pdm-basis"]]
     out: dict[str, Any] = {}
+    if "pdm-region-soft" in ref.index:
+        out.update(default_decisive=float(ref.loc["pdm-region-soft", "decisive"]),
+                   default_operator=reference,
+                   default_ceiling=float(ref.loc["pdm-region-soft", "decisive_ceiling"]))
     if len(pdm):
-        best = pdm["decisive"].astype(float).idxmax()
-        out.update(best_pdm_mode=best, best_pdm_decisive=float(pdm.loc[best, "decisive"]))
+        best = str(pdm["decisive"].astype(float).idxmax())
+        op = own_operator(best, reference)
+        own = _where(t2, (t2.method == best) & (t2.operator == op))
+        out.update(best_pdm_mode=best, best_pdm_decisive=float(pdm.loc[best, "decisive"]),
+                   best_pdm_operator=op,
+                   best_pdm_ceiling=float(own["decisive_ceiling"].iloc[0]) if len(own)
+                   else math.nan)
     for m, key in (("pdm-region-soft", "pdm_region_spearman"), ("ibd", "ibd_spearman"),
                    ("gradcam-mass", "gradcam_spearman"), ("random", "random_spearman")):
         if m in ref.index:
             out[key] = float(ref.loc[m, "spearman"])
-    if "pdm-region-soft" in ref.index:
-        out["decisive_ceiling"] = float(ref.loc["pdm-region-soft", "decisive_ceiling"])
     return out
 
 
@@ -131,9 +148,13 @@ def reading(t2: pd.DataFrame, gap: tuple[pd.DataFrame, dict[str, float]] | None 
     dec = t2.drop_duplicates("method").set_index("method")["decisive"].astype(float)
     dec = dec.drop(labels=["random"], errors="ignore")
     if len(dec):
-        best = dec.idxmax()
-        lines.append(f"* Decisive-part accuracy (no counterfactual involved) is highest for "
-                     f"`{best}` ({dec[best]:.2f}); chance is "
+        best = str(dec.idxmax())
+        op = own_operator(best, str(t2.operator.iloc[0]))
+        own = _where(t2, (t2.method == best) & (t2.operator == op))["decisive_ceiling"]
+        own_txt = (f", against {float(own.iloc[0]):.2f} for the `{op}` effects themselves "
+                   f"(the ceiling of the operator its claim is made with)" if len(own) else "")
+        lines.append(f"* Decisive-part accuracy is highest for `{best}` "
+                     f"({dec[best]:.2f}{own_txt}); chance is "
                      f"{float(t2['decisive_chance'].iloc[0]):.2f}.")
     if {"ibd", "ibd-linear-region", "pdm-region-soft"} <= set(t2.method) and \
             "rerender" in set(t2.operator):
