@@ -518,3 +518,53 @@ def test_orders_are_permutations_of_present_parts(seed, n_parts):
         k = int(present[i].sum())
         vals = contrib[i, c[i, :k]]
         assert (vals[:-1] >= vals[1:]).all()
+
+
+# ------------------------------------------------------------------------------ bootstrap
+
+def test_bootstrap_interval_of_a_proportion_matches_its_binomial_width():
+    from partslib.metrics.bootstrap import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    hits = (rng.random(400) < 0.3).astype(float)
+    p = hits.mean()
+    lo, hi = bootstrap_interval(hits, n_resamples=2000, seed=1)
+    assert lo < p < hi
+    # the normal approximation's 95% half-width, 1.96 sqrt(p(1-p)/n)
+    half = 1.96 * np.sqrt(p * (1 - p) / len(hits))
+    assert (hi - lo) == pytest.approx(2 * half, rel=0.15)
+    assert bootstrap_interval(hits, n_resamples=2000, seed=1) == (lo, hi)  # seeded
+    assert bootstrap_interval(hits, n_resamples=2000, seed=2) != (lo, hi)
+    assert bootstrap_interval(np.full(50, 0.7)) == pytest.approx((0.7, 0.7))
+
+
+def test_bootstrap_interval_ignores_nan_and_narrows_with_more_images():
+    from partslib.metrics.bootstrap import bootstrap_interval
+
+    rng = np.random.default_rng(3)
+    v = rng.normal(0.5, 0.2, 100)
+    with_nan = np.concatenate([v, [np.nan] * 20])
+    lo, hi = bootstrap_interval(with_nan, seed=0)
+    assert lo < np.nanmean(with_nan) < hi and np.isfinite([lo, hi]).all()
+    lo4, hi4 = bootstrap_interval(np.tile(v, 4), seed=0)
+    assert (hi4 - lo4) == pytest.approx((hi - lo) / 2, rel=0.25)  # width ~ 1/sqrt(n)
+    assert all(np.isnan(bootstrap_interval([np.nan, np.nan])))
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_interval(v, level=95)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_interval(v, n_resamples=0)
+
+
+def test_bootstrap_intervals_per_group_are_paired():
+    from partslib.metrics.bootstrap import bootstrap_intervals
+
+    v = np.random.default_rng(5).random(60)
+    df = pd.DataFrame({"method": ["a"] * 60 + ["b"] * 60, "operator": "x",
+                       "score": np.concatenate([v, v + 1.0])})
+    out = bootstrap_intervals(df, ["method", "operator"], ["score"]).set_index("method")
+    assert list(out.columns) == ["operator", "score_lo", "score_hi"]
+    # same images, same resamples: b's interval is a's shifted by exactly 1
+    assert out.loc["b", "score_lo"] == pytest.approx(out.loc["a", "score_lo"] + 1.0)
+    assert out.loc["b", "score_hi"] == pytest.approx(out.loc["a", "score_hi"] + 1.0)
+    with pytest.raises(ValueError, match="no column"):
+        bootstrap_intervals(df, ["method"], ["nope"])

@@ -127,6 +127,23 @@ def test_valid_explanations_score_perfectly(study):
     assert t2.loc[("pdm-region-soft", "stored")].decisive_ceiling < 1.0  # another counterfactual
 
 
+def test_t2_has_bootstrap_intervals_around_its_scores(study):
+    t2, ex = study["t2"], study["ex"]
+    for c in vs.INTERVAL_COLUMNS:
+        lo, hi, v = t2[f"{c}_lo"], t2[f"{c}_hi"], t2[c]
+        ok = v.notna()
+        assert (lo[ok] <= v[ok] + 1e-12).all() and (v[ok] <= hi[ok] + 1e-12).all()
+    # a perfect score has no spread; the stored counterfactual's ceiling (< 1) has some
+    r = t2.loc[("pdm-region-soft", "black")]
+    assert r.decisive_lo == r.decisive_hi == 1.0
+    r = t2.loc[("pdm-region-soft", "stored")]
+    assert r.decisive_ceiling_lo < r.decisive_ceiling <= r.decisive_ceiling_hi
+    # the per-image V4 hits give back the table's decisive-part accuracy
+    pi = ex.per_image.groupby(["method", "operator"])[["decisive", "decisive_ceiling"]].mean()
+    for col in ("decisive", "decisive_ceiling"):
+        np.testing.assert_allclose(pi[col].loc[t2.index], t2[col], atol=1e-12)
+
+
 def test_contrastive_claims_are_scored_on_the_margin(study):
     ex = study["ex"]
     cl = ex.claims["pdm-region-soft-contrastive"]

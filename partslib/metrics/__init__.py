@@ -1,6 +1,7 @@
 """Validity (SPEC §5 V1-V5) and localisation (V6) metrics: plain functions over callables
 and tensors. Removal operators live in :mod:`partslib.removal`."""
 
+from partslib.metrics.bootstrap import bootstrap_interval, bootstrap_intervals
 from partslib.metrics.localization import (
     confusion_matrix,
     mean_iou,
@@ -16,6 +17,7 @@ from partslib.metrics.validity import (
     cascading_randomisation,
     claimed_order,
     completeness_error,
+    decisive_hits,
     decisive_part_accuracy,
     deletion_auc,
     deletion_curve,
@@ -29,10 +31,13 @@ __all__ = [
     "ORDER_PAD",
     "RandomExplainer",
     "RemovalAgreement",
+    "bootstrap_interval",
+    "bootstrap_intervals",
     "cascading_randomisation",
     "claimed_order",
     "completeness_error",
     "confusion_matrix",
+    "decisive_hits",
     "decisive_part_accuracy",
     "deletion_auc",
     "deletion_curve",

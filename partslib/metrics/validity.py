@@ -49,6 +49,7 @@ __all__ = [
     "cascading_randomisation",
     "claimed_order",
     "completeness_error",
+    "decisive_hits",
     "decisive_part_accuracy",
     "deletion_auc",
     "deletion_curve",
@@ -396,29 +397,46 @@ def deletion_auc(curve: torch.Tensor, n_parts: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- V4 decisive
 
-def decisive_part_accuracy(contributions: torch.Tensor, decisive: torch.Tensor,
-                           correct: torch.Tensor, present: torch.Tensor) -> float:
-    """V4: share of correctly classified images whose top-ranked present part is decisive.
-
-    The top part is the present part with the largest contribution (ties: lower index).
-    Images with no present part are skipped. Pass the measured effects as ``contributions``
-    for the ceiling set by the model. NaN when no image qualifies.
+def decisive_hits(contributions: torch.Tensor, decisive: torch.Tensor,
+                  present: torch.Tensor) -> torch.Tensor:
+    """V4 per image: 1.0 if the top-ranked present part (largest contribution, ties: lower
+    index) is decisive, 0.0 if not, NaN for an image with no present part.
 
     Args:
-        contributions: ``(B,P+1)``; decisive ``(B,P+1)`` bool; correct ``(B,)`` bool;
-            present ``(B,P+1)`` bool.
+        contributions: ``(B,P+1)``; decisive ``(B,P+1)`` bool; present ``(B,P+1)`` bool.
+    Returns:
+        ``(B,)`` float64 on the CPU.
     """
     _check_present(present)
     _check_parts("contributions", contributions, present)
     _check_parts("decisive", decisive, present)
     if decisive.dtype != torch.bool:
         raise ValueError(f"decisive must be a bool tensor, got {decisive.dtype}")
+    top = claimed_order(contributions, present)[:, 0].cpu()
+    hits = torch.full((len(top),), math.nan, dtype=torch.float64)
+    use = top != ORDER_PAD
+    hits[use] = decisive.cpu()[use].gather(1, top[use][:, None])[:, 0].double()
+    return hits
+
+
+def decisive_part_accuracy(contributions: torch.Tensor, decisive: torch.Tensor,
+                           correct: torch.Tensor, present: torch.Tensor) -> float:
+    """V4: share of correctly classified images whose top-ranked present part is decisive.
+
+    The top part is the present part with the largest contribution (ties: lower index).
+    Images with no present part are skipped. Pass the measured effects as ``contributions``
+    for the ceiling set by the model. NaN when no image qualifies. Per image:
+    :func:`decisive_hits`.
+
+    Args:
+        contributions: ``(B,P+1)``; decisive ``(B,P+1)`` bool; correct ``(B,)`` bool;
+            present ``(B,P+1)`` bool.
+    """
+    hits = decisive_hits(contributions, decisive, present)
     _check_vector("correct", correct, present.shape[0])
     if correct.dtype != torch.bool:
         raise ValueError(f"correct must be a bool tensor, got {correct.dtype}")
-    top = claimed_order(contributions, present)[:, 0].cpu()
-    use = correct.cpu() & (top != ORDER_PAD)
+    use = correct.cpu() & ~hits.isnan()
     if not bool(use.any()):
         return math.nan
-    hits = decisive.cpu()[use].gather(1, top[use][:, None])[:, 0]
-    return float(hits.double().mean())
+    return float(hits[use].mean())

@@ -43,41 +43,24 @@ from partslib.explain.registry import (
     get_method,
 )
 from partslib.ibd import decompose
+from partslib.metrics.bootstrap import bootstrap_intervals
 from partslib.metrics.validity import (
     cascading_randomisation,
     claimed_order,
     completeness_error,
+    decisive_hits,
     decisive_part_accuracy,
     deletion_auc,
     random_order,
     removal_agreement,
 )
 from partslib.models import ContractClassifier, check_images
-from partslib.removal import (
-    GaussianBlurFill,
-    MeanFill,
-    NoisyLinearImputer,
-    RemovalOperator,
-)
-from partslib.studies.removal_cache import (
-    RemovalCache,
-    fused_features,
-    margin,
-    region_gap,
-)
+from partslib.removal import GaussianBlurFill, MeanFill, NoisyLinearImputer, RemovalOperator
+from partslib.studies.removal_cache import RemovalCache, fused_features, margin, region_gap
 
-__all__ = [
-    "CONTRASTIVE",
-    "METHODS",
-    "NEEDS_IBD",
-    "NOTES",
-    "OPERATORS",
-    "SANITY_METHODS",
-    "ValidityExtras",
-    "default_operators",
-    "run_validity",
-    "sanity_module_names",
-]
+__all__ = ["CONTRASTIVE", "INTERVAL_COLUMNS", "METHODS", "NEEDS_IBD", "NOTES", "OPERATORS",
+           "SANITY_METHODS", "ValidityExtras", "default_operators", "run_validity",
+           "sanity_module_names"]
 
 OPERATORS = ("rerender", "mean", "blur", "road")
 CONTRASTIVE = tuple(n for n, m in REGISTRY.items() if m.contrastive)
@@ -85,6 +68,8 @@ NEEDS_IBD = tuple(n for n, m in REGISTRY.items() if "ibd" in m.needs)
 SANITY_METHODS = ("pdm-region-soft", "gradcam-mass", "ibd")
 ROAD_NOISE = 0.01  # ROAD's noisy linear imputation (evaluation.md §2.2)
 NOTES = {n: m.note for n, m in REGISTRY.items()}
+# T2's per-image scores that get 95% bootstrap intervals over images (<score>_lo, <score>_hi)
+INTERVAL_COLUMNS = ("spearman", "top_part", "decisive", "decisive_ceiling")
 
 
 def default_operators(dataset: Any = None, seed: int = 0, names: Iterable[str] = OPERATORS
@@ -123,7 +108,8 @@ class ValidityExtras:
         curves: (order, operator) → ``[n,P+2]`` deletion curves (probability); order is a
             method name, ``"random"`` or ``"greedy"`` (parts in the order of
             their single-removal effects).
-        per_image: one row per (method, operator, image) of V2.
+        per_image: one row per (method, operator, image) of V2 and V4 (``decisive``: the top
+            part is decisive; ``decisive_ceiling``: the effects' top part is).
         sanity: V5, one row per (method, step).
         gap: :func:`~partslib.studies.removal_cache.region_gap` per operator on the
             ground-truth masks (why region claims and removal effects differ).
@@ -347,6 +333,8 @@ def _method_row(ev: _Eval, m: str, op_name: str, cache: RemovalCache, delta: Ten
            "auc_greedy": aucs["greedy"], "decisive": ev.decisive_acc[m],
            "decisive_ceiling": ceil, "decisive_chance": chance, "note": NOTES.get(m, "")}
     pi = agree.per_image.copy()
+    pi["decisive"] = decisive_hits(cl.contributions, ev.decisive, ev.present).numpy()
+    pi["decisive_ceiling"] = decisive_hits(d, ev.decisive, ev.present).numpy()
     pi.insert(0, "image", ev.idx.numpy())
     pi.insert(0, "operator", op_name)
     pi.insert(0, "method", m)
@@ -410,8 +398,9 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
         ``completeness_error_max``/``_mean`` (for the basis rule: IBD's residual), V2
         ``spearman``, ``top_part``, ``norm_abs_error``, V3 ``auc_claimed``, ``auc_random``,
         ``auc_greedy`` (lower is better; greedy = by single-removal effect), V4 ``decisive``,
-        ``decisive_ceiling``, ``decisive_chance`` and ``note``; ``t2.attrs`` records the
-        settings. V5 is in ``extras.sanity``, the region-rule gap in ``extras.gap``.
+        ``decisive_ceiling``, ``decisive_chance``, ``note``, and 95% bootstrap intervals
+        (images, seeded) ``<score>_lo``/``_hi`` of :data:`INTERVAL_COLUMNS`; ``t2.attrs``:
+        the settings. V5 is in ``extras.sanity``, the region-rule gap in ``extras.gap``.
     """
     t_start, cpu_start = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
@@ -493,4 +482,9 @@ def _score_operators(ev: _Eval, classifier: ContractClassifier,
                             else pd.DataFrame(), sanity=_empty_sanity(),
                             gap=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(),
                             removals=removals)
-    return pd.DataFrame(rows), extras
+    t2 = pd.DataFrame(rows)
+    if len(extras.per_image):  # paired: every (method, operator) resamples the same images
+        t2 = t2.merge(bootstrap_intervals(extras.per_image, ["method", "operator"],
+                                          INTERVAL_COLUMNS, seed=ev.seed),
+                      on=["method", "operator"], how="left")
+    return t2, extras

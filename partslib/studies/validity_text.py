@@ -27,6 +27,10 @@ _METRIC_COLUMNS = ("spearman", "top_part", "norm_abs_error", "auc_claimed", "auc
                    "completeness_error_mean")
 
 
+# the 95% bootstrap intervals written to metrics.json as <score>_lo / <score>_hi
+_INTERVAL_KEYS = ("spearman", "top_part", "decisive")
+
+
 def _where(df: pd.DataFrame, mask: Any) -> pd.DataFrame:
     """The rows of ``df`` where the boolean Series ``mask`` holds."""
     # a boolean mask selects rows, so the result is a DataFrame; pandas types df[key] as a
@@ -40,7 +44,8 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[str, float]:
-    """Flat ``{"<method>/<operator>/<metric>": value}`` for ``metrics.json`` (NaN → None),
+    """Flat ``{"<method>/<operator>/<metric>": value}`` for ``metrics.json`` (NaN → None; the
+    bootstrap intervals ``spearman|top_part|decisive _lo|_hi`` where T2 has them),
     plus ``<method>/sanity/<module>/spearman_contrib|maps`` from V5 and ``n_images``."""
     out: dict[str, Any] = {}
 
@@ -48,8 +53,10 @@ def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[s
         v = float(v)
         return v if math.isfinite(v) else None
 
+    cols = [*_METRIC_COLUMNS, *(f"{c}_{s}" for c in _INTERVAL_KEYS for s in ("lo", "hi")
+                                if f"{c}_{s}" in t2.columns)]
     for r in t2.to_dict("records"):
-        for col in _METRIC_COLUMNS:
+        for col in cols:
             out[f"{r['method']}/{r['operator']}/{col}"] = num(r[col])
     if len(t2):
         out["n_images"] = int(t2["n_images"].iloc[0])
