@@ -186,13 +186,16 @@ fig
 # ## Sanity check (V5)
 #
 # Spearman rank correlation with the trained model's explanation (contributions and drawn maps)
-# after re-initialising the head, then the stages from the deepest down. An explanation that
+# after re-initialising the head, then the stages from the deepest down, of the signed values
+# and of their absolute values (`_abs`, as Adebayo et al.): an order that survives with its
+# sign flipped shows as a signed Spearman near −1 and an absolute one near +1. An explanation that
 # still resembles the trained one after its model has been randomised does not explain the model.
 
 # %%
 extras.sanity.to_csv(out_dir / "sanity.csv", index=False)
 extras.sanity.pivot_table(index=["step", "module"], columns="method",
-                          values=["spearman_contrib", "spearman_maps"]).round(3)
+                          values=["spearman_contrib", "spearman_maps", "spearman_contrib_abs",
+                                  "spearman_maps_abs"]).round(3)
 
 # %%
 # NBVAL_IGNORE_OUTPUT

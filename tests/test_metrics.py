@@ -367,7 +367,9 @@ def test_cascading_randomisation_tiny_net():
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), f"input model changed: {k}"
     assert isinstance(df, pd.DataFrame)
-    assert list(df.columns) == ["step", "module", "spearman_contrib", "spearman_maps"]
+    assert list(df.columns) == ["step", "module", "spearman_contrib", "spearman_maps",
+                                "spearman_contrib_abs", "spearman_maps_abs"]
+    assert df.iloc[0].spearman_contrib_abs == pytest.approx(1.0)
     assert df.step.tolist() == [0, 1, 2, 3, 4] and df.module.tolist()[1:] == names
     assert df.iloc[0].spearman_contrib == pytest.approx(1.0)
     assert df.iloc[0].spearman_maps == pytest.approx(1.0)
@@ -379,6 +381,28 @@ def test_cascading_randomisation_tiny_net():
     pd.testing.assert_frame_equal(df, again)
     with pytest.raises(ValueError, match="no submodule"):
         cascading_randomisation(model, ["nope"], _cam_explain(labels), images, targets)
+
+
+def test_cascading_absolute_spearman_sees_a_sign_flip():
+    """An explanation whose order survives re-initialisation with its sign flipped: signed
+    Spearman -1, absolute +1 (the case the absolute variant exists for)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    base = torch.tensor([[3.0, -1.0, 0.5, 2.0], [1.0, 4.0, -2.0, 0.0]])
+    maps = torch.tensor([[[0.1, 2.0], [-3.0, 1.0]], [[1.5, -0.5], [2.5, 0.2]]])
+    calls = []
+
+    def explain(m, images, targets):
+        sign = 1.0 if not calls else -1.0  # the trained model, then every randomised one
+        calls.append(sign)
+        return sign * base, sign * maps
+
+    df = cascading_randomisation(model, ["0"], explain, torch.zeros(2, 3, 2, 2),
+                                 torch.zeros(2, dtype=torch.long))
+    after = df.iloc[1]
+    assert after.spearman_contrib == pytest.approx(-1.0)
+    assert after.spearman_maps == pytest.approx(-1.0)
+    assert after.spearman_contrib_abs == pytest.approx(1.0)
+    assert after.spearman_maps_abs == pytest.approx(1.0)
 
 
 def test_cascading_resets_batchnorm():

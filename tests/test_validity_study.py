@@ -183,6 +183,8 @@ def test_rows_record_operator_score_seed_and_n(study):
     assert "pdm-region-soft/black/spearman" in metrics
     assert "pdm-occlusion/blur/decisive" in metrics
     assert "gradcam-mass/sanity/fc/spearman_maps" in metrics
+    assert "pdm-region-soft/sanity/fc/spearman_contrib_abs" in metrics
+    assert "pdm-region-soft/black/decisive_lo" in metrics
     assert all(v is None or math.isfinite(v) for v in metrics.values())
 
 

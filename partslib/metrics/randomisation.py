@@ -21,7 +21,10 @@ from torch import nn
 
 from partslib.metrics._checks import _check_parts, _check_present, _check_targets, spearman
 
-__all__ = ["ExplainFn", "RandomExplainer", "cascading_randomisation"]
+__all__ = ["SANITY_COLUMNS", "ExplainFn", "RandomExplainer", "cascading_randomisation"]
+
+SANITY_COLUMNS = ("step", "module", "spearman_contrib", "spearman_maps", "spearman_contrib_abs",
+                  "spearman_maps_abs")
 
 ExplainFn = Callable[[nn.Module, torch.Tensor, torch.Tensor],
                      tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -90,7 +93,10 @@ def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[st
     Returns:
         DataFrame with columns ``step`` (0 = trained), ``module``, ``spearman_contrib``,
         ``spearman_maps`` -- per-image Spearman with the trained explanation, averaged over
-        images ignoring NaN (``spearman_maps`` is NaN when ``explain_fn`` gives no maps).
+        images ignoring NaN (``spearman_maps`` is NaN when ``explain_fn`` gives no maps) --
+        and ``spearman_contrib_abs``, ``spearman_maps_abs``, the same of absolute values
+        (Adebayo et al. report both: an explanation whose order survives with its sign
+        flipped has a signed Spearman near -1 and an absolute one near +1).
         ``df.attrs`` records the seed and the module order.
     """
     names = _check_module_names(model, module_names_top_down)
@@ -110,16 +116,18 @@ def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[st
             raise ValueError(f"explain_fn must return one row per image ({B})")
         return _to_cpu(c), _to_cpu(m)  # type: ignore[return-value]
 
-    def similarity(c: torch.Tensor, m: torch.Tensor | None) -> tuple[float, float]:
+    def similarity(c: torch.Tensor, m: torch.Tensor | None) -> tuple[float, ...]:
         if (m is None) != (m_ref is None):
             raise ValueError("explain_fn returned maps on some calls and None on others")
-        rc, rm = [], []
+        rc, rm, rca, rma = [], [], [], []
         for i in range(B):
             sel = slice(None) if present is None else present[i].cpu()
             rc.append(spearman(c_ref[i][sel], c[i][sel]))
+            rca.append(spearman(c_ref[i][sel].abs(), c[i][sel].abs()))
             if m is not None:
                 rm.append(spearman(m_ref[i], m[i]))  # type: ignore[index]
-        return _nanmean(rc), _nanmean(rm)
+                rma.append(spearman(m_ref[i].abs(), m[i].abs()))  # type: ignore[index]
+        return _nanmean(rc), _nanmean(rm), _nanmean(rca), _nanmean(rma)
 
     c_ref, m_ref = explain()
     rows = [(0, "(trained)", *similarity(c_ref, m_ref))]
@@ -137,7 +145,7 @@ def cascading_randomisation(model: nn.Module, module_names_top_down: Sequence[st
             warnings.warn(f"cascading_randomisation: non-finite explanation after "
                           f"re-initialising {name!r}", RuntimeWarning, stacklevel=2)
         rows.append((step, name, *similarity(c, m)))
-    df = pd.DataFrame(rows, columns=["step", "module", "spearman_contrib", "spearman_maps"])
+    df = pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
     df.attrs.update(seed=seed, modules=names, order="top_down", reinit="reset_parameters")
     return df
 

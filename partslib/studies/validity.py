@@ -44,6 +44,7 @@ from partslib.explain.registry import (
 )
 from partslib.ibd import decompose
 from partslib.metrics.bootstrap import bootstrap_intervals
+from partslib.metrics.randomisation import SANITY_COLUMNS
 from partslib.metrics.validity import (
     cascading_randomisation,
     claimed_order,
@@ -187,8 +188,7 @@ def _sanity(classifier: ContractClassifier, pdm: Any, ibd: Any, methods: list[st
 
 
 def _empty_sanity() -> pd.DataFrame:
-    return pd.DataFrame(columns=["method", "step", "module", "spearman_contrib",
-                                 "spearman_maps"])
+    return pd.DataFrame(columns=["method", *SANITY_COLUMNS])
 
 
 def _nanmax(x: Tensor) -> float:

@@ -87,23 +87,32 @@ def plot_deletion_curves(extras: ValidityExtras, operators: Sequence[str] | None
 
 def plot_sanity(sanity: pd.DataFrame) -> Figure:
     """V5: Spearman of contributions (solid) and maps (dashed) with the trained model's, after
-    each step of the cascading re-initialisation."""
+    each step of the cascading re-initialisation; signed values on the left, absolute values
+    on the right (runs made before the absolute columns: the signed panel only)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    named = sanity.rename(columns={"spearman_contrib": "contributions",
-                                   "spearman_maps": "maps"})
-    long = named.melt(id_vars=["method", "step", "module"], value_vars=["contributions", "maps"],
-                      var_name="what", value_name="spearman")
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
-    sns.lineplot(data=long, x="step", y="spearman", hue="method", style="what",
-                 style_order=["contributions", "maps"],
-                 dashes={"contributions": (1, 0), "maps": (3, 2)}, markers=True, ax=ax)
+    panels = [("signed", "")]
+    if {"spearman_contrib_abs", "spearman_maps_abs"} <= set(sanity.columns):
+        panels.append(("absolute values", "_abs"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2.0, 3.4),
+                             sharey=True, squeeze=False)
     steps = sanity.drop_duplicates("step").sort_values("step")
-    ax.set_xticks(steps["step"].tolist(), steps["module"].tolist(), rotation=30, fontsize=8)
-    ax.set(xlabel="re-initialised down to", ylabel="Spearman with trained", ylim=(-1.05, 1.05))
-    ax.axhline(0, color="0.6", lw=0.8)
-    ax.legend(fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
+    for ax, (title, tag) in zip(axes[0], panels, strict=True):
+        named = sanity.rename(columns={f"spearman_contrib{tag}": "contributions",
+                                       f"spearman_maps{tag}": "maps"})
+        long = named.melt(id_vars=["method", "step", "module"],
+                          value_vars=["contributions", "maps"], var_name="what",
+                          value_name="spearman")
+        sns.lineplot(data=long, x="step", y="spearman", hue="method", style="what",
+                     style_order=["contributions", "maps"],
+                     dashes={"contributions": (1, 0), "maps": (3, 2)}, markers=True, ax=ax,
+                     legend=ax is axes[0][-1])
+        ax.set_xticks(steps["step"].tolist(), steps["module"].tolist(), rotation=30, fontsize=8)
+        ax.set(xlabel="re-initialised down to", ylabel="Spearman with trained",
+               ylim=(-1.05, 1.05), title=title)
+        ax.axhline(0, color="0.6", lw=0.8)
+    axes[0][-1].legend(fontsize=7, frameon=False, bbox_to_anchor=(1.02, 1), loc="upper left")
     fig.tight_layout()
     plt.close(fig)
     return fig

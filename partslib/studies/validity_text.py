@@ -46,7 +46,7 @@ def _column(df: pd.DataFrame, name: str) -> pd.Series:
 def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[str, float]:
     """Flat ``{"<method>/<operator>/<metric>": value}`` for ``metrics.json`` (NaN → None; the
     bootstrap intervals ``spearman|top_part|decisive _lo|_hi`` where T2 has them),
-    plus ``<method>/sanity/<module>/spearman_contrib|maps`` from V5 and ``n_images``."""
+    plus ``<method>/sanity/<module>/spearman_contrib|maps[_abs]`` from V5 and ``n_images``."""
     out: dict[str, Any] = {}
 
     def num(v: Any) -> float | None:
@@ -63,7 +63,10 @@ def metrics_dict(t2: pd.DataFrame, sanity: pd.DataFrame | None = None) -> dict[s
         out["seed"] = int(t2["seed"].iloc[0])
     if sanity is not None:
         for r in sanity.to_dict("records"):
-            for col in ("spearman_contrib", "spearman_maps"):
+            for col in ("spearman_contrib", "spearman_maps", "spearman_contrib_abs",
+                        "spearman_maps_abs"):
+                if col not in r:
+                    continue
                 out[f"{r['method']}/sanity/{r['module']}/{col}"] = num(r[col])
     return out
 
