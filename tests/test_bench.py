@@ -1,5 +1,6 @@
 """The benchmark machinery (partslib.bench) on tiny sizes: it runs every method and writes
-well-formed bench.json / t4.csv. Nothing here asserts on timings."""
+well-formed bench.json / t4.csv. The ratio tests feed known timings (and sleeps of known
+length) and check each ratio's value and direction."""
 
 from __future__ import annotations
 
@@ -136,3 +137,66 @@ def test_fallback_models_are_the_default_studys():
     assert (arch["image_width"], arch["image_kernel"], arch["separable"]) == \
         (cfg.image_width, cfg.image_kernel, cfg.separable)
     assert tuple(case.classifier.config()["widths"]) == ClassifierConfig().widths
+
+
+# --------------------------------------------------------------------------- ratios, known times
+
+KNOWN_MS = {"forward": 10.0, "pdm-region-soft": 20.0, "gradcam": 40.0, "pdm-occlusion": 50.0,
+            "captum_occlusion": 100.0}
+
+
+def test_ratios_are_subject_over_other_never_inverted():
+    from partslib.bench.timing import _ratios
+
+    ms = {f"{m}@64": v for m, v in KNOWN_MS.items()}
+    r = _ratios(ms, list(KNOWN_MS), 64)
+    # PDM-region takes 2x the forward pass and half of Grad-CAM: 2 and 0.5, not 0.5 and 2
+    assert r["pdm-region-soft_vs_forward@64"] == pytest.approx(2.0)
+    assert r["pdm-region-soft_vs_gradcam@64"] == pytest.approx(0.5)
+    assert r["gradcam_vs_forward@64"] == pytest.approx(4.0)
+    assert r["pdm-occlusion_vs_captum_occlusion@64"] == pytest.approx(0.5)
+    assert not any(k.startswith(("forward_vs", "gradcam_vs_pdm")) for k in r)
+    # the targets read the same keys the right way round: 2x a forward pass meets "<= 2",
+    # half of Grad-CAM meets "< 1"
+    assert bench.TARGETS["pdm-region-soft_vs_forward@64"] == 2.0
+    assert r["pdm-region-soft_vs_forward@64"] <= bench.TARGETS["pdm-region-soft_vs_forward@64"]
+
+
+def test_t4_ratio_to_forward_and_the_headline_read_the_known_times():
+    from partslib import report
+    from partslib.bench.outputs import _t4_rows
+
+    keys = [f"{m}@64" for m in KNOWN_MS]
+    payload = {"sizes": [64], "methods": list(KNOWN_MS), "batch": 8,
+               "ms_per_batch": {k: KNOWN_MS[k[:-3]] for k in keys},
+               "ms_per_batch_median": {k: KNOWN_MS[k[:-3]] for k in keys},
+               "cpu_ms_per_batch": {k: KNOWN_MS[k[:-3]] for k in keys},
+               "images_per_s": {k: 8 / (KNOWN_MS[k[:-3]] / 1e3) for k in keys},
+               "peak_rss_mib": {"per_method_delta": {}}}
+    rows = {r["method"]: r for r in _t4_rows(payload)}
+    assert rows["pdm-region-soft"]["ratio_to_forward"] == pytest.approx(2.0)
+    assert rows["captum_occlusion"]["ratio_to_forward"] == pytest.approx(10.0)
+    assert rows["forward"]["ratio_to_forward"] == pytest.approx(1.0)
+    # the headline shows benchmark/<subject>_vs_<other> under the row that names them so
+    from partslib.bench.timing import _ratios
+
+    ratios = _ratios(payload["ms_per_batch"], list(KNOWN_MS), 64)
+    table = report.headline_table({f"benchmark/{k}": v for k, v in ratios.items()})
+    row = table.set_index("what")
+    assert row.loc["PDM-region cost / classifier forward (batch 64)", "measured"] == "2.00"
+    assert row.loc["PDM-region cost / pytorch-grad-cam GradCAM", "measured"] == "0.50"
+    assert row.loc["PDM-region cost / pytorch-grad-cam GradCAM", "met"] == "yes"
+
+
+def test_timing_a_method_twice_as_slow_gives_a_ratio_of_two():
+    """Sleeps of known length through the real timing loop and ratio code (sleeps can only be
+    lengthened by a busy machine, so the minimum over repeats stays close to them)."""
+    import time
+
+    from partslib.bench.timing import _ratios, time_methods
+
+    fns = {"forward": lambda: time.sleep(0.02), "pdm-region-soft": lambda: time.sleep(0.04)}
+    wall, _ = time_methods(fns, repeats=5, warmup=1, progress=False)
+    ms = {f"{m}@64": 1e3 * min(v) for m, v in wall.items()}
+    ratio = _ratios(ms, list(fns), 64)["pdm-region-soft_vs_forward@64"]
+    assert 1.6 < ratio < 2.4, ratio
