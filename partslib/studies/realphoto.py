@@ -324,9 +324,8 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
     t2 = pd.concat(tables, ignore_index=True)
     t2.attrs.update(tables[0].attrs)
     if not decisive_parts:
-        for col in ("decisive", "decisive_ceiling", "decisive_chance"):
-            if col in t2:
-                t2[col] = math.nan
+        for col in [c for c in t2.columns if str(c).startswith("decisive")]:
+            t2[col] = math.nan  # V4, its ceiling, chance and their intervals
     return t2, extras
 
 
