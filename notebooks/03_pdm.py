@@ -35,6 +35,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
 pdm_epochs: int = 20  # PDM training epochs (on features computed once)
 pdm_lr: float = 0.005  # peak learning rate
@@ -64,6 +66,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     pdm_n_train=pdm_n_train,
     pdm_epochs=pdm_epochs,
     pdm_lr=pdm_lr,
@@ -78,10 +82,11 @@ out_dir = pipeline.stage_dir(results_dir, "pdm")
 pipeline.write_params(out_dir, params);
 
 # %%
-train, test = pipeline.load_splits(
+train, val, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, progress=progress)
-print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
+print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
+      f"{image_size}x{image_size}")
 
 # %%
 from partslib.config import PDMConfig
@@ -90,7 +95,7 @@ config = PDMConfig(n_train=pdm_n_train, epochs=pdm_epochs, lr=pdm_lr, batch_size
                    widths=tuple(pdm_widths), image_width=pdm_image_width, separable=pdm_separable)
 classifier = pipeline.load_classifier(results_dir, device=device)
 pdm, metrics, history = pipeline.train_pdm(
-    classifier, train, test, results_dir=results_dir, config=config, seed=seed, resume=resume,
+    classifier, train, val, test, results_dir=results_dir, config=config, seed=seed, resume=resume,
     progress=progress, device=device)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train_seconds']:.1f} s")
@@ -98,8 +103,9 @@ print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train
 # %% [markdown]
 # ## Learning curve
 #
-# Training loss, and the test mIoU on 500 images after each epoch (recorded for the curve only;
-# nothing is selected on it).
+# Training loss, and the validation mIoU after each epoch. The PDM's settings (epochs, decoder
+# widths, the full-resolution image step, the learning rate) are chosen on the validation split
+# only; the test split is evaluated once, below, after training.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -140,6 +146,7 @@ pipeline.write_metrics(out_dir, metrics);
 
 # %%
 # NBVAL_CHECK_OUTPUT
+print(f"PDM validation mIoU: {metrics['val_miou']:.3f}")
 print(f"PDM test mIoU: {metrics['miou']:.3f}")
 print("per-part IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in iou.items()))
 print(f"classifier unchanged by the PDM: {metrics['classifier_unchanged']}")
