@@ -103,9 +103,10 @@ print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train
 # %% [markdown]
 # ## Learning curve
 #
-# Training loss, and the validation mIoU after each epoch. The PDM's settings (epochs, decoder
-# widths, the full-resolution image step, the learning rate) are chosen on the validation split
-# only; the test split is evaluated once, below, after training.
+# Training loss, and the validation mIoU (first 500 validation images) after each epoch; the
+# whole validation split is evaluated once at the end (`val_miou`). The PDM's settings (epochs,
+# decoder widths, the full-resolution image step, the learning rate) are chosen on the
+# validation split only; the test split is evaluated once, below, after training.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -390,7 +390,7 @@ def train_pdm(classifier: ContractClassifier, train: Split | SynthParts,
               results_dir: str | os.PathLike, config: PDMConfig | None = None,
               checkpoint: str | os.PathLike = "", seed: int = 0, resume: bool = True,
               progress: bool = False, device: str | torch.device = "cpu",
-              monitor: int | None = None, **overrides: Any
+              monitor: int | None = 500, **overrides: Any
               ) -> tuple[Any, dict[str, Any], list[dict]]:
     """Train the Parts Detection Module on the frozen classifier (or reuse its checkpoint).
 
@@ -398,8 +398,10 @@ def train_pdm(classifier: ContractClassifier, train: Split | SynthParts,
     of it (``epochs=2``, ``image_width=0``); its first ``n_train`` training images are used.
     The checkpoint ``results_dir/<checkpoint>`` (default ``checkpoints/pdm.pt``) follows the
     classifier's rules. ``val`` is what settings are chosen on: its mIoU is recorded after each
-    epoch (``val_miou``, on its first ``monitor`` images; ``None``: all, 0: none) and once at
-    the end; ``test`` is evaluated once, after training, for the reported metrics.
+    epoch (history ``val_miou``, on its first ``monitor`` images: 500 by default, the per-epoch
+    cost the learning curve had before; ``None``: all; 0: none) and on the whole split once at
+    the end (metrics ``val_miou``); ``test`` is evaluated once, after training, for the reported
+    metrics. The per-epoch evaluation draws no random numbers.
 
     Returns ``(pdm in eval mode, metrics, history)``; metrics hold the test ``miou``, per-part
     ``iou/<part>``, ``pixel_accuracy``, ``val_miou`` (with ``val``), ``train_seconds``,
