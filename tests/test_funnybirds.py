@@ -276,3 +276,31 @@ def test_single_removals_mark_absent_objects():
     assert (r.distractors.isnan() == ~setup.distractor_present).all()
     torch.testing.assert_close(r.score[:, None] - r.parts[:, 1:],
                                WEIGHTS[1:].expand(10, P))
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_spider_and_curves_plot():
+    import matplotlib.pyplot as plt
+
+    from partslib.studies.funnybirds_plots import (
+        SPIDER_CHECKS,
+        plot_spider,
+        plot_threshold_curves,
+    )
+
+    _, model, setup = make(num_images=20)
+    res = funnybirds_checks(setup, model.predict, model.exact)
+    scores = {"exact": res.scores(), "partial": {"accuracy": 1.0, "BI": 0.5, "Com": 0.2}}
+    fig = plot_spider(scores, title="FunnyBirds")
+    legend = fig.axes[0].get_legend()
+    assert legend is not None
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["exact", "partial (no Cor, Con)"]
+    plt.close(fig)
+    plt.close(plot_spider({"exact": res.scores()}, axes=SPIDER_CHECKS))
+    fig = plot_threshold_curves({"exact": res})
+    assert len(fig.axes) == 1
+    plt.close(fig)
+    with pytest.raises(ValueError, match="at least 3 axes"):
+        plot_spider(scores, axes=("Com", "Cor"))
