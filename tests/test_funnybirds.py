@@ -84,7 +84,8 @@ class PartSum:
         return PartImportance(parts, d)
 
 
-def make(num_images: int = 120, num_classes: int = 30, distractor_weights=None, seed: int = 0):
+def make(num_images: int = 120, num_classes: int = 30, distractor_weights=None, seed: int = 0,
+         batch_size: int = 64):
     table = random_table(num_classes, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     # class 0 is left out: with every part removed all logits tie and argmax says class 0
@@ -93,7 +94,8 @@ def make(num_images: int = 120, num_classes: int = 30, distractor_weights=None, 
     present[:, 0] = True
     model = PartSum(table, labels, present, distractor_weights)
     idx = torch.arange(num_images)
-    setup = funnybirds_setup(model.predict, idx, labels, table, P, present, batch_size=64)
+    setup = funnybirds_setup(model.predict, idx, labels, table, P, present,
+                             batch_size=batch_size)
     return table, model, setup
 
 
@@ -199,6 +201,17 @@ def test_exact_explainer_scores_one():
     # above 5 / 15 no part passes: nothing kept, nothing deleted
     assert res.pc[-1] == 0.0 and res.dc[-1] == 0.0 and res.csdc[-1] == 0.0
     assert list(res.curves().columns) == ["threshold", "CSDC", "PC", "DC", "D", "objective"]
+
+
+def test_batch_size_changes_nothing():
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(40, 30, P + 1, generator=g, dtype=torch.float64)
+    imp = precomputed_importance(noise, torch.randn(40, 30, 3, generator=g, dtype=torch.float64))
+    scores = []
+    for bs in (7, 64):
+        _, model, setup = make(num_images=40, batch_size=bs)
+        scores.append(funnybirds_checks(setup, model.predict, imp).scores())
+    assert scores[0] == scores[1]
 
 
 def test_random_explainer_sd_near_half():

@@ -50,6 +50,7 @@ __all__ = [
     "controlled_synthetic_data_check",
     "deletion_check",
     "distractibility",
+    "explain_in_batches",
     "important_parts",
     "minimal_sufficient_part_sets",
     "precomputed_importance",
@@ -105,6 +106,23 @@ class PartImportance:
 
 
 ImportanceFn = Callable[[torch.Tensor, torch.Tensor], PartImportance]
+
+
+def explain_in_batches(importance: ImportanceFn, image_indices: torch.Tensor,
+                       targets: torch.Tensor, batch_size: int = 256) -> PartImportance:
+    """``importance`` over ``batch_size`` images at a time, concatenated."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunks = [importance(image_indices[s:s + batch_size], targets[s:s + batch_size])
+              for s in range(0, image_indices.shape[0], batch_size)]
+    if not chunks:
+        raise ValueError("image_indices is empty: nothing to explain")
+    parts = torch.cat([c.parts.detach() for c in chunks])
+    dis = None if any(c.distractors is None for c in chunks) else \
+        torch.cat([c.distractors.detach() for c in chunks if c.distractors is not None])
+    total = None if any(c.total is None for c in chunks) else \
+        torch.cat([c.total.detach() for c in chunks if c.total is not None])
+    return PartImportance(parts, dis, total)
 
 
 def precomputed_importance(parts: torch.Tensor, distractors: torch.Tensor | None = None,

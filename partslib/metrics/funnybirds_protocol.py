@@ -39,6 +39,7 @@ from partslib.metrics.funnybirds import (
     controlled_synthetic_data_check,
     deletion_check,
     distractibility,
+    explain_in_batches,
     important_parts,
     minimal_sufficient_part_sets,
     predict_unique,
@@ -147,7 +148,7 @@ def target_sensitivity_pairs(predict: PredictFn, image_indices: torch.Tensor,
 
 
 def target_sensitivity(importance: ImportanceFn, image_indices: torch.Tensor,
-                       pairs: TargetSensitivityPairs) -> float:
+                       pairs: TargetSensitivityPairs, batch_size: int = 256) -> float:
     """TS: per kept image, one point when class 1's shared parts get more importance for
     class 1 than for class 2, one when class 2's shared parts get more for class 2; the mean
     over all points. NaN when no image is kept."""
@@ -155,8 +156,8 @@ def target_sensitivity(importance: ImportanceFn, image_indices: torch.Tensor,
     if R == 0:
         return float("nan")
     idx = image_indices[pairs.rows]
-    imp1 = importance(idx, pairs.class1).parts.double()
-    imp2 = importance(idx, pairs.class2).parts.double()
+    imp1 = explain_in_batches(importance, idx, pairs.class1, batch_size).parts.double()
+    imp2 = explain_in_batches(importance, idx, pairs.class2, batch_size).parts.double()
     sh1, sh2 = pairs.shared1.double(), pairs.shared2.double()
     point1 = (imp1 * sh1).sum(1) > (imp2 * sh1).sum(1)
     point2 = (imp1 * sh2).sum(1) < (imp2 * sh2).sum(1)
@@ -289,8 +290,10 @@ def funnybirds_checks(setup: FunnyBirdsSetup, predict: PredictFn, importance: Im
     """
     idx, labels, predicted = setup.image_indices, setup.labels, setup.predicted
     D = setup.distractor_present.shape[1]
-    on_label = importance(idx, labels)
-    on_pred = on_label if bool((predicted == labels).all()) else importance(idx, predicted)
+    bs = setup.batch_size
+    on_label = explain_in_batches(importance, idx, labels, bs)
+    on_pred = on_label if bool((predicted == labels).all()) else \
+        explain_in_batches(importance, idx, predicted, bs)
     for name, imp in (("labels", on_label), ("predictions", on_pred)):
         if imp.parts.shape != (idx.shape[0], setup.num_parts + 1):
             raise ValueError(f"importance for the {name} must give parts of shape "
@@ -302,16 +305,19 @@ def funnybirds_checks(setup: FunnyBirdsSetup, predict: PredictFn, importance: Im
             raise ValueError("importance gave no distractor importances, but the images have "
                              "background objects: distractibility needs them")
         imp_label_d = torch.zeros(idx.shape[0], thresholds.shape[0], D, dtype=torch.bool)
+    elif imp_label_d.shape[2] != D:
+        raise ValueError(f"importance gave {imp_label_d.shape[2]} distractor importances per "
+                         f"image, distractor_present has {D} slots")
     imp_pred, _ = important_parts(on_pred, thresholds)
     correct = predicted == labels
     csdc = controlled_synthetic_data_check(imp_label, labels, correct, setup.sufficient_sets)
-    pc = preservation_check(predict, idx, imp_pred, predicted, D, setup.batch_size)
-    dc = deletion_check(predict, idx, imp_pred, predicted, D, setup.batch_size)
+    pc = preservation_check(predict, idx, imp_pred, predicted, D, bs)
+    dc = deletion_check(predict, idx, imp_pred, predicted, D, bs)
     d, n_d = distractibility(setup.removals, imp_label, imp_label_d)
     P = setup.num_parts
     sd, n_sd = single_deletion(setup.removals, on_label.parts, range(1, P + 1))
     sd_bg, n_sd_bg = single_deletion(setup.removals, on_label.parts, range(0, P + 1))
-    ts = target_sensitivity(importance, idx, setup.ts_pairs)
+    ts = target_sensitivity(importance, idx, setup.ts_pairs, bs)
     counts = {"images": int(idx.shape[0]), "csdc": int(correct.sum()), "d": n_d, "sd": n_sd,
               "sd_bg": n_sd_bg, "ts": int(setup.ts_pairs.rows.shape[0]),
               "ts_no_pair": setup.ts_pairs.no_pair,

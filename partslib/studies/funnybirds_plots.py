@@ -33,6 +33,7 @@ def plot_spider(scores: Mapping[str, Mapping[str, float]],
         the figure. A score that is missing or NaN is drawn at 0 and flagged in the legend.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.projections.polar import PolarAxes
 
     if len(axes) < 3:
         raise ValueError(f"a spider plot needs at least 3 axes, got {list(axes)!r}")
@@ -41,6 +42,8 @@ def plot_spider(scores: Mapping[str, Mapping[str, float]],
     if ax is None:
         fig = plt.figure(figsize=(5.5, 5.0))
         ax = fig.add_subplot(projection="polar")
+    if not isinstance(ax, PolarAxes):
+        raise ValueError(f"ax must be a polar axes (projection='polar'), got {type(ax).__name__}")
     fig = ax.get_figure(root=True)
     if fig is None:
         raise ValueError("ax belongs to no figure")
