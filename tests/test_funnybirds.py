@@ -317,3 +317,31 @@ def test_spider_and_curves_plot():
     plt.close(fig)
     with pytest.raises(ValueError, match="at least 3 axes"):
         plot_spider(scores, axes=("Com", "Cor"))
+
+
+def test_table_without_target_sensitivity_pairs():
+    """Signature-style rows (one or two fixed parts per class): no pair at distance 3, so TS
+    is NaN and every image is counted as having none; the other checks still run."""
+    table = [{1: "a"}, {2: "a"}, {3: "b"}, {1: "b", 4: "c"}]
+    labels = torch.tensor([0, 1, 2, 3])
+    present = torch.zeros(4, 0, dtype=torch.bool)
+
+    def predict(idx, drop_parts, drop_distractors):
+        keep = (~drop_parts).double()
+        logits = torch.zeros(idx.shape[0], 4, dtype=torch.float64)
+        for k, row in enumerate(table):
+            own = labels[idx] == k
+            logits[:, k] = own.double() * sum(keep[:, p] for p in row)
+        return logits
+
+    def exact(idx, targets):
+        parts = torch.zeros(idx.shape[0], P + 1, dtype=torch.float64)
+        for m, (i, k) in enumerate(zip(idx.tolist(), targets.tolist(), strict=True)):
+            if labels[i] == k:
+                parts[m, list(table[k])] = 1.0
+        return PartImportance(parts, torch.zeros(idx.shape[0], 0, dtype=torch.float64))
+
+    setup = funnybirds_setup(predict, torch.arange(4), labels, table, P, present)
+    res = funnybirds_checks(setup, predict, exact)
+    assert math.isnan(res.ts) and res.counts["ts_no_pair"] == 4
+    assert float(res.csdc[0]) == 1.0 and float(res.pc[0]) == 1.0

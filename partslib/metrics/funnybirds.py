@@ -207,6 +207,8 @@ def predict_unique(predict: PredictFn, image_indices: torch.Tensor, drop_parts: 
     if drop_parts.shape[0] != M or drop_distractors.shape[0] != M:
         raise ValueError(f"image_indices, drop_parts and drop_distractors need the same rows, "
                          f"got {M}, {drop_parts.shape[0]}, {drop_distractors.shape[0]}")
+    if M == 0:
+        raise ValueError("predict_unique got no rows (image_indices is empty)")
     key = torch.cat([image_indices.long()[:, None], drop_parts.long(),
                      drop_distractors.long()], 1)
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)

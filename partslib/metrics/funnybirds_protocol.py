@@ -138,6 +138,9 @@ def target_sensitivity_pairs(predict: PredictFn, image_indices: torch.Tensor,
     sh1 = torch.stack(s1) if s1 else empty
     sh2 = torch.stack(s2) if s2 else empty
     R = r.shape[0]
+    if R == 0:
+        return TargetSensitivityPairs(r, a, b, sh1, sh2, no_pair=labels.shape[0],
+                                      assumption_failed=0)
     logits = predict_unique(predict, image_indices[r].repeat(2), torch.cat([sh1, sh2]),
                             torch.zeros(2 * R, num_distractors, dtype=torch.bool), batch_size)
     wo1, wo2 = logits[:R], logits[R:]
