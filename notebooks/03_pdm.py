@@ -44,6 +44,7 @@ pdm_batch_size: int = 16  # batch size
 pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow
 pdm_image_width: int = 8  # channels of a full-resolution image step; 0 disables it (torchvision: 0)
 pdm_separable: bool = False  # depthwise-separable decoder blocks
+also_features_only: bool = True  # also train the PDM without the image step (T1 reports both)
 device: str = "cpu"  # "cpu" or "cuda"
 resume: bool = True  # resume from / reuse a checkpoint of the same configuration
 
@@ -75,6 +76,7 @@ params = dict(
     pdm_widths=pdm_widths,
     pdm_image_width=pdm_image_width,
     pdm_separable=pdm_separable,
+    also_features_only=also_features_only,
     device=device,
     resume=resume,
 )
@@ -143,6 +145,26 @@ viz.save_figure(fig, out_dir / "segmentations.png");
 confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.part_names,
                          columns=test.part_names)
 confusion.to_csv(out_dir / "confusion_matrix.csv")
+
+# %% [markdown]
+# ## The PDM on features only
+#
+# The default PDM ends with a full-resolution step that merges a 1×1 projection of the raw
+# image (`pdm_image_width` channels): it sharpens thin parts, but IBD's maps and the paper's PDM
+# see the classifier's features only. The same decoder without that step (`image_width=0`,
+# otherwise the same settings) is trained here too, so that T1 (notebook 05) reports both.
+
+# %%
+if also_features_only and pdm_image_width > 0:
+    pdm_f, metrics_f, history_f = pipeline.train_pdm(
+        classifier, train, val, test, results_dir=results_dir,
+        config=config.replace(image_width=0), checkpoint=pipeline.PDM_FEATURES_ONLY_CHECKPOINT,
+        seed=seed, resume=resume, progress=progress, device=device)
+    pipeline.write_json(out_dir / "history_features_only.json", history_f)
+    metrics_f.pop("confusion_matrix")
+    metrics.update({f"features_only/{k}": v for k, v in metrics_f.items()})
+    print(f"features-only PDM: validation mIoU {metrics_f['val_miou']:.3f}, "
+          f"test mIoU {metrics_f['miou']:.3f}")
 pipeline.write_metrics(out_dir, metrics);
 
 # %%

@@ -48,6 +48,7 @@ from partslib.training import (
 __all__ = [
     "CLASSIFIER_CHECKPOINT",
     "PDM_CHECKPOINT",
+    "PDM_FEATURES_ONLY_CHECKPOINT",
     "Augment",
     "Splits",
     "classifier_checkpoint_config",
@@ -67,6 +68,8 @@ __all__ = [
 
 CLASSIFIER_CHECKPOINT = Path("checkpoints") / "classifier.pt"
 PDM_CHECKPOINT = Path("checkpoints") / "pdm.pt"
+#: the PDM without the image step, trained beside the default one for T1 (notebook 03)
+PDM_FEATURES_ONLY_CHECKPOINT = Path("checkpoints") / "pdm_features_only.pt"
 _VERSIONED = ("partslib", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib",
               "seaborn", "grad-cam", "captum", "papermill", "nbval")
 

@@ -22,8 +22,9 @@ DEFAULT = PROFILES["default"]
 # run settings, not defaults of the study: where it runs, whether bars are drawn and whether the
 # interactive explorer is shown (on in JupyterLab, off in headless runs)
 NOT_DEFAULTS = {"profile", "results_dir", "data_dir", "progress", "interactive"}
-# profile knobs that are not stage configuration (where a stage runs)
-RUN_KNOBS = {"device"}
+# profile knobs that are not stage configuration: where a stage runs, and what else a stage
+# trains beside its model (also_features_only: the PDM without the image step, for T1)
+RUN_KNOBS = {"device", "also_features_only"}
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
