@@ -50,6 +50,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 n_eval: int = 300  # correctly classified test images evaluated (V1, V2, V4)
 n_deletion: int = 100  # of those, the images of the part-deletion games (V3)
 n_sanity: int = 32  # of those, the images of the cascading randomisation (V5)
@@ -80,6 +82,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     n_eval=n_eval,
     n_deletion=n_deletion,
     n_sanity=n_sanity,
@@ -94,9 +98,9 @@ out_dir = pipeline.stage_dir(results_dir, "validity")
 pipeline.write_params(out_dir, params);
 
 # %%
-train, test = pipeline.load_splits(
+train, _, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %% [markdown]

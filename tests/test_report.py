@@ -213,3 +213,15 @@ def test_write_report_and_readme_block(run_dir, tmp_path):
     other.write_text("no block here\n")
     with pytest.raises(ValueError, match="no <!-- headline:begin -->"):
         report.update_readme(other, {}, "default")
+
+
+def test_seed_summary_lists_the_default_rule_then_the_best_mode():
+    from partslib.report.seeds import seed_table, seeds_markdown
+
+    runs = {s: {**METRICS, "validity/pdm-region-soft/rerender/decisive": 0.2 + 0.1 * s,
+                "validity/best_pdm_decisive": 0.9 + 0.02 * s} for s in (0, 1, 2)}
+    md = seeds_markdown(seed_table(runs), [0, 1, 2])
+    lines = md.splitlines()
+    i = next(j for j, line in enumerate(lines) if "default rule" in line)
+    assert "| 0.300 ± 0.100 |" in lines[i]
+    assert lines[i + 1].startswith("| decisive-part accuracy, best PDM mode | 0.920 ± 0.020")
