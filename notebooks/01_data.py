@@ -35,6 +35,7 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+classes: str | list = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_show: int = 12  # samples in the overview grid
 
 # %%
@@ -55,6 +56,7 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    classes=classes,
     n_show=n_show,
 )
 out_dir = pipeline.stage_dir(results_dir, "data")
@@ -70,7 +72,7 @@ pipeline.write_params(out_dir, params);
 # %%
 train, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, progress=progress)
+    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %% [markdown]
@@ -78,6 +80,10 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 #
 # The decisive part(s) of each class and the pattern they carry. Classes 0 and 1 share a pattern on
 # different parts (as do 2 and 3): only the *location* of the pattern tells them apart.
+# A part set is *sufficient* for a class when the patterns on it rule out every other class;
+# the last column lists the minimal ones. The `classes` parameter picks the class table:
+# `"funnybirds"` has 50 classes that each fix a pattern on all five parts, in the manner of
+# FunnyBirds (`partslib.data.classtables`).
 
 # %%
 summary.signature_table(train.cfg)

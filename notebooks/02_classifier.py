@@ -33,6 +33,7 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+classes: str | list = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 device: str = "cpu"  # "cpu" or "cuda"
 arch: str = "small_resnet"  # "small_resnet" or a torchvision ResNet name ("resnet18", ...)
 widths: list[int] = [24, 48, 96]  # SmallResNet stage widths (ignored for torchvision ResNets)
@@ -61,6 +62,7 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    classes=classes,
     device=device,
     arch=arch,
     widths=widths,
@@ -81,7 +83,7 @@ pipeline.write_params(out_dir, params);
 # %%
 train, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, progress=progress)
+    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %% [markdown]

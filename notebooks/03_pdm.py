@@ -35,6 +35,7 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+classes: str | list = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
 pdm_epochs: int = 20  # PDM training epochs (on features computed once)
 pdm_lr: float = 0.005  # peak learning rate
@@ -64,6 +65,7 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    classes=classes,
     pdm_n_train=pdm_n_train,
     pdm_epochs=pdm_epochs,
     pdm_lr=pdm_lr,
@@ -80,7 +82,7 @@ pipeline.write_params(out_dir, params);
 # %%
 train, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, progress=progress)
+    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%

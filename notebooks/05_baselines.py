@@ -37,6 +37,7 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+classes: str | list = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 ibd_n_train: int = 2000  # training images for IBD's concept classifiers
 ibd_epochs: int = 15  # IBD concept-classifier epochs (the reference's 15)
 ibd_components: int = 7  # IBD basis size (capped at the number of part concepts)
@@ -62,6 +63,7 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    classes=classes,
     ibd_n_train=ibd_n_train,
     ibd_epochs=ibd_epochs,
     ibd_components=ibd_components,
@@ -74,7 +76,7 @@ pipeline.write_params(out_dir, params);
 # %%
 train, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, progress=progress)
+    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%

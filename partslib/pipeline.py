@@ -131,16 +131,21 @@ def load_splits(data_dir: str | os.PathLike | None, config: DataConfig | None = 
     """The train and test splits of SynthParts, generated once and cached in ``data_dir``.
 
     ``config`` (:class:`~partslib.config.DataConfig`, default the study's) or keyword overrides
-    of it (``n_train=600``). The two splits are disjoint streams (different seeds) of the same
-    generator.
+    of it (``n_train=600``, ``classes="funnybirds"``). The two splits are disjoint streams
+    (different seeds) of the same generator.
     """
     cfg = resolve(config, DataConfig, overrides)
-    gen = SynthPartsConfig(size=int(cfg.image_size))
+    gen = SynthPartsConfig.from_classes(_class_table(cfg.classes), size=int(cfg.image_size))
     train = SynthParts(gen, seed=cfg.train_seed, n=cfg.n_train, cache_dir=data_dir,
                        progress=progress)
     test = SynthParts(gen, seed=cfg.test_seed, n=cfg.n_test, cache_dir=data_dir,
                       progress=progress)
     return train, test
+
+
+def _class_table(classes: str | tuple) -> str | list[dict[str, str]]:
+    """``DataConfig.classes`` as :meth:`SynthPartsConfig.from_classes` takes it."""
+    return classes if isinstance(classes, str) else [dict(sig) for sig in classes]
 
 
 def _check_splits(train: Split, test: Split) -> None:

@@ -47,7 +47,8 @@ def _config_values(section: dict, config, prefix: str = "") -> dict[str, tuple]:
 
 @pytest.mark.parametrize("config, section, prefix", [
     (DataConfig(), {k: v for k, v in DEFAULT["common"].items() if k in
-                    ("image_size", "train_seed", "n_train", "test_seed", "n_test")}, ""),
+                    ("image_size", "train_seed", "n_train", "test_seed", "n_test",
+                     "classes")}, ""),
     (ClassifierConfig(), DEFAULT["02_classifier"], ""),
     (PDMConfig(), DEFAULT["03_pdm"], "pdm_"),
 ], ids=["data", "classifier", "pdm"])
