@@ -35,7 +35,7 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
-classes: str | list = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
+classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_show: int = 12  # samples in the overview grid
 
 # %%
