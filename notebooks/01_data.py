@@ -18,8 +18,8 @@
 # exact part mask, which is what lets the later notebooks measure how accurately parts are located
 # and what happens when a part is removed.
 #
-# This notebook generates (or loads from `data_dir`) the train and test splits, shows samples with
-# their part masks, the class signatures, and the class and part-area statistics.
+# This notebook generates (or loads from `data_dir`) the train, validation and test splits, shows
+# samples with their part masks, the class signatures, and the class and part-area statistics.
 # Outputs: `results_dir/data/` (`metrics.json`, `params.json`, tables, `samples.png`).
 
 # %% tags=["parameters"]
@@ -35,6 +35,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_show: int = 12  # samples in the overview grid
 
@@ -56,6 +58,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     classes=classes,
     n_show=n_show,
 )
@@ -70,10 +74,12 @@ pipeline.write_params(out_dir, params);
 # stale data, and a corrupted file is regenerated.
 
 # %%
-train, test = pipeline.load_splits(
+train, val, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
-print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
+print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
+      f"{image_size}x{image_size}")
 
 # %% [markdown]
 # ## Classes are part signatures
@@ -105,7 +111,7 @@ viz.save_figure(fig, out_dir / "samples.png");
 # that each part covers is the same for every class: part *size* carries no class information.
 
 # %%
-counts = summary.class_counts(("train", train), ("test", test))
+counts = summary.class_counts(("train", train), ("val", val), ("test", test))
 counts.to_csv(out_dir / "class_counts.csv")
 counts
 
@@ -115,17 +121,34 @@ areas.to_csv(out_dir / "part_areas.csv")
 areas.round(3)
 
 # %% [markdown]
+# ## Three disjoint streams
+#
+# `train` fits the models, `val` is what every model-selection choice (classifier and PDM
+# epochs, widths, the PDM's image step, rule settings) is made on and what the per-epoch
+# learning curves show, and `test` is evaluated once per run for the reported numbers. The
+# three are different seeds of the generator (the seeds must differ pairwise); no image is
+# shared between them:
+
+# %%
+shared = summary.shared_images(("train", train), ("val", val), ("test", test))
+assert not any(shared.values()), f"splits share images: {shared}"
+shared
+
+# %% [markdown]
 # ## Summary
 
 # %%
 metrics = {
     "n_train": len(train),
     "n_test": len(test),
+    "n_val": len(val),
     "image_size": image_size,
     "num_classes": train.cfg.num_classes,
     "num_parts": train.cfg.num_parts,
     "train_sha256": summary.split_checksum(train),
     "test_sha256": summary.split_checksum(test),
+    "val_sha256": summary.split_checksum(val),
+    **{f"shared_images/{k}": v for k, v in shared.items()},
 }
 pipeline.write_metrics(out_dir, metrics);
 
@@ -134,4 +157,6 @@ pipeline.write_metrics(out_dir, metrics);
 print(f"classes: {metrics['num_classes']}, parts: {metrics['num_parts']}")
 print(f"train: {metrics['n_train']} images, checksum {metrics['train_sha256'][:16]}")
 print(f"test: {metrics['n_test']} images, checksum {metrics['test_sha256'][:16]}")
+print(f"validation: {metrics['n_val']} images, checksum {metrics['val_sha256'][:16]}")
+print(f"images shared between splits: {shared}")
 print(f"mean object area: {1 - areas.loc['all', 'background']:.3f}")

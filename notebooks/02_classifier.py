@@ -33,6 +33,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 device: str = "cpu"  # "cpu" or "cuda"
 arch: str = "small_resnet"  # "small_resnet" or a torchvision ResNet name ("resnet18", ...)
@@ -62,6 +64,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     classes=classes,
     device=device,
     arch=arch,
@@ -78,13 +82,17 @@ pipeline.write_params(out_dir, params);
 # %% [markdown]
 # ## Data
 #
-# The splits of notebook 01 (generated here if that notebook has not run).
+# The splits of notebook 01 (generated here if that notebook has not run): the classifier trains
+# on `train`; its settings (epochs, widths, learning rate) are chosen on `val`, which the
+# per-epoch learning curves show; `test` is evaluated once, after training.
 
 # %%
-train, test = pipeline.load_splits(
+train, val, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
-print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
+print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
+      f"{image_size}x{image_size}")
 
 # %% [markdown]
 # ## Train
@@ -97,8 +105,8 @@ from partslib.config import ClassifierConfig
 config = ClassifierConfig(arch=arch, widths=tuple(widths), epochs=epochs, lr=lr,
                           weight_decay=weight_decay, batch_size=batch_size)
 model, metrics, history = pipeline.train_classifier(
-    train, test, results_dir=results_dir, config=config, seed=seed, device=device, resume=resume,
-    progress=progress)
+    train, val, test, results_dir=results_dir, config=config, seed=seed, device=device,
+    resume=resume, progress=progress)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['epochs_trained']} epoch(s) trained in {metrics['train_seconds']:.1f} s, "
       f"{metrics['num_parameters']:,} parameters")
@@ -106,8 +114,10 @@ print(f"{metrics['epochs_trained']} epoch(s) trained in {metrics['train_seconds'
 # %% [markdown]
 # ## Learning curves
 #
-# Test loss and accuracy are recorded after every epoch for the curves only; nothing is selected on
-# them (no early stopping), so the final test accuracy stays an unbiased estimate.
+# Validation loss and accuracy after every epoch (the test split is never looked at during
+# training). The training settings are chosen on these curves and on the final validation
+# accuracy; the test accuracy below is measured once, after training, so it stays an unbiased
+# estimate.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -134,6 +144,7 @@ pipeline.write_metrics(out_dir, metrics);
 
 # %%
 # NBVAL_CHECK_OUTPUT
+print(f"validation accuracy: {metrics['val_accuracy']:.3f}")
 print(f"test accuracy: {metrics['test_accuracy']:.3f}")
 print(f"balanced accuracy: {metrics['balanced_accuracy']:.3f}")
 print(f"train accuracy: {metrics['train_accuracy']:.3f}")

@@ -35,6 +35,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 pdm_n_train: int = 5000  # training images for the PDM (the classifier's training split)
 pdm_epochs: int = 20  # PDM training epochs (on features computed once)
@@ -43,6 +45,7 @@ pdm_batch_size: int = 16  # batch size
 pdm_widths: list[int] = [48, 24]  # decoder widths after each upsampling, deep to shallow
 pdm_image_width: int = 8  # channels of a full-resolution image step; 0 disables it (torchvision: 0)
 pdm_separable: bool = False  # depthwise-separable decoder blocks
+also_features_only: bool = True  # also train the PDM without the image step (T1 reports both)
 device: str = "cpu"  # "cpu" or "cuda"
 resume: bool = True  # resume from / reuse a checkpoint of the same configuration
 
@@ -65,6 +68,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     classes=classes,
     pdm_n_train=pdm_n_train,
     pdm_epochs=pdm_epochs,
@@ -73,6 +78,7 @@ params = dict(
     pdm_widths=pdm_widths,
     pdm_image_width=pdm_image_width,
     pdm_separable=pdm_separable,
+    also_features_only=also_features_only,
     device=device,
     resume=resume,
 )
@@ -80,10 +86,12 @@ out_dir = pipeline.stage_dir(results_dir, "pdm")
 pipeline.write_params(out_dir, params);
 
 # %%
-train, test = pipeline.load_splits(
+train, val, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
-print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
+print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
+      f"{image_size}x{image_size}")
 
 # %%
 from partslib.config import PDMConfig
@@ -92,7 +100,7 @@ config = PDMConfig(n_train=pdm_n_train, epochs=pdm_epochs, lr=pdm_lr, batch_size
                    widths=tuple(pdm_widths), image_width=pdm_image_width, separable=pdm_separable)
 classifier = pipeline.load_classifier(results_dir, device=device)
 pdm, metrics, history = pipeline.train_pdm(
-    classifier, train, test, results_dir=results_dir, config=config, seed=seed, resume=resume,
+    classifier, train, val, test, results_dir=results_dir, config=config, seed=seed, resume=resume,
     progress=progress, device=device)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train_seconds']:.1f} s")
@@ -100,8 +108,10 @@ print(f"{metrics['num_parameters']:,} PDM parameters, trained in {metrics['train
 # %% [markdown]
 # ## Learning curve
 #
-# Training loss, and the test mIoU on 500 images after each epoch (recorded for the curve only;
-# nothing is selected on it).
+# Training loss, and the validation mIoU (first 500 validation images) after each epoch; the
+# whole validation split is evaluated once at the end (`val_miou`). The PDM's settings (epochs,
+# decoder widths, the full-resolution image step, the learning rate) are chosen on the
+# validation split only; the test split is evaluated once, below, after training.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -138,10 +148,31 @@ viz.save_figure(fig, out_dir / "segmentations.png");
 confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.part_names,
                          columns=test.part_names)
 confusion.to_csv(out_dir / "confusion_matrix.csv")
+
+# %% [markdown]
+# ## The PDM on features only
+#
+# The default PDM ends with a full-resolution step that merges a 1×1 projection of the raw
+# image (`pdm_image_width` channels): it sharpens thin parts, but IBD's maps and the paper's PDM
+# see the classifier's features only. The same decoder without that step (`image_width=0`,
+# otherwise the same settings) is trained here too, so that T1 (notebook 05) reports both.
+
+# %%
+if also_features_only and pdm_image_width > 0:
+    pdm_f, metrics_f, history_f = pipeline.train_pdm(
+        classifier, train, val, test, results_dir=results_dir,
+        config=config.replace(image_width=0), checkpoint=pipeline.PDM_FEATURES_ONLY_CHECKPOINT,
+        seed=seed, resume=resume, progress=progress, device=device)
+    pipeline.write_json(out_dir / "history_features_only.json", history_f)
+    metrics_f.pop("confusion_matrix")
+    metrics.update({f"features_only/{k}": v for k, v in metrics_f.items()})
+    print(f"features-only PDM: validation mIoU {metrics_f['val_miou']:.3f}, "
+          f"test mIoU {metrics_f['miou']:.3f}")
 pipeline.write_metrics(out_dir, metrics);
 
 # %%
 # NBVAL_CHECK_OUTPUT
+print(f"PDM validation mIoU: {metrics['val_miou']:.3f}")
 print(f"PDM test mIoU: {metrics['miou']:.3f}")
 print("per-part IoU: " + ", ".join(f"{k} {v:.3f}" for k, v in iou.items()))
 print(f"classifier unchanged by the PDM: {metrics['classifier_unchanged']}")

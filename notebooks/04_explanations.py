@@ -32,6 +32,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_explain: int = 1000  # test images explained for the tables
 n_gallery: int = 6  # rows of each gallery figure
@@ -57,6 +59,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     classes=classes,
     n_explain=n_explain,
     n_gallery=n_gallery,
@@ -66,9 +70,10 @@ out_dir = pipeline.stage_dir(results_dir, "explanations")
 pipeline.write_params(out_dir, params);
 
 # %%
-train, test = pipeline.load_splits(
+train, _, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%

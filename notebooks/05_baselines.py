@@ -37,6 +37,8 @@ train_seed: int = 0  # stream seed of the training split
 n_train: int = 5000  # training images
 test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
+val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
+n_val: int = 1000  # validation images
 classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 ibd_n_train: int = 2000  # training images for IBD's concept classifiers
 ibd_epochs: int = 15  # IBD concept-classifier epochs (the reference's 15)
@@ -63,6 +65,8 @@ params = dict(
     n_train=n_train,
     test_seed=test_seed,
     n_test=n_test,
+    val_seed=val_seed,
+    n_val=n_val,
     classes=classes,
     ibd_n_train=ibd_n_train,
     ibd_epochs=ibd_epochs,
@@ -74,17 +78,24 @@ out_dir = pipeline.stage_dir(results_dir, "baselines")
 pipeline.write_params(out_dir, params);
 
 # %%
-train, test = pipeline.load_splits(
+train, _, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, classes=classes, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%
+from pathlib import Path
+
 from partslib.baselines import fit_ibd
 from partslib.studies.localization import localization_figure, localization_table
 
 classifier = pipeline.load_classifier(results_dir)
 pdm = pipeline.load_pdm(results_dir)
+features_only = Path(results_dir) / pipeline.PDM_FEATURES_ONLY_CHECKPOINT
+extra_pdms = ({"PDM, features only": pipeline.load_pdm(
+    results_dir, checkpoint=pipeline.PDM_FEATURES_ONLY_CHECKPOINT)}
+    if features_only.exists() else {})  # the PDM without the image step (notebook 03)
 ibd = fit_ibd(classifier, train.images[:ibd_n_train], train.masks[:ibd_n_train],
               len(train.part_names), n_components=ibd_components, epochs=ibd_epochs, seed=seed)
 ap = dict(zip([train.part_names[c] for c in ibd.concept_classifiers.concepts],
@@ -100,8 +111,8 @@ pd.Series(ap, name="IBD concept AP (held-out quarter)").round(3).to_frame()
 # %%
 images, masks, labels = test.tensors(slice(0, n_eval))
 t1 = localization_table(classifier, pdm, ibd, images, masks, test.part_names, targets=labels,
-                        decisive=test.decisive[:n_eval],
-                        gradcam_method=gradcam_method).set_index("method")
+                        decisive=test.decisive[:n_eval], gradcam_method=gradcam_method,
+                        extra_pdms=extra_pdms).set_index("method")
 t1.to_csv(out_dir / "t1.csv")
 t1.round(3)
 
@@ -136,12 +147,24 @@ metrics = {
     **{f"{m}/iou/{p}": float(row(n)[f"iou:{p}"]) for m, n in
        [("pdm", "PDM"), ("ibd_linear", "IBD linear maps")] for p in test.part_names},
     "ibd/n_components": ibd.decomposition.n_components,
+    "pdm/image_width": int(pdm.image_width),
 }
+if "PDM, features only" in t1.index:  # the paper's setting: features only, no image step
+    r = row("PDM, features only")
+    metrics.update({"pdm_features_only/miou": float(r["mIoU"]),
+                    "pdm_features_only/pointing_game": float(r["pointing_game"]),
+                    "pdm_features_only/region_iou": float(r["region_iou"]),
+                    "pdm_features_only_minus_ibd_miou": float(
+                        r["mIoU"] - row("IBD linear maps")["mIoU"]),
+                    **{f"pdm_features_only/iou/{p}": float(r[f"iou:{p}"])
+                       for p in test.part_names}})
 pipeline.write_metrics(out_dir, metrics);
 
 # %%
 # NBVAL_CHECK_OUTPUT
-print(f"PDM mIoU: {metrics['pdm/miou']:.3f}")
+print(f"PDM mIoU: {metrics['pdm/miou']:.3f} (image step: {metrics['pdm/image_width']} channels)")
+if "pdm_features_only/miou" in metrics:
+    print(f"PDM, features only, mIoU: {metrics['pdm_features_only/miou']:.3f}")
 print(f"IBD linear maps mIoU: {metrics['ibd_linear/miou']:.3f}")
 print(f"PDM - IBD: {metrics['pdm_minus_ibd_miou']:.3f}")
 print(f"decisive-region IoU: PDM {metrics['pdm/region_iou']:.3f}, "

@@ -48,6 +48,8 @@ lr: float = 0.003  # peak learning rate of the one-cycle schedule
 weight_decay: float = 0.0005  # AdamW weight decay
 batch_size: int = 32  # training batch size
 augment: bool = True  # random horizontal flips and shifts of up to 8%
+val_fraction: float = 0.2  # share of each class's training photos held out for validation
+val_seed: int = 0  # seed of the validation carve
 class_weighted: bool = False  # inverse-frequency class weights in the loss
 device: str = "cpu"  # "cpu" or "cuda"
 pdm_epochs: int = 30  # PDM epochs (on the frozen classifier's features, computed once)
@@ -106,6 +108,8 @@ params = dict(
     weight_decay=weight_decay,
     batch_size=batch_size,
     augment=augment,
+    val_fraction=val_fraction,
+    val_seed=val_seed,
     class_weighted=class_weighted,
     device=device,
     pdm_epochs=pdm_epochs,
@@ -146,10 +150,12 @@ path = rs.resolve_path(dataset_path)
 if prepare:
     ensure_dataset(prepare, path, src=prepare_source or None)  # converts only when missing
 data = rs.load_real_data(path, image_size, name=dataset_name,
-                         cache_dir=rs.resolve_path(data_dir, Path.cwd()) / "cache")
-print(f"{dataset_name}: {len(data.train_labels)} training and {len(data.test_labels)} test "
-      f"photos at {data.image_size[0]}x{data.image_size[1]}, {data.num_classes} classes, "
-      f"{data.num_labels - 1} parts; split: {data.split_rule}")
+                         cache_dir=rs.resolve_path(data_dir, Path.cwd()) / "cache",
+                         val_fraction=val_fraction, val_seed=val_seed)
+n_val = 0 if data.val_labels is None else len(data.val_labels)
+print(f"{dataset_name}: {len(data.train_labels)} training, {n_val} validation and "
+      f"{len(data.test_labels)} test photos at {data.image_size[0]}x{data.image_size[1]}, "
+      f"{data.num_classes} classes, {data.num_labels - 1} parts; split: {data.split_rule}")
 
 # %%
 counts, parts_table = rs.data_tables(data)
@@ -170,8 +176,10 @@ viz.save_figure(fig, out_dir / "samples.png");
 # `backbone` and `weights` choose the model: `small_resnet` (trained from scratch), or a
 # torchvision ResNet trained from scratch or fine-tuned from a local file (an ImageNet file's
 # 1000-class head is replaced). Training is `partslib.training.fit` with flips and small shifts as
-# augmentation; the checkpoint is resumed / reused when its configuration matches. Test loss and
-# accuracy are recorded per epoch for the curves only (nothing is selected on them).
+# augmentation; the checkpoint is resumed / reused when its configuration matches. The validation
+# photos (`val_fraction` of each class's *training* photos, never test photos) give the per-epoch
+# loss and accuracy; epochs, widths and the PDM's settings are chosen on them. The test photos are
+# evaluated once, after training.
 
 # %%
 model, clf_metrics, clf_history = rs.train_classifier(

@@ -57,6 +57,11 @@ class _Config:
 class DataConfig(_Config):
     """The SynthParts splits: image side, class table, and the seed and size of each split.
 
+    Three disjoint streams of the same generator: ``train`` fits the models, ``val`` is what
+    every model-selection choice (epochs, widths, the image step, rule settings) is made on and
+    what the per-epoch learning curves show, ``test`` is evaluated once per run for the
+    reported numbers. The three seeds must differ pairwise.
+
     ``classes``: a named class table (``"default"``: 6 classes; ``"funnybirds"``: 50 classes,
     each fixing a pattern on all 5 parts; see :mod:`partslib.data.classtables`) or an explicit
     one, a list of ``{part: pattern}`` mappings (stored as a tuple of sorted pairs).
@@ -67,6 +72,8 @@ class DataConfig(_Config):
     n_train: int = 5000
     test_seed: int = 1
     n_test: int = 1000
+    val_seed: int = 2
+    n_val: int = 1000
     classes: str | tuple[tuple[tuple[str, str], ...], ...] = "default"
 
     def __post_init__(self) -> None:
@@ -81,9 +88,16 @@ class DataConfig(_Config):
         self._check(self.image_size >= 8, "image_size", self.image_size, ">= 8")
         self._check(self.n_train >= 1, "n_train", self.n_train, ">= 1")
         self._check(self.n_test >= 1, "n_test", self.n_test, ">= 1")
-        if self.train_seed == self.test_seed:
-            raise ValueError(f"train_seed and test_seed must differ (got {self.train_seed} for "
-                             f"both): the splits would share their first samples")
+        self._check(self.n_val >= 1, "n_val", self.n_val, ">= 1")
+        seeds = {"train_seed": self.train_seed, "val_seed": self.val_seed,
+                 "test_seed": self.test_seed}
+        same = [(a, b) for i, a in enumerate(seeds) for b in list(seeds)[i + 1:]
+                if seeds[a] == seeds[b]]
+        if same:
+            a, b = same[0]
+            raise ValueError(f"{a} and {b} must differ (got {seeds[a]} for both): the splits "
+                             f"would share their samples; the train, val and test seeds must "
+                             f"differ pairwise")
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
               num_labels: int, config: PDMConfig | None = None, *,
               checkpoint: str | Path | None = None, resume: bool = True, seed: int = 0,
               progress: bool = True, evaluate: Callable[[nn.Module], dict] | None = None,
-              device: str | torch.device = "cpu", **overrides: Any
+              evaluate_info: Any = None, device: str | torch.device = "cpu", **overrides: Any
               ) -> tuple[PartsDetectionModule, list[dict]]:
     """Train a PDM on a frozen classifier with partslib's training loop.
 
@@ -298,6 +298,8 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
             study's); ``overrides`` change single fields (``epochs=2``).
         checkpoint, resume: see :func:`partslib.training.fit` (a checkpoint of another
             configuration is moved to ``old/``).
+        evaluate, evaluate_info: the per-epoch evaluation and what it runs on (see
+            :func:`partslib.training.fit`).
 
     The classifier's stage features are computed once (not per epoch) and the classifier is
     left untouched (its parameters do not even receive gradients). ``config.balance`` adds
@@ -327,7 +329,8 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
     result = fit(pdm, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr,
                  forward=with_images if pdm.uses_image else None,
                  checkpoint=checkpoint, config=pdm.config(), kind="pdm", resume=resume,
-                 seed=seed, progress=progress, evaluate=evaluate, desc="PDM", device=device)
+                 seed=seed, progress=progress, evaluate=evaluate, evaluate_info=evaluate_info,
+                 desc="PDM", device=device)
     return pdm, result.history
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -48,7 +48,9 @@ from partslib.training import (
 __all__ = [
     "CLASSIFIER_CHECKPOINT",
     "PDM_CHECKPOINT",
+    "PDM_FEATURES_ONLY_CHECKPOINT",
     "Augment",
+    "Splits",
     "classifier_checkpoint_config",
     "evaluate_segmentation",
     "library_versions",
@@ -66,6 +68,8 @@ __all__ = [
 
 CLASSIFIER_CHECKPOINT = Path("checkpoints") / "classifier.pt"
 PDM_CHECKPOINT = Path("checkpoints") / "pdm.pt"
+#: the PDM without the image step, trained beside the default one for T1 (notebook 03)
+PDM_FEATURES_ONLY_CHECKPOINT = Path("checkpoints") / "pdm_features_only.pt"
 _VERSIONED = ("partslib", "torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib",
               "seaborn", "grad-cam", "captum", "papermill", "nbval")
 
@@ -126,21 +130,32 @@ def write_metrics(out_dir: str | os.PathLike, metrics: Mapping[str, Any]) -> Pat
 
 # -- data ----------------------------------------------------------------------------------
 
+class Splits(NamedTuple):
+    """The three SynthParts splits: ``train`` fits, ``val`` selects (and shows the per-epoch
+    learning curves), ``test`` reports (evaluated once per run)."""
+
+    train: SynthParts
+    val: SynthParts
+    test: SynthParts
+
+
 def load_splits(data_dir: str | os.PathLike | None, config: DataConfig | None = None, *,
-                progress: bool = False, **overrides: Any) -> tuple[SynthParts, SynthParts]:
-    """The train and test splits of SynthParts, generated once and cached in ``data_dir``.
+                progress: bool = False, **overrides: Any) -> Splits:
+    """The train, validation and test splits of SynthParts, generated once and cached in
+    ``data_dir``: ``train, val, test = load_splits(...)``.
 
     ``config`` (:class:`~partslib.config.DataConfig`, default the study's) or keyword overrides
-    of it (``n_train=600``, ``classes="funnybirds"``). The two splits are disjoint streams
-    (different seeds) of the same generator.
+    of it (``n_train=600``, ``classes="funnybirds"``). The three splits are disjoint streams
+    (pairwise different seeds) of the same generator.
     """
     cfg = resolve(config, DataConfig, overrides)
     gen = SynthPartsConfig.from_classes(_class_table(cfg.classes), size=int(cfg.image_size))
-    train = SynthParts(gen, seed=cfg.train_seed, n=cfg.n_train, cache_dir=data_dir,
-                       progress=progress)
-    test = SynthParts(gen, seed=cfg.test_seed, n=cfg.n_test, cache_dir=data_dir,
-                      progress=progress)
-    return train, test
+
+    def stream(seed: int, n: int) -> SynthParts:
+        return SynthParts(gen, seed=seed, n=n, cache_dir=data_dir, progress=progress)
+
+    return Splits(train=stream(cfg.train_seed, cfg.n_train), val=stream(cfg.val_seed, cfg.n_val),
+                  test=stream(cfg.test_seed, cfg.n_test))
 
 
 def _class_table(classes: str | tuple) -> str | list[dict[str, str]]:
@@ -148,14 +163,17 @@ def _class_table(classes: str | tuple) -> str | list[dict[str, str]]:
     return classes if isinstance(classes, str) else [dict(sig) for sig in classes]
 
 
-def _check_splits(train: Split, test: Split) -> None:
-    same = (train.class_names == test.class_names and train.part_names == test.part_names
-            and train.image_size == test.image_size)
-    if not same:
-        raise ValueError(f"train and test splits differ in classes, parts or image size "
-                         f"({train.num_classes}/{test.num_classes} classes, "
-                         f"{train.num_labels}/{test.num_labels} labels, "
-                         f"{train.image_size}/{test.image_size})")
+def _check_splits(train: Split, *others: Split | None) -> None:
+    for other in others:
+        if other is None:
+            continue
+        same = (train.class_names == other.class_names and train.part_names == other.part_names
+                and train.image_size == other.image_size)
+        if not same:
+            raise ValueError(f"train and evaluation splits differ in classes, parts or image "
+                             f"size ({train.num_classes}/{other.num_classes} classes, "
+                             f"{train.num_labels}/{other.num_labels} labels, "
+                             f"{train.image_size}/{other.image_size})")
 
 
 # -- the classifier stage ------------------------------------------------------------------
@@ -212,9 +230,27 @@ def classifier_checkpoint_config(model: ContractClassifier, train: Split,
             "augment": config.augment, "class_weighted": config.class_weighted}
 
 
-def _fit_classifier(model: ContractClassifier, train: Split, test: Split, cfg: ClassifierConfig,
-                    path: Path, *, seed: int, device: str | torch.device, resume: bool,
-                    progress: bool):
+def _classifier_monitor(model: nn.Module, val: Split | None):
+    """Per-epoch validation loss and accuracy (``None`` without ``val``); deterministic
+    inference that draws no random numbers, so the trained weights do not depend on it."""
+    if val is None:
+        return None
+
+    def evaluate(m: nn.Module) -> dict:
+        logits = predict(model, val.images, batch_size=512)
+        return {"val_loss": float(nn.functional.cross_entropy(logits, val.labels)),
+                "val_accuracy": float((logits.argmax(1) == val.labels).float().mean())}
+    return evaluate
+
+
+def _monitor_info(val: Split | None, n: int) -> dict | None:
+    """What a per-epoch evaluation runs on, for the checkpoint configuration."""
+    return None if val is None or n <= 0 else {"split": "val", "data": val.info, "n": n}
+
+
+def _fit_classifier(model: ContractClassifier, train: Split, val: Split | None,
+                    cfg: ClassifierConfig, path: Path, *, seed: int,
+                    device: str | torch.device, resume: bool, progress: bool):
     transform = Augment(seed=seed) if cfg.augment else _uint8_to_float
     loader = TensorLoader(train.images, train.labels, batch_size=cfg.batch_size, shuffle=True,
                           seed=seed, transform=transform)
@@ -227,26 +263,28 @@ def _fit_classifier(model: ContractClassifier, train: Split, test: Split, cfg: C
         w = None if weight is None else weight.to(logits.device)
         return nn.functional.cross_entropy(logits, target, weight=w)
 
-    on_device = _OnDevice(model, device)
-
-    def evaluate(m: nn.Module) -> dict:
-        logits = predict(on_device, test.images, batch_size=512)
-        return {"test_loss": float(nn.functional.cross_entropy(logits, test.labels)),
-                "test_accuracy": float((logits.argmax(1) == test.labels).float().mean())}
-
     return fit(model, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr,
-               weight_decay=cfg.weight_decay, evaluate=evaluate, checkpoint=path,
+               weight_decay=cfg.weight_decay,
+               evaluate=_classifier_monitor(_OnDevice(model, device), val),
+               evaluate_info=_monitor_info(val, len(val) if val is not None else 0),
+               checkpoint=path,
                config=classifier_checkpoint_config(model, train, cfg), kind="classifier",
                resume=resume, seed=seed, device=device, progress=progress, desc="classifier")
 
 
-def train_classifier(train: Split | SynthParts, test: Split | SynthParts, *,
+def train_classifier(train: Split | SynthParts, val: Split | SynthParts | None,
+                     test: Split | SynthParts, *,
                      results_dir: str | os.PathLike, config: ClassifierConfig | None = None,
                      checkpoint: str | os.PathLike = "", seed: int = 0,
                      device: str | torch.device = "cpu", resume: bool = True,
                      progress: bool = False, **overrides: Any
                      ) -> tuple[ContractClassifier, dict[str, Any], list[dict]]:
     """Build the classifier, train it (or resume / load its checkpoint) and evaluate it.
+
+    ``val`` is evaluated after every epoch (the learning curves; what epochs, widths and the
+    other settings are chosen on); ``None``: no per-epoch evaluation. ``test`` is evaluated
+    once, after training, for the reported metrics. The evaluations draw no random numbers,
+    so the weights do not depend on them.
 
     ``config`` (:class:`~partslib.config.ClassifierConfig`, default the study's) or keyword
     overrides of it (``epochs=2``). The checkpoint ``results_dir/<checkpoint>`` (default
@@ -257,21 +295,23 @@ def train_classifier(train: Split | SynthParts, test: Split | SynthParts, *,
 
     Returns:
         ``(model in eval mode on device, frozen; metrics; history)``; ``metrics`` holds
-        ``test_accuracy``, ``balanced_accuracy``, ``train_accuracy``, ``final_train_loss``
-        (when trained), ``epochs``, ``epochs_trained`` (this call), ``train_seconds``,
-        ``num_parameters`` and ``confusion_matrix`` (rows = true class); ``history`` one dict
-        per epoch (``train_loss``, ``test_loss``, ``test_accuracy``).
+        ``test_accuracy``, ``balanced_accuracy`` (test), ``train_accuracy``, ``val_accuracy``
+        (with ``val``), ``final_train_loss`` (when trained), ``epochs``, ``epochs_trained``
+        (this call), ``train_seconds``, ``num_parameters`` and ``confusion_matrix`` (test, rows
+        = true class); ``history`` one dict per epoch (``train_loss``, and with ``val``
+        ``val_loss``, ``val_accuracy``).
     """
     cfg = resolve(config, ClassifierConfig, overrides)
     train, test = as_split(train), as_split(test)
-    _check_splits(train, test)
+    val = None if val is None else as_split(val)
+    _check_splits(train, val, test)
     model = create_classifier(cfg.arch, train.num_classes, train.image_size,
                               weights=cfg.weights, widths=cfg.widths)
     path = Path(results_dir) / (checkpoint or CLASSIFIER_CHECKPOINT)
     history, trained = [], 0
     t0 = time.perf_counter()
     if cfg.epochs > 0:
-        result = _fit_classifier(model, train, test, cfg, path, seed=seed, device=device,
+        result = _fit_classifier(model, train, val, cfg, path, seed=seed, device=device,
                                  resume=resume, progress=progress)
         history, trained = result.history, cfg.epochs - result.resumed_from_epoch
     train_seconds = time.perf_counter() - t0
@@ -282,6 +322,9 @@ def train_classifier(train: Split | SynthParts, test: Split | SynthParts, *,
     ev_train = evaluate_classifier(on_device, train.images, train.labels, train.num_classes)
     metrics = {"test_accuracy": ev["accuracy"], "balanced_accuracy": ev["balanced_accuracy"],
                "train_accuracy": ev_train["accuracy"]}
+    if val is not None:
+        metrics["val_accuracy"] = evaluate_classifier(on_device, val.images, val.labels,
+                                                      train.num_classes)["accuracy"]
     if history:
         metrics["final_train_loss"] = history[-1]["train_loss"]
     metrics.update(epochs=cfg.epochs, epochs_trained=trained, train_seconds=train_seconds,
@@ -333,47 +376,54 @@ def evaluate_segmentation(classifier: ContractClassifier, pdm, images: torch.Ten
             "confusion_matrix": cm.tolist()}
 
 
-def _monitor(classifier: ContractClassifier, test: Split, n: int, device: str | torch.device):
-    """Per-epoch test mIoU on the first ``n`` test images (for the learning curve only)."""
-    if n <= 0:
+def _pdm_monitor(classifier: ContractClassifier, val: Split | None, n: int,
+                 device: str | torch.device):
+    """Per-epoch validation mIoU on the first ``n`` validation images (the learning curve;
+    ``None`` without ``val`` or for ``n = 0``); draws no random numbers."""
+    if val is None or n <= 0:
         return None
-    test_x, test_m = test.images[:n], test.masks[:n].long()
+    val_x, val_m = val.images[:n], val.masks[:n].long()
 
     def evaluate(pdm) -> dict:
         from partslib.metrics import confusion_matrix, mean_iou
         from partslib.pdm import segment
 
-        pred = segment(classifier, pdm.to(device), test_x).argmax(1)
-        return {f"test_miou_{n}": float(mean_iou(confusion_matrix(pred, test_m,
-                                                                  test.num_labels)))}
+        pred = segment(classifier, pdm.to(device), val_x).argmax(1)
+        return {"val_miou": float(mean_iou(confusion_matrix(pred, val_m, val.num_labels)))}
     return evaluate
 
 
 def train_pdm(classifier: ContractClassifier, train: Split | SynthParts,
-              test: Split | SynthParts, *, results_dir: str | os.PathLike,
-              config: PDMConfig | None = None, checkpoint: str | os.PathLike = "",
-              seed: int = 0, resume: bool = True, progress: bool = False,
-              device: str | torch.device = "cpu", monitor: int = 500, **overrides: Any
+              val: Split | SynthParts | None, test: Split | SynthParts, *,
+              results_dir: str | os.PathLike, config: PDMConfig | None = None,
+              checkpoint: str | os.PathLike = "", seed: int = 0, resume: bool = True,
+              progress: bool = False, device: str | torch.device = "cpu",
+              monitor: int | None = 500, **overrides: Any
               ) -> tuple[Any, dict[str, Any], list[dict]]:
     """Train the Parts Detection Module on the frozen classifier (or reuse its checkpoint).
 
     ``config`` (:class:`~partslib.config.PDMConfig`, default the study's) or keyword overrides
     of it (``epochs=2``, ``image_width=0``); its first ``n_train`` training images are used.
     The checkpoint ``results_dir/<checkpoint>`` (default ``checkpoints/pdm.pt``) follows the
-    classifier's rules. ``monitor``: test images whose mIoU is recorded after each epoch (for
-    the learning curve; 0: none).
+    classifier's rules. ``val`` is what settings are chosen on: its mIoU is recorded after each
+    epoch (history ``val_miou``, on its first ``monitor`` images: 500 by default, the per-epoch
+    cost the learning curve had before; ``None``: all; 0: none) and on the whole split once at
+    the end (metrics ``val_miou``); ``test`` is evaluated once, after training, for the reported
+    metrics. The per-epoch evaluation draws no random numbers.
 
     Returns ``(pdm in eval mode, metrics, history)``; metrics hold the test ``miou``, per-part
-    ``iou/<part>``, ``pixel_accuracy``, ``train_seconds``, ``n_train``, ``epochs``,
-    ``num_parameters``, whether the classifier was left bit-identical
-    (``classifier_unchanged``) and the ``confusion_matrix``.
+    ``iou/<part>``, ``pixel_accuracy``, ``val_miou`` (with ``val``), ``train_seconds``,
+    ``n_train``, ``epochs``, ``num_parameters``, whether the classifier was left bit-identical
+    (``classifier_unchanged``) and the (test) ``confusion_matrix``.
     """
     from partslib.pdm import PartsDetectionModule
     from partslib.pdm import train_pdm as _train_pdm
 
     cfg = resolve(config, PDMConfig, overrides)
     train, test = as_split(train), as_split(test)
-    _check_splits(train, test)
+    val = None if val is None else as_split(val)
+    _check_splits(train, val, test)
+    n_monitor = 0 if val is None else len(val) if monitor is None else min(monitor, len(val))
     n = len(train) if cfg.n_train is None else min(int(cfg.n_train), len(train))
     # built once here to reject a bad configuration before the features are extracted (an
     # image step on a stride-4 classifier); this draw from the global RNG precedes the trained
@@ -386,8 +436,9 @@ def train_pdm(classifier: ContractClassifier, train: Split | SynthParts,
     pdm, history = _train_pdm(classifier, train.images[:n], train.masks[:n].long(),
                               train.num_labels, cfg, seed=seed, progress=progress,
                               checkpoint=Path(results_dir) / (checkpoint or PDM_CHECKPOINT),
-                              resume=resume, evaluate=_monitor(classifier, test, monitor, device),
-                              device=device)
+                              resume=resume,
+                              evaluate=_pdm_monitor(classifier, val, n_monitor, device),
+                              evaluate_info=_monitor_info(val, n_monitor), device=device)
     train_seconds = time.perf_counter() - t0
     pdm = pdm.to(device).eval()
     seg = evaluate_segmentation(classifier, pdm, test.images, test.masks, test.part_names)
@@ -397,6 +448,9 @@ def train_pdm(classifier: ContractClassifier, train: Split | SynthParts,
                "num_parameters": sum(p.numel() for p in pdm.parameters()),
                "classifier_unchanged": bool(torch.equal(classifier(probe), before)),
                "confusion_matrix": seg["confusion_matrix"]}
+    if val is not None:
+        metrics["val_miou"] = evaluate_segmentation(classifier, pdm, val.images, val.masks,
+                                                    val.part_names)["miou"]
     return pdm, metrics, history
 
 

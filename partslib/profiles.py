@@ -9,6 +9,11 @@ A profile is::
     02_classifier:                        # given to that notebook only
       epochs: 14
 
+Two optional keys: ``extends: default`` starts from another profile (its notebooks, common and
+sections; this file's values replace or extend them, section by section), and ``seeds: [0, 1,
+2]`` runs the whole profile once per seed (``common.seed`` set to each; the runner writes
+``results/<profile>/seed-<n>/`` and the mean ± sd of every metric over the seeds).
+
 The runner (:mod:`partslib.runner`) sets ``profile``, ``results_dir`` and ``data_dir`` itself.
 """
 
@@ -26,7 +31,7 @@ import yaml
 __all__ = ["RUNNER_PARAMS", "Profile", "ProfileError", "load_profile", "validate_profile"]
 
 RUNNER_PARAMS = ("profile", "results_dir", "data_dir")
-_RESERVED_KEYS = ("notebooks", "common", "description")
+_RESERVED_KEYS = ("notebooks", "common", "description", "extends", "seeds")
 
 
 class ProfileError(ValueError):
@@ -41,6 +46,7 @@ class Profile:
     common: dict[str, Any] = field(default_factory=dict)
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+    seeds: list[int] = field(default_factory=list)
 
     def parameters(self, notebook: str, declared: Sequence[str]) -> dict[str, Any]:
         """Parameters for ``notebook``: the common ones it declares, then its own section."""
@@ -49,22 +55,61 @@ class Profile:
         return params
 
 
-def load_profile(profile: str | os.PathLike, root: Path) -> Profile:
-    """Read ``profiles/<profile>.yaml`` (or a path to a .yaml file) and check its structure."""
+def _profile_path(profile: str | os.PathLike, root: Path) -> Path:
     p = Path(profile)
     path = p if p.suffix in (".yaml", ".yml") else root / "profiles" / f"{profile}.yaml"
     if not path.is_file():
         known = sorted(f.stem for f in (root / "profiles").glob("*.yaml"))
         raise ProfileError(f"profile {str(profile)!r} not found: no file {path} "
                            f"(known profiles: {', '.join(known) or 'none'})")
+    return path
+
+
+def _read_raw(path: Path, root: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The profile's mapping with ``extends`` resolved (the base first, then this file)."""
+    if path in chain:
+        raise ProfileError(f"{path}: 'extends' makes a cycle: "
+                           f"{' -> '.join(str(p) for p in (*chain, path))}")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ProfileError(f"{path} is not valid YAML: {e}") from e
-    errors = []
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping with 'notebooks' and 'common', "
                            f"got {type(raw).__name__}")
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise ProfileError(f"{path}: 'extends' must name a profile, got {base_name!r}")
+    merged = _read_raw(_profile_path(base_name, root), root, (*chain, path))
+    merged.pop("description", None)
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    for key in [k for k in merged if k not in _RESERVED_KEYS and k not in merged["notebooks"]]:
+        del merged[key]  # a section of a base notebook this profile does not run
+    return merged
+
+
+def _check_seeds(seeds: Any, path: Path) -> list[int]:
+    if seeds is None:
+        return []
+    if not isinstance(seeds, list) or not seeds or \
+            not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ProfileError(f"{path}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ProfileError(f"{path}: 'seeds' lists a seed twice: {seeds}")
+    return list(seeds)
+
+
+def load_profile(profile: str | os.PathLike, root: Path) -> Profile:
+    """Read ``profiles/<profile>.yaml`` (or a path to a .yaml file) and check its structure."""
+    path = _profile_path(profile, root)
+    raw = _read_raw(path, root)
+    errors = []
     notebooks = raw.get("notebooks")
     if not isinstance(notebooks, list) or not notebooks or \
             not all(isinstance(n, str) for n in notebooks):
@@ -97,7 +142,8 @@ def load_profile(profile: str | os.PathLike, root: Path) -> Profile:
     if errors:
         raise ProfileError("\n".join(errors))
     return Profile(name=path.stem, path=path, notebooks=list(notebooks), common=dict(common),
-                   sections=sections, description=str(raw.get("description", "")))
+                   sections=sections, description=str(raw.get("description", "")),
+                   seeds=_check_seeds(raw.get("seeds"), path))
 
 
 def _suggest(word: str, choices: Sequence[str]) -> str:

@@ -35,7 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,10 +278,10 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     after the last one, ``report.html`` is rendered when the profile has the ``08_summary``
     stage. ``reference=True`` writes papermill-executed copies for the nbval regression to
     ``tests/nb_reference/`` instead: they are executed from that folder with *relative*
-    ``results_dir`` and ``data_dir``, so nbval can re-run them on any checkout.
+    ``results_dir`` and ``data_dir``, so nbval can re-run them on any checkout. A profile with
+    ``seeds`` runs once per seed (see :mod:`partslib.profiles`); the returned metrics are then
+    the mean and sd over the seeds.
     """
-    import papermill as pm
-
     try:
         root = find_root(root)
     except StudyRootError as e:
@@ -294,6 +294,9 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     if dry_run:
         for name, params in plan.items():
             log(f"  {name}: {json.dumps(params, default=str)}")
+        if prof.seeds:
+            log(f"  seeds {prof.seeds}: the notebooks run once per seed (common.seed), into "
+                f"{prof.name}/seed-<n>/")
         log("dry run: profile is valid, nothing executed")
         return {}
 
@@ -301,8 +304,45 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     # shared or oversubscribed cores from wasting most of its CPU time waiting (no effect on
     # results, only on wall time)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    target, kept = _prepare(prof, list(plan), root, results,
-                            Path(data_dir or root / "data").resolve(), bool(only), retrain,
+    data = Path(data_dir or root / "data").resolve()
+    if prof.seeds and not reference:
+        return _run_seeds(prof, notebooks_dir, root, results, data, only, retrain, log,
+                          kernel_name=kernel_name, execution_timeout=execution_timeout)
+    return _run_plan(prof, plan, notebooks_dir, root, results, data, only, retrain, reference,
+                     log, kernel_name=kernel_name, execution_timeout=execution_timeout)
+
+
+def _run_seeds(prof: Profile, notebooks_dir: Path, root: Path, results: Path | None,
+               data_dir: Path, only: Sequence[str] | None, retrain: bool,
+               log: Callable[..., None], **kwargs: Any) -> dict[str, Any]:
+    """Run the profile once per seed into ``<profile>/seed-<n>/``, then write the mean ± sd
+    of every metric over the seeds (:func:`partslib.report.seeds.write_seed_summary`)."""
+    from partslib.report.seeds import write_seed_summary
+
+    runs = {}
+    for s in prof.seeds:
+        sub = replace(prof, name=f"{prof.name}/seed-{s}", common={**prof.common, "seed": s},
+                      seeds=[])
+        log(f"seed {s} ({prof.seeds.index(s) + 1}/{len(prof.seeds)})")
+        plan = validate_profile(sub, notebooks_dir, only)
+        runs[s] = _run_plan(sub, plan, notebooks_dir, root, results, data_dir, only, retrain,
+                            False, log, **kwargs)
+    out = Path(results or root / "results").resolve() / prof.name
+    summary = write_seed_summary(out, runs)
+    log(f"seeds {prof.seeds}: mean ± sd of {len(summary)} metrics in {_rel(out / 'seeds.csv')}")
+    return {f"{k}/{stat}": v for k, mean, sd in zip(summary.index, summary["mean"].tolist(),
+                                                     summary["sd"].tolist())
+            for stat, v in (("mean", mean), ("sd", sd))}
+
+
+def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Path, root: Path,
+              results: Path | None, data_dir: Path, only: Sequence[str] | None, retrain: bool,
+              reference: bool, log: Callable[..., None], *, kernel_name: str,
+              execution_timeout: int | None) -> dict[str, Any]:
+    """Execute the notebooks of ``plan`` into the profile's run folder (see :func:`run_study`)."""
+    import papermill as pm
+
+    target, kept = _prepare(prof, list(plan), root, results, data_dir, bool(only), retrain,
                             reference, log)
     timings = RunTimings(target.run_dir / "timings.json", prof, list(plan), bool(only), kept)
     timings.start()

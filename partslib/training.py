@@ -196,7 +196,7 @@ class FitResult:
 def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         lr: float = 2e-3, weight_decay: float = 1e-4,
-        evaluate: Callable[[nn.Module], dict] | None = None,
+        evaluate: Callable[[nn.Module], dict] | None = None, evaluate_info: Any = None,
         checkpoint: str | Path | None = None, config: dict | None = None, kind: str = "model",
         resume: bool = True, seed: int = 0, device: str | torch.device = "cpu",
         forward: Callable[[nn.Module, Any], torch.Tensor] | None = None,
@@ -206,6 +206,10 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     Args:
         train_loader: yields ``(inputs, targets)``; needs ``set_epoch`` for reproducible resumes.
         evaluate: called after each epoch with the model in eval mode; its dict joins the history.
+            It must draw no random numbers (the weights would then depend on it).
+        evaluate_info: what ``evaluate`` runs on (JSON-able, e.g. the validation split's
+            identity); it joins the checkpoint configuration, so a checkpoint whose history was
+            recorded on other data is not resumed.
         checkpoint: file to write after each epoch (atomically) and to resume from when it exists
             and ``resume`` is true. A checkpoint whose configuration (``config`` with the
             optimisation settings) differs, or that cannot be read, is moved to ``old/`` beside
@@ -226,6 +230,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     result, start = FitResult(), 0
     full_config = {"model": config or {}, "epochs": epochs, "lr": lr,
                    "weight_decay": weight_decay, "seed": seed}
+    if evaluate_info is not None:
+        full_config["evaluate"] = evaluate_info
     if checkpoint is not None and resume:
         archive_if_stale(checkpoint, kind, full_config)
     if checkpoint is not None and resume and Path(checkpoint).exists():

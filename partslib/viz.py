@@ -147,7 +147,8 @@ def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
         for k in acc_keys:
             axes[0, 1].plot(epochs, [h[k] for h in history], marker="o", ms=3,
                             label=k.replace("_", " "))
-        axes[0, 1].set(xlabel="epoch", ylabel="score", title="test score", ylim=(0, 1.02))
+        title = "validation score" if all(k.startswith("val_") for k in acc_keys) else "score"
+        axes[0, 1].set(xlabel="epoch", ylabel="score", title=title, ylim=(0, 1.02))
         axes[0, 1].legend()
     for ax in axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -61,7 +61,7 @@ NOTEBOOK = "explorer_check.ipynb"
 DONE_MARKER = "EXPLORER_CELL_DONE"
 # smoke-profile data parameters; overridden by <results-dir>/explanations/params.json if present
 DATA_DEFAULTS = {"image_size": 64, "train_seed": 0, "n_train": 600, "test_seed": 1,
-                 "n_test": 240}
+                 "n_test": 240, "val_seed": 2, "n_val": 240}
 
 
 def skip(msg: str) -> NoReturn:
@@ -95,10 +95,10 @@ from partslib.explain import PartExplainer
 pipeline.setup(seed=0, threads=1)
 viz.set_style()
 results_dir = {str(results_dir)!r}
-train, test = pipeline.load_splits(
+train, _, test = pipeline.load_splits(
     {str(data_dir)!r}, image_size={params['image_size']}, train_seed={params['train_seed']},
     n_train={params['n_train']}, test_seed={params['test_seed']}, n_test={params['n_test']},
-    progress=False)
+    val_seed={params['val_seed']}, n_val={params['n_val']}, progress=False)
 classifier = pipeline.load_classifier(results_dir)
 pdm = pipeline.load_pdm(results_dir)
 explainer = PartExplainer(classifier, pdm, test.part_names)

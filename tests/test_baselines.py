@@ -4,6 +4,7 @@ ablation and table T1."""
 import math
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")
 
@@ -252,6 +253,30 @@ def test_localization_table(toy):
         assert math.isnan(seg.loc["Grad-CAM (thresholded)", "mIoU"])
         assert not seg["region_iou"].isna().any()
     assert df.attrs["region"] == "decisive parts"
+
+
+def test_localization_table_rows_for_extra_pdms(toy):
+    """A second PDM gets a row of its own after ``PDM``; the same PDM twice gives the same
+    numbers, so each row reads its own PDM."""
+    clf, ibd, pdm = toy
+    images, masks = palette_blocks(8, seed=3)
+    df = localization_table(clf, pdm, ibd, images, masks, NAMES, targets=0, batch_size=4,
+                            extra_pdms={"PDM, features only": pdm})
+    assert list(df.method) == ["PDM", "PDM, features only", *METHODS[1:]]
+    rows = df.set_index("method")
+    pd.testing.assert_series_equal(rows.loc["PDM"], rows.loc["PDM, features only"],
+                                   check_names=False)
+    with pytest.raises(ValueError, match="'other' segments 3 labels"):
+        localization_table(clf, pdm, ibd, images, masks, NAMES, targets=0,
+                           extra_pdms={"other": _relabelled(pdm, 3)})
+
+
+def _relabelled(pdm, num_labels):
+    import copy
+
+    other = copy.deepcopy(pdm)
+    other.num_labels = num_labels
+    return other
 
 
 def test_localization_figure(toy):

@@ -22,8 +22,9 @@ DEFAULT = PROFILES["default"]
 # run settings, not defaults of the study: where it runs, whether bars are drawn and whether the
 # interactive explorer is shown (on in JupyterLab, off in headless runs)
 NOT_DEFAULTS = {"profile", "results_dir", "data_dir", "progress", "interactive"}
-# profile knobs that are not stage configuration (where a stage runs)
-RUN_KNOBS = {"device"}
+# profile knobs that are not stage configuration: where a stage runs, and what else a stage
+# trains beside its model (also_features_only: the PDM without the image step, for T1)
+RUN_KNOBS = {"device", "also_features_only"}
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -48,7 +49,7 @@ def _config_values(section: dict, config, prefix: str = "") -> dict[str, tuple]:
 @pytest.mark.parametrize("config, section, prefix", [
     (DataConfig(), {k: v for k, v in DEFAULT["common"].items() if k in
                     ("image_size", "train_seed", "n_train", "test_seed", "n_test",
-                     "classes")}, ""),
+                     "val_seed", "n_val", "classes")}, ""),
     (ClassifierConfig(), DEFAULT["02_classifier"], ""),
     (PDMConfig(), DEFAULT["03_pdm"], "pdm_"),
 ], ids=["data", "classifier", "pdm"])

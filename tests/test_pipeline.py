@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from partslib import pipeline, viz
 from partslib.data import summary
 from partslib.data.synthparts import SynthParts, SynthPartsConfig
+from partslib.training import predict, seed_everything
 
 TINY = dict(arch="small_resnet", widths=(8, 16, 32), epochs=2, lr=3e-3, batch_size=16, seed=0)
 
@@ -24,15 +25,50 @@ TINY = dict(arch="small_resnet", widths=(8, 16, 32), epochs=2, lr=3e-3, batch_si
 def splits(tmp_path_factory):
     cache = tmp_path_factory.mktemp("data")
     return pipeline.load_splits(cache, image_size=32, train_seed=0, n_train=48, test_seed=1,
-                                n_test=24)
+                                n_test=24, val_seed=2, n_val=24)
 
 
-def test_load_splits_are_disjoint_streams_and_cached(splits, tmp_path):
-    train, test = splits
-    assert len(train) == 48 and len(test) == 24 and train.cfg.size == 32
-    assert not torch.equal(train.images[:24], test.images)
-    with pytest.raises(ValueError, match="must differ"):
-        pipeline.load_splits(tmp_path, train_seed=3, test_seed=3, n_train=4, n_test=4)
+def test_load_splits_are_three_disjoint_streams(splits, tmp_path):
+    train, val, test = splits
+    assert splits.train is train and splits.val is val and splits.test is test
+    assert (len(train), len(val), len(test)) == (48, 24, 24) and val.cfg.size == 32
+    assert (train.seed, val.seed, test.seed) == (0, 2, 1)
+    # no image of one stream appears in another (the first samples included)
+    shared = summary.shared_images(("train", train), ("val", val), ("test", test))
+    assert shared == {"train/val": 0, "train/test": 0, "val/test": 0}
+    # the check itself sees a shared image
+    assert summary.shared_images(("a", train), ("b", train))["a/b"] == len(train)
+    for seeds in [dict(train_seed=3, test_seed=3, val_seed=4),
+                  dict(train_seed=3, test_seed=4, val_seed=3),
+                  dict(train_seed=4, test_seed=3, val_seed=3)]:
+        with pytest.raises(ValueError, match="must differ"):
+            pipeline.load_splits(tmp_path, n_train=4, n_test=4, n_val=4, **seeds)
+    with pytest.raises(ValueError, match="n_val must be >= 1"):
+        pipeline.load_splits(tmp_path, n_val=0)
+
+
+def test_history_holds_validation_only_and_training_ignores_it(splits, tmp_path):
+    train, val, test = splits
+    seed_everything(0)  # the model is initialised from the global generator
+    model, metrics, history = pipeline.train_classifier(train, val, test,
+                                                        results_dir=tmp_path / "a", **TINY)
+    keys = set().union(*history)
+    assert {"train_loss", "val_loss", "val_accuracy"} <= keys
+    assert not any(k.startswith("test") for k in keys)
+    logits = predict(model, val.images)
+    assert history[-1]["val_accuracy"] == metrics["val_accuracy"] == \
+        float((logits.argmax(1) == val.labels).float().mean())
+    # the per-epoch evaluation draws no random numbers: the same weights without it, or with
+    # another evaluation split
+    for name, other in [("none", None), ("test", test)]:
+        seed_everything(0)
+        m2, _, h2 = pipeline.train_classifier(train, other, test,
+                                              results_dir=tmp_path / name, **TINY)
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                      m2.state_dict().values()))
+        assert [h["train_loss"] for h in h2] == [h["train_loss"] for h in history]
+    assert set().union(*pipeline.train_classifier(train, None, test, results_dir=tmp_path / "none",
+                                                  **TINY)[2]) == {"epoch", "train_loss"}
 
 
 def test_split_checksum_equals_the_cache_manifest(tmp_path):
@@ -42,7 +78,7 @@ def test_split_checksum_equals_the_cache_manifest(tmp_path):
 
 
 def test_summary_tables(splits):
-    train, test = splits
+    train, _, test = splits
     sig = summary.signature_table(train.cfg)
     assert list(sig.columns) == ["name", "decisive parts", "pattern",
                                  "minimal sufficient part sets"]
@@ -57,17 +93,19 @@ def test_summary_tables(splits):
 
 
 def test_train_classifier_resumes_loads_and_restarts(splits, tmp_path):
-    train, test = splits
-    model, metrics, history = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
+    train, val, test = splits
+    model, metrics, history = pipeline.train_classifier(train, val, test, results_dir=tmp_path,
+                                                        **TINY)
     assert [h["epoch"] for h in history] == [1, 2]
-    assert {"train_loss", "test_loss", "test_accuracy"} <= set(history[0])
+    assert {"train_loss", "val_loss", "val_accuracy"} <= set(history[0])
     assert metrics["epochs_trained"] == 2 and 0 <= metrics["test_accuracy"] <= 1
     cm = np.array(metrics["confusion_matrix"])
     assert cm.shape == (6, 6) and cm.sum() == len(test)
     assert abs(np.trace(cm) / cm.sum() - metrics["test_accuracy"]) < 1e-6
 
     # a second call with the same configuration loads the finished checkpoint: no training
-    _, metrics2, history2 = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
+    _, metrics2, history2 = pipeline.train_classifier(train, val, test, results_dir=tmp_path,
+                                                      **TINY)
     assert metrics2["epochs_trained"] == 0 and history2 == history
     assert metrics2["test_accuracy"] == metrics["test_accuracy"]
 
@@ -79,16 +117,16 @@ def test_train_classifier_resumes_loads_and_restarts(splits, tmp_path):
 
     # another configuration: the old checkpoint is moved aside, training starts over
     with pytest.warns(UserWarning, match="another configuration"):
-        _, metrics3, _ = pipeline.train_classifier(train, test, results_dir=tmp_path,
+        _, metrics3, _ = pipeline.train_classifier(train, val, test, results_dir=tmp_path,
                                                    **{**TINY, "epochs": 1})
     assert metrics3["epochs_trained"] == 1
     assert len(list((tmp_path / "checkpoints" / "old").glob("classifier-*.pt"))) == 1
 
 
 def test_same_seed_same_classifier(splits, tmp_path):
-    train, test = splits
-    a = pipeline.train_classifier(train, test, results_dir=tmp_path / "a", **TINY)[1]
-    b = pipeline.train_classifier(train, test, results_dir=tmp_path / "b", **TINY)[1]
+    train, val, test = splits
+    a = pipeline.train_classifier(train, val, test, results_dir=tmp_path / "a", **TINY)[1]
+    b = pipeline.train_classifier(train, val, test, results_dir=tmp_path / "b", **TINY)[1]
     drop = ("train_seconds",)
     assert {k: v for k, v in a.items() if k not in drop} == \
         {k: v for k, v in b.items() if k not in drop}
@@ -107,7 +145,7 @@ def test_create_classifier_torchvision_and_unknown():
     with pytest.raises(ValueError, match="small_resnet"):
         create_classifier("vgg", num_classes=6, image_size=64)
     with pytest.raises(ValueError, match="arch must be"):
-        pipeline.train_classifier(None, None, results_dir=".", arch="vgg")
+        pipeline.train_classifier(None, None, None, results_dir=".", arch="vgg")
 
 
 def test_write_params_and_metrics(tmp_path):
@@ -120,12 +158,12 @@ def test_write_params_and_metrics(tmp_path):
 
 
 def test_figures(splits):
-    train, _ = splits
+    train = splits.train
     figs = [
         viz.plot_samples(train, n=5, ncols=3),
         viz.plot_confusion(np.eye(6, dtype=int) * 4, train.class_names),
-        viz.plot_history([{"epoch": 1, "train_loss": 1.0, "test_accuracy": 0.5},
-                          {"epoch": 2, "train_loss": 0.5, "test_accuracy": 0.7}]),
+        viz.plot_history([{"epoch": 1, "train_loss": 1.0, "val_accuracy": 0.5},
+                          {"epoch": 2, "train_loss": 0.5, "val_accuracy": 0.7}]),
     ]
     assert all(isinstance(f, Figure) for f in figs)
     assert len(figs[0].legends[0].get_texts()) == train.cfg.num_parts
@@ -154,28 +192,37 @@ def test_save_figure(tmp_path):
 
 
 def test_pdm_stage_trains_resumes_and_loads(splits, tmp_path):
-    train, test = splits
-    clf, _, _ = pipeline.train_classifier(train, test, results_dir=tmp_path, **TINY)
-    kw = dict(results_dir=tmp_path, epochs=1, batch_size=16, widths=[8, 8], image_width=4,
-              n_train=32, monitor=8)
-    pdm, metrics, history = pipeline.train_pdm(clf, train, test, **kw)
+    train, val, test = splits
+    clf, _, _ = pipeline.train_classifier(train, val, test, results_dir=tmp_path, **TINY)
+    kw = dict(results_dir=tmp_path, epochs=2, batch_size=16, widths=[8, 8], image_width=4,
+              n_train=32)
+    seed_everything(0)  # the PDM is initialised from the global generator
+    pdm, metrics, history = pipeline.train_pdm(clf, train, val, test, **kw)
     assert metrics["n_train"] == 32 and metrics["classifier_unchanged"]
-    assert 0 <= metrics["miou"] <= 1 and "test_miou_8" in history[0]
+    assert 0 <= metrics["miou"] <= 1 and history[-1]["val_miou"] == metrics["val_miou"]
+    assert not any(k.startswith("test") for h in history for k in h)
+    # the per-epoch validation draws no random numbers: the same weights without it
+    seed_everything(0)
+    bare, _, bare_history = pipeline.train_pdm(clf, train, None, test,
+                                               **{**kw, "results_dir": tmp_path / "bare"})
+    assert all(torch.equal(a, b) for a, b in zip(pdm.state_dict().values(),
+                                                  bare.state_dict().values()))
+    assert set().union(*bare_history) == {"epoch", "train_loss"}
     loaded = pipeline.load_pdm(tmp_path)
     x = test.images[:4].float() / 255
     torch.testing.assert_close(loaded.part_probs(clf, x), pdm.part_probs(clf, x))
     # the same configuration reuses the checkpoint; another one archives it
-    _, again, _ = pipeline.train_pdm(clf, train, test, **kw)
+    _, again, _ = pipeline.train_pdm(clf, train, val, test, **kw)
     assert again["miou"] == metrics["miou"]
     with pytest.warns(UserWarning, match=r"differing keys: model\.image_width"):
-        pipeline.train_pdm(clf, train, test, **{**kw, "image_width": 0})
+        pipeline.train_pdm(clf, train, val, test, **{**kw, "image_width": 0})
     assert len(list((tmp_path / "checkpoints" / "old").glob("pdm-*.pt"))) == 1
 
 
 def test_pdm_stage_refuses_an_image_step_on_torchvision(splits, tmp_path):
-    train, test = splits
-    clf = pipeline.train_classifier(train, test, results_dir=tmp_path, arch="resnet18",
+    train, val, test = splits
+    clf = pipeline.train_classifier(train, val, test, results_dir=tmp_path, arch="resnet18",
                                     epochs=0)[0]
     with pytest.raises(ValueError, match="pass image_width=0"):
-        pipeline.train_pdm(clf, train, test, results_dir=tmp_path, epochs=1, widths=None,
+        pipeline.train_pdm(clf, train, val, test, results_dir=tmp_path, epochs=1, widths=None,
                            image_width=8)

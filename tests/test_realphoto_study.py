@@ -8,6 +8,7 @@ overrides it); those tests skip when it is absent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from partslib.data.folder import FolderDataset, write_folder
 from partslib.data.prepare import ccp_outfit, ensure_dataset, prepare_ccp
 from partslib.data.prepare import main as prepare_main
+from partslib.data.realphotos import carve_validation
 from partslib.explain import PartExplainer
 from partslib.models import create_classifier
 from partslib.studies import realphoto as rs
@@ -73,14 +75,15 @@ def tiny_folder(tmp_path_factory) -> Path:
 def tiny_run(tiny_folder, tmp_path_factory):
     torch.manual_seed(0)
     results = tmp_path_factory.mktemp("results")
-    data = rs.load_real_data(tiny_folder, 32, name="tiny", cache_dir=results / "cache")
-    model, cm, _ = rs.train_classifier(
+    data = rs.load_real_data(tiny_folder, 32, name="tiny", cache_dir=results / "cache",
+                             val_fraction=0.25)
+    model, cm, clf_history = rs.train_classifier(
         data, results_dir=results, widths=(8, 16, 16), epochs=6, batch_size=6, lr=0.01
     )
-    pdm, pm, _ = rs.train_part_model(
+    pdm, pm, pdm_history = rs.train_part_model(
         model, data, results_dir=results, epochs=2, batch_size=8, image_width=4
     )
-    return data, model, pdm, cm, pm, results
+    return data, model, pdm, cm, pm, results, (clf_history, pdm_history)
 
 
 def test_load_real_data_splits_and_cache(tiny_folder, tmp_path):
@@ -103,6 +106,51 @@ def test_load_real_data_splits_and_cache(tiny_folder, tmp_path):
     assert counts.loc["all", "train"] == 18 and parts.shape == (3, 4)
 
 
+def test_validation_is_carved_from_the_training_photos_only(tiny_folder, tmp_path):
+    full = rs.load_real_data(tiny_folder, 32, name="tiny", cache_dir=tmp_path)
+    data = rs.load_real_data(tiny_folder, 32, name="tiny", cache_dir=tmp_path,
+                             val_fraction=0.25, val_seed=3)
+    assert not full.has_val and data.has_val and data.val_names is not None
+    assert data.val_labels is not None and data.val_images is not None
+    # the test photos are untouched; train and val partition the former training photos
+    assert data.test_names == full.test_names and torch.equal(data.test_images, full.test_images)
+    assert sorted(data.train_names + data.val_names) == sorted(full.train_names)
+    assert not set(data.train_names) & set(data.val_names)
+    assert not set(data.val_names) & set(full.test_names)
+    rows = [full.train_names.index(n) for n in data.val_names]
+    assert torch.equal(data.val_images, full.train_images[rows])
+    assert torch.equal(data.val_labels, full.train_labels[rows])
+    # stratified: round(0.25 * n) of each class's n training photos (12 and 6)
+    assert torch.bincount(full.train_labels).tolist() == [12, 6]
+    assert torch.bincount(data.val_labels).tolist() == [3, 2]
+    assert "validation: 0.25" in data.split_rule
+    # deterministic (the cache holds the whole training split), and the seed chooses
+    again = rs.load_real_data(tiny_folder, 32, name="tiny", cache_dir=tmp_path,
+                              val_fraction=0.25, val_seed=3)
+    assert again.val_names == data.val_names and again.train_names == data.train_names
+    other = rs.load_real_data(tiny_folder, 32, name="tiny", val_fraction=0.25, val_seed=4)
+    assert other.val_names != data.val_names
+    assert len(data.split("val")) == 5 and data.fingerprint() != full.fingerprint()
+    counts, _ = rs.data_tables(data)
+    assert list(counts.columns) == ["train", "val", "test"] and counts.loc["all", "val"] == 5
+    with pytest.raises(ValueError, match="no validation split"):
+        full.split("val")
+    with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
+        rs.load_real_data(tiny_folder, 32, val_fraction=1.0)
+    with pytest.raises(ValueError, match="leaves no validation photo"):
+        rs.load_real_data(tiny_folder, 32, val_fraction=0.01)
+    # a class with a single training photo keeps it for training
+    keep = [full.train_labels.tolist().index(0),
+            *torch.nonzero(full.train_labels == 1).flatten().tolist()]
+    one = dataclasses.replace(full, train_images=full.train_images[keep],
+                              train_masks=full.train_masks[keep],
+                              train_labels=full.train_labels[keep],
+                              train_names=[full.train_names[i] for i in keep])
+    carved = carve_validation(one, 0.5, seed=0)
+    assert carved.val_labels is not None and 0 not in carved.val_labels.tolist()
+    assert carved.train_labels.tolist().count(0) == 1
+
+
 def test_load_real_data_without_split_column(tmp_path):
     root = tmp_path / "nosplit"
     write_folder(root, (_sample(i)[:4] for i in range(20)), PARTS, CLASSES)
@@ -112,7 +160,13 @@ def test_load_real_data_without_split_column(tmp_path):
 
 
 def test_pipeline_end_to_end(tiny_run):
-    data, model, pdm, cm, pm, results = tiny_run
+    data, model, pdm, cm, pm, results, (clf_history, pdm_history) = tiny_run
+    # per-epoch numbers are validation numbers only; the test photos are evaluated once
+    assert {"val_loss", "val_accuracy"} <= set(clf_history[0]) and len(pdm_history) == 2
+    assert all("val_miou" in h for h in pdm_history)
+    assert not any(k.startswith("test") for h in clf_history + pdm_history for k in h)
+    assert cm["n_val"] == 5 and cm["n_train"] == 13 and 0.0 <= cm["val_accuracy"] <= 1.0
+    assert pm["val_miou"] == pdm_history[-1]["val_miou"]
     assert 0.0 <= cm["test_accuracy"] <= 1.0 and len(cm["confusion_matrix"]) == 2
     assert (
         cm["epochs_trained"] == 6
@@ -154,7 +208,7 @@ def test_pipeline_end_to_end(tiny_run):
 
 
 def test_resume_reuses_checkpoints(tiny_run):
-    data, _model, _pdm, cm, pm, results = tiny_run
+    data, _model, _pdm, cm, pm, results, _ = tiny_run
     again, cm2, _ = rs.train_classifier(
         data, results_dir=results, widths=(8, 16, 16), epochs=6, batch_size=6, lr=0.01
     )

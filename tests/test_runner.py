@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -18,6 +19,7 @@ FAKE_PARAMS = '''\
 profile: str = "none"  # set by the runner
 results_dir: str = "."  # set by the runner
 value: int = 1  # a number to report
+seed: int = 0  # added to the value (a seeds profile sets it)
 rate: float = 0.5  # a float knob
 fail: bool = False  # raise in the second cell
 '''
@@ -29,7 +31,7 @@ if fail:
     raise ValueError("deliberate failure")
 out = Path(results_dir) / STAGE
 out.mkdir(parents=True, exist_ok=True)
-(out / "metrics.json").write_text(json.dumps({"value": value, "nested": {"rate": rate}}))
+(out / "metrics.json").write_text(json.dumps({"value": value + seed, "nested": {"rate": rate}}))
 '''
 
 
@@ -136,6 +138,41 @@ def test_only_must_name_a_notebook_of_the_profile(tmp_path):
     assert list(_validate(root, only=["02_beta"])) == ["02_beta"]
     with pytest.raises(runner.ProfileError, match="--only 02_bta.*did you mean '02_beta'"):
         _validate(root, only=["02_bta"])
+
+
+def test_profile_extends_another_and_lists_seeds(tmp_path):
+    root = _project(tmp_path, GOOD)
+    (root / "profiles" / "q.yaml").write_text(
+        "extends: p\nnotebooks: [02_beta]\n02_beta:\n  value: 9\nseeds: [0, 2]\n")
+    q = runner.load_profile("q", root)
+    assert q.notebooks == ["02_beta"] and q.seeds == [0, 2]
+    assert q.common == {"value": 3} and q.sections == {"02_beta": {"rate": 0.25, "value": 9}}
+    assert runner.load_profile("p", root).seeds == []
+    (root / "profiles" / "r.yaml").write_text("extends: p\nseeds: [1, 1]\n")
+    with pytest.raises(runner.ProfileError, match="lists a seed twice"):
+        runner.load_profile("r", root)
+    (root / "profiles" / "s.yaml").write_text("extends: t\n")
+    (root / "profiles" / "t.yaml").write_text("extends: s\n")
+    with pytest.raises(runner.ProfileError, match="cycle"):
+        runner.load_profile("s", root)
+
+
+def test_a_seeds_profile_runs_once_per_seed_and_summarises(tmp_path):
+    root = _project(tmp_path, GOOD + "seeds: [0, 2]\n")
+    results = tmp_path / "results"
+    merged = runner.run_study("p", root=root, results=results, log=lambda *a, **k: None)
+    for s in (0, 2):
+        per_seed = json.loads((results / "p" / f"seed-{s}" / "metrics.json").read_text())
+        assert per_seed["alpha/value"] == 3 + s
+    table = pd.read_csv(results / "p" / "seeds.csv", index_col="metric")
+    assert table.loc["alpha/value", "mean"] == 4 and table.loc["alpha/value", "n"] == 2
+    assert table.loc["alpha/value", "sd"] == pytest.approx(2 ** 0.5)
+    assert table.loc["beta/nested/rate", "sd"] == 0
+    summary = json.loads((results / "p" / "metrics.json").read_text())
+    assert summary["alpha/value/mean"] == 4 and merged["alpha/value/mean"] == 4
+    # a second run keeps the first summary in previous/
+    runner.run_study("p", root=root, results=results, log=lambda *a, **k: None)
+    assert len(list((results / "p" / "previous").glob("*/seeds.csv"))) == 1
 
 
 def test_archive_keeps_checkpoints_unless_asked(tmp_path):

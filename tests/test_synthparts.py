@@ -8,6 +8,7 @@ import torch
 from partslib.config import DataConfig
 from partslib.data.classtables import class_distance
 from partslib.data.synthparts import ReRender, SynthParts, SynthPartsConfig, load_or_generate
+from partslib.metrics import funnybirds as fb_metrics
 from partslib.pipeline import load_splits
 
 
@@ -204,11 +205,15 @@ def test_minimal_sufficient_sets_are_sufficient_minimal_and_differ():
             for S in found:
                 assert _sufficient(table, k, S)
                 assert not any(_sufficient(table, k, S[:i] + S[i + 1:]) for i in range(len(S)))
-            # every sufficient set contains one of the minimal ones (brute force)
-            for r in range(1, len(cfg.parts) + 1):
-                for S in itertools.combinations(cfg.parts, r):
+            # every sufficient set of the class's parts contains a minimal one (brute force)
+            own = list(table[k])
+            for r in range(1, len(own) + 1):
+                for S in itertools.combinations(own, r):
                     if _sufficient(table, k, S):
                         assert any(set(f) <= set(S) for f in found)
+        # the same sets as the FunnyBirds checks compute from the class table
+        assert [{frozenset(s) for s in f} for f in sets] == \
+            [set(f) for f in fb_metrics.minimal_sufficient_part_sets(table)]
     fb = SynthPartsConfig.funnybirds().minimal_sufficient_sets()
     assert len({min(len(s) for s in found) for found in fb}) >= 2  # sizes differ across classes
     assert len({tuple(found) for found in fb}) > 10
@@ -248,9 +253,9 @@ def test_data_config_and_load_splits_take_the_class_table(tmp_path):
         DataConfig(classes="six")
     explicit = DataConfig(classes=[{"head": "stripes"}, {"body": "dots"}])
     assert explicit.classes == ((("head", "stripes"),), (("body", "dots"),))
-    train, test = load_splits(tmp_path, n_train=6, n_test=4, image_size=32,
-                              classes="funnybirds")
-    assert train.cfg == test.cfg == SynthPartsConfig.funnybirds(size=32)
+    train, val, test = load_splits(tmp_path, n_train=6, n_val=3, n_test=4, image_size=32,
+                                   classes="funnybirds")
+    assert train.cfg == val.cfg == test.cfg == SynthPartsConfig.funnybirds(size=32)
     assert train.cfg.num_classes == 50 and len(train.class_names) == 50
     assert train.decisive[:, 1:].all() and not train.decisive[:, 0].any()  # every part decisive
 

@@ -16,11 +16,12 @@ Two tables come with partslib (:data:`CLASS_TABLES`, chosen by the ``classes`` p
   minimal sufficient part sets differ: 13 classes are singled out by 2 parts, 37 need 3
   (:func:`minimal_sufficient_sets`).
 
-Sufficiency: a set ``S`` of parts is *sufficient* for class ``k`` when the patterns a sample of
-``k`` shows on ``S`` rule out every other class, i.e. no other class's signature restricted to
-``S`` equals ``k``'s restricted to ``S`` (nuisance patterns never match a signature pattern, so
-this holds for partial signatures too). A sufficient set is *minimal* when no proper subset is
-sufficient. With full signatures (``funnybirds``) this is FunnyBirds' definition.
+Sufficiency (FunnyBirds' definition, as ``partslib.metrics.funnybirds``): a set ``S`` of the
+parts class ``k`` names is *sufficient* when no other class shows the same patterns on all of
+``S`` (nuisance patterns never match a signature pattern, so a sample of ``k`` showing ``S``
+rules every other class out). It is *minimal* when no proper subset is sufficient. In the
+default table each class's single decisive part is its one minimal set; the two-part class has
+two, either part alone.
 """
 
 from __future__ import annotations
@@ -152,8 +153,9 @@ def minimal_sufficient_sets(signatures: Sequence[Signature],
     out: list[list[tuple[str, ...]]] = []
     for k, sig in enumerate(sigs):
         found: list[tuple[str, ...]] = []
-        for r in range(1, len(parts) + 1):
-            for S in itertools.combinations(parts, r):
+        own = [p for p in parts if p in sig]
+        for r in range(1, len(own) + 1):
+            for S in itertools.combinations(own, r):
                 if any(set(f) <= set(S) for f in found):
                     continue
                 mine = {p: sig.get(p) for p in S}

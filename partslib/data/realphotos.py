@@ -3,9 +3,10 @@
 :func:`load_real_data` reads a :class:`~partslib.data.folder.FolderDataset`
 (``docs/data_format.md``), resizes every photo and mask to one size (bilinear with antialiasing
 for the photo, nearest for the mask, aspect ratio not kept) and splits it (the ``split`` column
-of ``classes.csv``, or a seeded stratified permutation); the tensors can be cached.
-:meth:`RealData.split` gives a split in the pipeline's common interface
-(:class:`~partslib.data.split.Split`).
+of ``classes.csv``, or a seeded stratified permutation); the tensors can be cached. A
+validation split is carved from the *training* photos (:func:`carve_validation`: seeded,
+stratified per class), never from the test photos. :meth:`RealData.split` gives a split in the
+pipeline's common interface (:class:`~partslib.data.split.Split`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from partslib.data.images import PathLike
 from partslib.data.split import Split
 from partslib.models import _size
 
-__all__ = ["RealData", "data_tables", "load_real_data"]
+__all__ = ["RealData", "carve_validation", "data_tables", "load_real_data"]
 
 
 @dataclass
@@ -35,7 +36,9 @@ class RealData:
 
     ``*_images`` uint8 ``[N,3,H,W]``; ``*_masks`` uint8 ``[N,H,W]`` (0 background, 1..P parts,
     255 ignore); ``*_labels`` int64 ``[N]``; ``*_names`` sample names; ``part_names`` with
-    ``"background"`` first; ``class_names`` in label order.
+    ``"background"`` first; ``class_names`` in label order. The ``val_*`` fields hold the
+    validation photos carved from the training photos (:func:`carve_validation`; ``None``
+    when none were carved).
     """
 
     name: str
@@ -52,6 +55,15 @@ class RealData:
     test_labels: torch.Tensor
     test_names: list[str]
     split_rule: str = "classes.csv"
+    val_images: torch.Tensor | None = None
+    val_masks: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    val_names: list[str] | None = None
+
+    @property
+    def has_val(self) -> bool:
+        """Whether a validation split was carved from the training photos."""
+        return self.val_labels is not None and len(self.val_labels) > 0
 
     @property
     def num_labels(self) -> int:
@@ -66,24 +78,35 @@ class RealData:
         h = hashlib.sha256()
         h.update(repr((self.name, self.image_size, self.part_names, self.class_names)).encode())
         for names, labels in ((self.train_names, self.train_labels),
-                              (self.test_names, self.test_labels)):
+                              (self.test_names, self.test_labels),
+                              (self.val_names, self.val_labels)):
+            if names is None or labels is None:
+                continue
             h.update("\n".join(names).encode())
             h.update(labels.numpy().tobytes())
         h.update(self.train_masks.numpy().tobytes()[:: 997])  # a sparse sample of the masks
         return h.hexdigest()[:16]
 
     def split(self, which: str) -> Split:
-        """The ``"train"`` or ``"test"`` split in the pipeline's common interface (identified
-        by :meth:`fingerprint` in checkpoint configurations)."""
-        if which not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {which!r}")
+        """The ``"train"``, ``"val"`` or ``"test"`` split in the pipeline's common interface
+        (identified by :meth:`fingerprint` and the split's name in checkpoint
+        configurations)."""
+        if which not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {which!r}")
+        if which == "val" and not self.has_val:
+            raise ValueError(f"{self.name}: no validation split; carve one from the training "
+                             f"photos with load_real_data(..., val_fraction=0.2)")
         return Split(getattr(self, f"{which}_images"), getattr(self, f"{which}_labels"),
                      getattr(self, f"{which}_masks"), list(self.part_names),
                      list(self.class_names), info=self.fingerprint())
 
     def image_path(self, split: str, index: int) -> Path:
         """The file of sample ``index`` of ``split`` (for :func:`explain_photo`)."""
-        name = (self.train_names if split == "train" else self.test_names)[index]
+        names = {"train": self.train_names, "val": self.val_names, "test": self.test_names}
+        if names.get(split) is None:
+            raise ValueError(f"split must be 'train', 'val' (when carved) or 'test', got "
+                             f"{split!r}")
+        name = names[split][index]
         for p in sorted((self.root / "images").glob(f"{name}.*")):
             return p
         raise FileNotFoundError(f"{self.root / 'images'}: no image named {name!r}")
@@ -122,11 +145,14 @@ def _folder_key(root: Path, size: tuple[int, int], test_fraction: float, split_s
 
 def load_real_data(dataset_path: PathLike, image_size: int | Sequence[int] = 128,
                    name: str | None = None, test_fraction: float = 0.2, split_seed: int = 0,
-                   validate: bool = True, cache_dir: PathLike | None = None) -> RealData:
+                   validate: bool = True, cache_dir: PathLike | None = None,
+                   val_fraction: float = 0.0, val_seed: int = 0) -> RealData:
     """Load a folder-format dataset as uint8 tensors resized to ``image_size`` (H, W).
 
     The split comes from the ``split`` column of ``classes.csv``; a folder without one is split
     by a seeded permutation, stratified by class (``test_fraction`` of each class to test).
+    ``val_fraction > 0`` then moves that share of the *training* photos to a validation split
+    (:func:`carve_validation`, seed ``val_seed``); the test photos are never touched.
 
     ``cache_dir``: keep the tensors there (``<name>-<key>.pt``); the key hashes the folder's
     file names, sizes and modification times and the options, so any change to the folder
@@ -144,17 +170,59 @@ def load_real_data(dataset_path: PathLike, image_size: int | Sequence[int] = 128
             try:
                 fields = torch.load(cache, weights_only=True)
                 fields.update(root=root, name=name or root.name)
-                return RealData(**fields)
+                return carve_validation(RealData(**fields), val_fraction, val_seed)
             except Exception:  # unreadable cache: load again
                 cache.unlink(missing_ok=True)
     data = _load_real_data(root, size, name, test_fraction, split_seed, validate)
-    if cache is not None:
+    if cache is not None:  # the whole training split is cached; the carve is cheap
         cache.parent.mkdir(parents=True, exist_ok=True)
-        fields = {k: v for k, v in data.__dict__.items() if k not in ("root", "name")}
+        fields = {k: v for k, v in data.__dict__.items()
+                  if k not in ("root", "name") and not k.startswith("val_")}
         tmp = cache.with_name(cache.name + ".tmp")
         torch.save(fields, tmp)
         os.replace(tmp, cache)
-    return data
+    return carve_validation(data, val_fraction, val_seed)
+
+
+def carve_validation(data: RealData, fraction: float, seed: int = 0) -> RealData:
+    """``data`` with ``fraction`` of its training photos moved to a validation split.
+
+    Stratified per class where possible: ``round(fraction * n_k)`` photos of each class ``k``,
+    chosen by a permutation seeded with ``seed``, but never all training photos of a class (a
+    class with one training photo gives none). The test photos are left as they are. Returns
+    ``data`` itself for ``fraction == 0``; a ``data`` that already has a validation split
+    raises ``ValueError``.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return data
+    if data.has_val:
+        raise ValueError(f"{data.name}: a validation split was already carved")
+    g = np.random.default_rng(seed)
+    labels = data.train_labels.numpy()
+    val_idx: list[int] = []
+    for k in range(data.num_classes):
+        idx = np.flatnonzero(labels == k)
+        n_val = min(round(fraction * len(idx)), max(len(idx) - 1, 0))
+        val_idx += idx[g.permutation(len(idx))][:n_val].tolist()
+    if not val_idx:
+        raise ValueError(f"{data.name}: val_fraction {fraction:g} of {len(labels)} training "
+                         f"photos leaves no validation photo; raise it")
+    is_val = np.zeros(len(labels), dtype=bool)
+    is_val[val_idx] = True
+    keep, take = torch.from_numpy(np.flatnonzero(~is_val)), torch.from_numpy(np.flatnonzero(is_val))
+    fields = dict(data.__dict__)
+    fields.update(
+        train_images=data.train_images[keep], train_masks=data.train_masks[keep],
+        train_labels=data.train_labels[keep],
+        train_names=[data.train_names[i] for i in keep.tolist()],
+        val_images=data.train_images[take], val_masks=data.train_masks[take],
+        val_labels=data.train_labels[take],
+        val_names=[data.train_names[i] for i in take.tolist()],
+        split_rule=f"{data.split_rule}; validation: {fraction:g} of each class's training "
+                   f"photos, seed {seed}")
+    return RealData(**fields)
 
 
 def _load_real_data(root: Path, size: tuple[int, int], name: str | None, test_fraction: float,
@@ -200,15 +268,18 @@ def _read_splits(root: Path) -> dict[str, str] | None:
 
 
 def data_tables(data: RealData) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images per class and split; per part and split: share of images where it is present
-    and its mean area share of the annotated pixels)."""
-    counts = pd.DataFrame({
-        "train": np.bincount(data.train_labels.numpy(), minlength=data.num_classes),
-        "test": np.bincount(data.test_labels.numpy(), minlength=data.num_classes)},
-        index=pd.Index(data.class_names, name="class"))
+    """(images per class and split -- train, val when carved, test; per part and split: share
+    of images where it is present and its mean area share of the annotated pixels)."""
+    splits = {"train": (data.train_labels, data.train_masks)}
+    if data.has_val and data.val_labels is not None and data.val_masks is not None:
+        splits["val"] = (data.val_labels, data.val_masks)
+    splits["test"] = (data.test_labels, data.test_masks)
+    counts = pd.DataFrame({split: np.bincount(labels.numpy(), minlength=data.num_classes)
+                           for split, (labels, _) in splits.items()},
+                          index=pd.Index(data.class_names, name="class"))
     counts.loc["all"] = counts.sum()
     rows = {}
-    for split, masks in (("train", data.train_masks), ("test", data.test_masks)):
+    for split, (_, masks) in splits.items():
         m = masks.long().flatten(1)
         known = (m != IGNORE_INDEX).sum(1).clamp(min=1).double()
         pix = torch.stack([(m == p).sum(1) for p in range(data.num_labels)], 1).double()

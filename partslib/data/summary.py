@@ -14,7 +14,7 @@ import torch
 
 from partslib.data.synthparts import SynthParts, SynthPartsConfig
 
-__all__ = ["class_counts", "part_areas", "signature_table", "split_checksum"]
+__all__ = ["class_counts", "part_areas", "shared_images", "signature_table", "split_checksum"]
 
 
 def signature_table(cfg: SynthPartsConfig) -> pd.DataFrame:
@@ -67,3 +67,13 @@ def split_checksum(ds: SynthParts) -> str:
         h.update(key.encode())
         h.update(np.ascontiguousarray(arrays[key]).tobytes())
     return h.hexdigest()
+
+
+def shared_images(*splits: tuple[str, SynthParts]) -> dict[str, int]:
+    """For each pair of named splits, how many images of the first are byte-identical to an
+    image of the second (``{"train/test": 0, ...}``): 0 everywhere for disjoint streams."""
+    digests = {name: {hashlib.sha256(np.ascontiguousarray(img.numpy()).tobytes()).digest()
+                      for img in ds.images} for name, ds in splits}
+    names = [name for name, _ in splits]
+    return {f"{a}/{b}": len(digests[a] & digests[b])
+            for i, a in enumerate(names) for b in names[i + 1:]}

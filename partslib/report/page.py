@@ -96,7 +96,8 @@ def _facts(run: Run) -> str:
     size = m.get("data/image_size")
     facts = [
         ("profile", f"<b>{escape(run.profile)}</b>"),
-        ("data", f"SynthParts: {n('data/n_train')} training / {n('data/n_test')} test images, "
+        ("data", f"SynthParts: {n('data/n_train')} training / {n('data/n_val')} validation / "
+                 f"{n('data/n_test')} test images, "
                  f"{fmt(size, 'd')}×{fmt(size, 'd')}, {n('data/num_classes')} classes, "
                  f"{n('data/num_parts')} parts"),
         ("models", f"classifier: small ResNet, {n('classifier/num_parameters')} parameters, "

@@ -1,5 +1,6 @@
 """The study's tables, one concern per module.
 
+* :mod:`partslib.studies.funnybirds_plots` -- the FunnyBirds spider plot and threshold curves.
 * :mod:`partslib.studies.localization` -- table T1 (where the parts are: PDM vs IBD's linear
   maps vs Grad-CAM/CAM) and its figure.
 * :mod:`partslib.studies.realphoto` -- the study on folder-format datasets of real photos

@@ -2,7 +2,9 @@
 
 Rows (``method``):
 
-* ``PDM`` — the PDM's argmax part map.
+* ``PDM`` — the PDM's argmax part map; further PDMs (``extra_pdms``, e.g. ``"PDM, features
+  only"`` — the paper's setting, without the full-resolution image step) follow as rows of
+  their own.
 * ``IBD linear maps`` — argmax over IBD's 1×1 linear concept scores (background included),
   bilinearly upsampled as IBD renders them (:meth:`partslib.baselines.IBDModel.segment`).
 * ``Grad-CAM (thresholded)`` — pytorch-grad-cam's Grad-CAM of the final stage
@@ -41,7 +43,7 @@ parts of the true class, pass the true labels.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -105,12 +107,12 @@ def _batch_targets(targets: Targets, start: int, stop: int) -> Targets:
 class _T1Counts:
     """Confusion matrices and pointing-game counts of every method, summed over batches."""
 
-    def __init__(self, num_labels: int):
+    def __init__(self, num_labels: int, segmenters: Sequence[str], methods: Sequence[str]):
         L = self.num_labels = num_labels
-        self.seg_conf = {m: torch.zeros(L, L, dtype=torch.long) for m in METHODS[:2]}
-        self.reg_conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in METHODS}
-        self.point = {m: [0.0, 0] for m in METHODS[:2]}
-        self.reg_point = {m: [0.0, 0] for m in METHODS}
+        self.seg_conf = {m: torch.zeros(L, L, dtype=torch.long) for m in segmenters}
+        self.reg_conf = {m: torch.zeros(2, 2, dtype=torch.long) for m in methods}
+        self.point = {m: [0.0, 0] for m in segmenters}
+        self.reg_point = {m: [0.0, 0] for m in methods}
 
     def add_part_maps(self, m: str, probs: Tensor, scores: Tensor, gt: Tensor, dec: Tensor,
                       gt_region: Tensor) -> None:
@@ -157,7 +159,9 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
                        part_names: Sequence[str], targets: Targets = None,
                        decisive: Tensor | None = None,
                        threshold: float = HEATMAP_THRESHOLD, gradcam_method: str = "gradcam",
-                       batch_size: int = 128) -> pd.DataFrame:
+                       batch_size: int = 128,
+                       extra_pdms: Mapping[str, PartsDetectionModule] | None = None
+                       ) -> pd.DataFrame:
     """Table T1: localisation of parts by the PDM, IBD's linear maps, Grad-CAM and CAM.
 
     Args:
@@ -169,23 +173,31 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
         decisive: bool ``[N, P+1]`` decisive parts per image; None = the whole object.
         threshold: on the [0, 1]-scaled heatmaps.
         gradcam_method: a key of :data:`partslib.baselines.CAM_METHODS`.
+        extra_pdms: further PDMs on the same classifier, by row name (placed after ``PDM``).
 
     Returns:
-        One row per method of :data:`METHODS`; the columns are described in the module
-        docstring (``df.attrs`` records the choices).
+        One row per method of :data:`METHODS` (and per extra PDM); the columns are described in
+        the module docstring (``df.attrs`` records the choices).
     """
     images = check_images(images)
     L, N = len(part_names), len(images)
-    if pdm.num_labels != L or ibd.num_labels != L:
-        raise ValueError(f"part_names has {L} names; the PDM segments {pdm.num_labels} labels "
-                         f"and IBD {ibd.num_labels}")
+    pdms = {"PDM": pdm, **(extra_pdms or {})}
+    for name, p in pdms.items():
+        if p.num_labels != L:
+            raise ValueError(f"part_names has {L} names; {name!r} segments {p.num_labels} "
+                             f"labels")
+    if ibd.num_labels != L:
+        raise ValueError(f"part_names has {L} names; IBD segments {ibd.num_labels} labels")
+    segmenters = [*pdms, "IBD linear maps"]
+    methods = [*segmenters, *METHODS[2:]]
     if masks.shape != (N, *images.shape[-2:]):
         raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
     decisive, region_name = _decisive_or_object(decisive, N, L)
     masks = masks.long().cpu()
-    counts, grid_scores = _T1Counts(L), []
+    counts, grid_scores = _T1Counts(L, segmenters, methods), []
     classifier.eval()
-    pdm.eval()
+    for p in pdms.values():
+        p.eval()
     for start in range(0, N, batch_size):
         stop = min(start + batch_size, N)
         x, gt, dec = images[start:stop], masks[start:stop], decisive[start:stop]
@@ -194,10 +206,11 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
         with torch.no_grad():
             feats = classifier.features(x)
             A = feats[classifier.final_stage]
-            pdm_probs = pdm(feats, x).softmax(1).cpu()
+            pdm_probs = {name: p(feats, x).softmax(1).cpu() for name, p in pdms.items()}
             lin = ibd.linear_maps_from_features(A, (x.shape[-2], x.shape[-1])).cpu()
             grid_scores.append(ibd.linear_scores_from_features(A).cpu())
-        counts.add_part_maps("PDM", pdm_probs, pdm_probs, gt, dec, gt_region)
+        for name, probs in pdm_probs.items():
+            counts.add_part_maps(name, probs, probs, gt, dec, gt_region)
         counts.add_part_maps("IBD linear maps", lin.softmax(1), lin, gt, dec, gt_region)
         counts.add_region_map("Grad-CAM (thresholded)", gradcam_maps(
             classifier, x, t, method=gradcam_method, batch_size=batch_size).cpu(), gt_region,
@@ -205,7 +218,7 @@ def localization_table(classifier: ContractClassifier, pdm: PartsDetectionModule
         counts.add_region_map("CAM", normalise_maps(
             cam_maps(classifier, x, t, batch_size=batch_size)).cpu(), gt_region, threshold)
     nd = netdissect_iou(torch.cat(grid_scores), masks, list(range(L)))
-    df = pd.DataFrame([counts.row(m, part_names, nd) for m in METHODS])
+    df = pd.DataFrame([counts.row(m, part_names, nd) for m in methods])
     df.attrs.update({"n_images": N, "region": region_name, "threshold": threshold,
                      "gradcam": f"pytorch-grad-cam {gradcam_method}, final stage",
                      "targets": "predicted class" if targets is None else "given",

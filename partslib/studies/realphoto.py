@@ -3,7 +3,9 @@
 Everything here works on a :class:`~partslib.data.folder.FolderDataset` (``docs/data_format.md``)
 and on any classifier with the feature contract of :mod:`partslib.models`:
 
-1. :func:`load_real_data` -- the folder's train/test splits as uint8 tensors at one size.
+1. :func:`load_real_data` -- the folder's train/test splits as uint8 tensors at one size, and
+   a validation split carved from the training photos (``val_fraction``): the per-epoch
+   learning curves and every setting are chosen on it; the test photos are evaluated once.
 2. :func:`train_classifier` -- the shared :func:`partslib.pipeline.train_classifier` on the
    dataset's splits (``backbone`` is ``"small_resnet"`` or a torchvision ResNet name, optionally
    initialised from a local ``weights`` file; ``epochs=0``: used as loaded), plus per-class
@@ -128,7 +130,9 @@ def train_classifier(data: RealData, *, results_dir: PathLike,
     Returns ``(model in eval mode on the CPU, frozen; metrics; history)``. Metrics:
     ``test_accuracy``, ``balanced_accuracy``, ``train_accuracy``, ``recall/<class>``,
     ``majority_baseline``, ``n_train``, ``n_test``, ``confusion_matrix``, ``train_seconds``,
-    ``epochs``, ``epochs_trained``, ``backbone``, ``weights``, ``num_parameters``.
+    ``epochs``, ``epochs_trained``, ``backbone``, ``weights``, ``num_parameters``; with a
+    validation split (``data.has_val``) ``val_accuracy`` and ``n_val``, and the history holds
+    ``val_loss`` and ``val_accuracy`` per epoch (never test numbers).
     """
     from partslib.pipeline import train_classifier as _train
 
@@ -136,7 +140,7 @@ def train_classifier(data: RealData, *, results_dir: PathLike,
         overrides["arch"] = overrides.pop("backbone")
     cfg = resolve(config, ClassifierConfig, overrides)
     model, common, history = _train(
-        data.split("train"), data.split("test"), results_dir=results_dir, config=cfg,
+        data.split("train"), _val(data), data.split("test"), results_dir=results_dir, config=cfg,
         checkpoint=_checkpoint(data.name, "classifier"), seed=seed, device=device,
         resume=resume, progress=progress)
     metrics = _classifier_extras(common, data)
@@ -147,17 +151,27 @@ def train_classifier(data: RealData, *, results_dir: PathLike,
     return model.cpu(), metrics, history
 
 
+def _val(data: RealData):
+    """The validation split when one was carved, else ``None`` (no per-epoch evaluation)."""
+    return data.split("val") if data.has_val else None
+
+
 def _classifier_extras(common: Mapping[str, Any], data: RealData) -> dict[str, Any]:
     cm = torch.tensor(common["confusion_matrix"])
     recall = cm.diag().double() / cm.sum(1).clamp(min=1).double()
-    return {"test_accuracy": common["test_accuracy"],
-            "balanced_accuracy": common["balanced_accuracy"],
-            "train_accuracy": common["train_accuracy"],
-            **{f"recall/{c}": float(r) for c, r in zip(data.class_names, recall)},
-            "majority_baseline": float(torch.bincount(data.test_labels).max()
-                                       / len(data.test_labels)),
-            "n_train": len(data.train_labels), "n_test": len(data.test_labels),
-            "confusion_matrix": common["confusion_matrix"]}
+    out = {"test_accuracy": common["test_accuracy"],
+           "balanced_accuracy": common["balanced_accuracy"],
+           "train_accuracy": common["train_accuracy"],
+           **{f"recall/{c}": float(r) for c, r in zip(data.class_names, recall)},
+           "majority_baseline": float(torch.bincount(data.test_labels).max()
+                                      / len(data.test_labels)),
+           "n_train": len(data.train_labels), "n_test": len(data.test_labels),
+           "confusion_matrix": common["confusion_matrix"]}
+    if data.val_labels is not None and data.has_val:
+        out.update(n_val=len(data.val_labels))
+        if "val_accuracy" in common:
+            out.update(val_accuracy=common["val_accuracy"])
+    return out
 
 
 def classifier_metrics(model: nn.Module, data: RealData, device: str = "cpu") -> dict[str, Any]:
@@ -167,10 +181,12 @@ def classifier_metrics(model: nn.Module, data: RealData, device: str = "cpu") ->
     m = _OnDevice(model, device)
     ev = evaluate_classifier(m, data.test_images, data.test_labels, data.num_classes)
     tr = evaluate_classifier(m, data.train_images, data.train_labels, data.num_classes)
-    return _classifier_extras({"test_accuracy": ev["accuracy"],
-                               "balanced_accuracy": ev["balanced_accuracy"],
-                               "train_accuracy": tr["accuracy"],
-                               "confusion_matrix": ev["confusion_matrix"]}, data)
+    common = {"test_accuracy": ev["accuracy"], "balanced_accuracy": ev["balanced_accuracy"],
+              "train_accuracy": tr["accuracy"], "confusion_matrix": ev["confusion_matrix"]}
+    if data.val_images is not None and data.val_labels is not None and data.has_val:
+        common["val_accuracy"] = evaluate_classifier(m, data.val_images, data.val_labels,
+                                                     data.num_classes)["accuracy"]
+    return _classifier_extras(common, data)
 
 
 def load_classifier(results_dir: PathLike, name: str) -> ContractClassifier:
@@ -194,6 +210,10 @@ def train_part_model(classifier: ContractClassifier, data: RealData, *,
                      ) -> tuple[Any, dict[str, Any], list[dict]]:
     """:func:`partslib.pipeline.train_pdm` on all the training photos, with real-photo metrics.
 
+    With a validation split (``data.has_val``) its mIoU is recorded after every epoch
+    (``val_miou`` in the history) and once at the end (``val_miou`` in the metrics); the test
+    photos are evaluated once, after training.
+
     ``config`` (:class:`~partslib.config.PDMConfig`) or keyword overrides of it; the photos'
     masks use 255 for unannotated pixels, which the loss ignores, and ``balance=True`` weighs
     rare parts (lights, mirrors) more. The checkpoint
@@ -209,9 +229,9 @@ def train_part_model(classifier: ContractClassifier, data: RealData, *,
 
     cfg = resolve(config, PDMConfig, {"n_train": None, **overrides})
     path = Path("checkpoints") / f"{data.name}-pdm-{_model_digest(classifier)}.pt"
-    pdm, common, history = _train(classifier, data.split("train"), data.split("test"),
-                                  results_dir=results_dir, config=cfg, checkpoint=path,
-                                  seed=seed, resume=resume, progress=progress, monitor=0)
+    pdm, common, history = _train(classifier, data.split("train"), _val(data),
+                                  data.split("test"), results_dir=results_dir, config=cfg,
+                                  checkpoint=path, seed=seed, resume=resume, progress=progress)
     seg_train = evaluate_segmentation(classifier, pdm, data.train_images, data.train_masks,
                                       data.part_names)
     metrics = {k: v for k, v in common.items() if k not in ("n_train", "confusion_matrix")}
