@@ -2,7 +2,8 @@
 """Is a SynthParts class table learnable? Train the study's small classifier on it briefly.
 
     python scripts/learnability.py [--classes funnybirds] [--n-train 3000] [--n-val 500]
-                                   [--n-test 1000] [--size 64] [--threads 1] [--out DIR]
+                                   [--n-test 1000] [--epochs 10] [--size 64] [--threads 1]
+                                   [--out DIR]
 
 Generates the splits (not cached), trains ``ClassifierConfig`` with the given epochs and prints
 the test accuracy, the balanced accuracy, the per-epoch validation log and the wall time as JSON

@@ -317,6 +317,8 @@ def test_dataset_and_operator_remove_distractors(tmp_path):
     cfg = SynthPartsConfig()
     ds = SynthParts(cfg, seed=0, n=12, cache_dir=tmp_path, progress=False)
     assert ds.num_distractors.tolist() == [cfg.num_distractors(0, i) for i in range(12)]
+    assert ds.distractor_present.shape == (12, 3)
+    assert ds.distractor_present.sum(1).tolist() == ds.num_distractors.tolist()
     keys = [i for i in range(12) if ds.num_distractors[i] >= 2][:2]
     x, m, _ = ds.tensors(keys)
     drop = torch.zeros(2, cfg.num_parts + 1, dtype=torch.bool)

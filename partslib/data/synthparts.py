@@ -348,6 +348,14 @@ class SynthParts(Dataset):
                  for i in range(self.n)], dtype=torch.int64)
         return self._num_distractors
 
+    @property
+    def distractor_present(self) -> torch.Tensor:
+        """Bool ``[N, D]`` (``D = cfg.n_distractors[1]``, the most a sample can have): column
+        ``i`` is True where the sample has distractor ``i``; a row of it, or any subset of its
+        True entries, is a valid ``drop_distractors`` row for :class:`ReRender`."""
+        slots = torch.arange(self.cfg.n_distractors[1])
+        return slots[None, :] < self.num_distractors[:, None]
+
     def render(self, i: int, drop_parts: Iterable[int] = (),
                drop_distractors: Iterable[int] = ()) -> Sample:
         """Sample ``i`` rendered again without the given parts (1..P, 0 = background) and
