@@ -37,6 +37,7 @@ test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
 n_val: int = 1000  # validation images
+classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_show: int = 12  # samples in the overview grid
 
 # %%
@@ -59,6 +60,7 @@ params = dict(
     n_test=n_test,
     val_seed=val_seed,
     n_val=n_val,
+    classes=classes,
     n_show=n_show,
 )
 out_dir = pipeline.stage_dir(results_dir, "data")
@@ -74,7 +76,8 @@ pipeline.write_params(out_dir, params);
 # %%
 train, val, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
       f"{image_size}x{image_size}")
 
@@ -83,6 +86,10 @@ print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
 #
 # The decisive part(s) of each class and the pattern they carry. Classes 0 and 1 share a pattern on
 # different parts (as do 2 and 3): only the *location* of the pattern tells them apart.
+# A part set is *sufficient* for a class when the patterns on it rule out every other class;
+# the last column lists the minimal ones. The `classes` parameter picks the class table:
+# `"funnybirds"` has 50 classes that each fix a pattern on all five parts, in the manner of
+# FunnyBirds (`partslib.data.classtables`).
 
 # %%
 summary.signature_table(train.cfg)

@@ -35,6 +35,7 @@ test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
 n_val: int = 1000  # validation images
+classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 device: str = "cpu"  # "cpu" or "cuda"
 arch: str = "small_resnet"  # "small_resnet" or a torchvision ResNet name ("resnet18", ...)
 widths: list[int] = [24, 48, 96]  # SmallResNet stage widths (ignored for torchvision ResNets)
@@ -65,6 +66,7 @@ params = dict(
     n_test=n_test,
     val_seed=val_seed,
     n_val=n_val,
+    classes=classes,
     device=device,
     arch=arch,
     widths=widths,
@@ -87,7 +89,8 @@ pipeline.write_params(out_dir, params);
 # %%
 train, val, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
       f"{image_size}x{image_size}")
 

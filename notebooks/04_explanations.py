@@ -34,6 +34,7 @@ test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
 n_val: int = 1000  # validation images
+classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_explain: int = 1000  # test images explained for the tables
 n_gallery: int = 6  # rows of each gallery figure
 interactive: bool = True  # build the ipywidgets explorer (off in headless runs)
@@ -60,6 +61,7 @@ params = dict(
     n_test=n_test,
     val_seed=val_seed,
     n_val=n_val,
+    classes=classes,
     n_explain=n_explain,
     n_gallery=n_gallery,
     interactive=interactive,
@@ -70,7 +72,8 @@ pipeline.write_params(out_dir, params);
 # %%
 train, _, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%

@@ -39,6 +39,7 @@ test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
 n_val: int = 1000  # validation images
+classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 ibd_n_train: int = 2000  # training images for IBD's concept classifiers
 ibd_epochs: int = 15  # IBD concept-classifier epochs (the reference's 15)
 ibd_components: int = 7  # IBD basis size (capped at the number of part concepts)
@@ -66,6 +67,7 @@ params = dict(
     n_test=n_test,
     val_seed=val_seed,
     n_val=n_val,
+    classes=classes,
     ibd_n_train=ibd_n_train,
     ibd_epochs=ibd_epochs,
     ibd_components=ibd_components,
@@ -78,7 +80,8 @@ pipeline.write_params(out_dir, params);
 # %%
 train, _, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %%

@@ -52,6 +52,7 @@ test_seed: int = 1  # stream seed of the test split (a disjoint stream)
 n_test: int = 1000  # test images
 val_seed: int = 2  # stream seed of the validation split (model selection; a third stream)
 n_val: int = 1000  # validation images
+classes: object = "default"  # class table: "default" (6), "funnybirds" (50), [{part: pattern}]
 n_eval: int = 300  # correctly classified test images evaluated (V1, V2, V4)
 n_deletion: int = 100  # of those, the images of the part-deletion games (V3)
 n_sanity: int = 32  # of those, the images of the cascading randomisation (V5)
@@ -84,6 +85,7 @@ params = dict(
     n_test=n_test,
     val_seed=val_seed,
     n_val=n_val,
+    classes=classes,
     n_eval=n_eval,
     n_deletion=n_deletion,
     n_sanity=n_sanity,
@@ -100,7 +102,8 @@ pipeline.write_params(out_dir, params);
 # %%
 train, _, test = pipeline.load_splits(
     data_dir, image_size=image_size, train_seed=train_seed, n_train=n_train,
-    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val, progress=progress)
+    test_seed=test_seed, n_test=n_test, val_seed=val_seed, n_val=n_val,
+    classes=classes, progress=progress)
 print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{image_size}")
 
 # %% [markdown]

@@ -55,12 +55,16 @@ class _Config:
 
 @dataclass(frozen=True)
 class DataConfig(_Config):
-    """The SynthParts splits: image side, and the seed and size of each split.
+    """The SynthParts splits: image side, class table, and the seed and size of each split.
 
     Three disjoint streams of the same generator: ``train`` fits the models, ``val`` is what
     every model-selection choice (epochs, widths, the image step, rule settings) is made on and
     what the per-epoch learning curves show, ``test`` is evaluated once per run for the
     reported numbers. The three seeds must differ pairwise.
+
+    ``classes``: a named class table (``"default"``: 6 classes; ``"funnybirds"``: 50 classes,
+    each fixing a pattern on all 5 parts; see :mod:`partslib.data.classtables`) or an explicit
+    one, a list of ``{part: pattern}`` mappings (stored as a tuple of sorted pairs).
     """
 
     image_size: int = 64
@@ -70,8 +74,17 @@ class DataConfig(_Config):
     n_test: int = 1000
     val_seed: int = 2
     n_val: int = 1000
+    classes: str | tuple[tuple[tuple[str, str], ...], ...] = "default"
 
     def __post_init__(self) -> None:
+        from partslib.data.classtables import CLASS_TABLES, signatures_from_table
+
+        if isinstance(self.classes, str):
+            self._check(self.classes in CLASS_TABLES, "classes", self.classes,
+                        f"one of {sorted(CLASS_TABLES)} or a list of {{part: pattern}} mappings")
+        else:
+            rows = [dict(r) for r in self.classes]  # mappings, or tuples of pairs
+            object.__setattr__(self, "classes", signatures_from_table(rows))
         self._check(self.image_size >= 8, "image_size", self.image_size, ">= 8")
         self._check(self.n_train >= 1, "n_train", self.n_train, ">= 1")
         self._check(self.n_test >= 1, "n_test", self.n_test, ">= 1")

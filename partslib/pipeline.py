@@ -145,17 +145,22 @@ def load_splits(data_dir: str | os.PathLike | None, config: DataConfig | None = 
     ``data_dir``: ``train, val, test = load_splits(...)``.
 
     ``config`` (:class:`~partslib.config.DataConfig`, default the study's) or keyword overrides
-    of it (``n_train=600``). The three splits are disjoint streams (pairwise different seeds)
-    of the same generator.
+    of it (``n_train=600``, ``classes="funnybirds"``). The three splits are disjoint streams
+    (pairwise different seeds) of the same generator.
     """
     cfg = resolve(config, DataConfig, overrides)
-    gen = SynthPartsConfig(size=int(cfg.image_size))
+    gen = SynthPartsConfig.from_classes(_class_table(cfg.classes), size=int(cfg.image_size))
 
     def stream(seed: int, n: int) -> SynthParts:
         return SynthParts(gen, seed=seed, n=n, cache_dir=data_dir, progress=progress)
 
     return Splits(train=stream(cfg.train_seed, cfg.n_train), val=stream(cfg.val_seed, cfg.n_val),
                   test=stream(cfg.test_seed, cfg.n_test))
+
+
+def _class_table(classes: str | tuple) -> str | list[dict[str, str]]:
+    """``DataConfig.classes`` as :meth:`SynthPartsConfig.from_classes` takes it."""
+    return classes if isinstance(classes, str) else [dict(sig) for sig in classes]
 
 
 def _check_splits(train: Split, *others: Split | None) -> None:

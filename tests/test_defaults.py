@@ -49,7 +49,7 @@ def _config_values(section: dict, config, prefix: str = "") -> dict[str, tuple]:
 @pytest.mark.parametrize("config, section, prefix", [
     (DataConfig(), {k: v for k, v in DEFAULT["common"].items() if k in
                     ("image_size", "train_seed", "n_train", "test_seed", "n_test",
-                     "val_seed", "n_val")}, ""),
+                     "val_seed", "n_val", "classes")}, ""),
     (ClassifierConfig(), DEFAULT["02_classifier"], ""),
     (PDMConfig(), DEFAULT["03_pdm"], "pdm_"),
 ], ids=["data", "classifier", "pdm"])

@@ -80,9 +80,11 @@ def test_split_checksum_equals_the_cache_manifest(tmp_path):
 def test_summary_tables(splits):
     train, _, test = splits
     sig = summary.signature_table(train.cfg)
-    assert list(sig.columns) == ["name", "decisive parts", "pattern"]
+    assert list(sig.columns) == ["name", "decisive parts", "pattern",
+                                 "minimal sufficient part sets"]
     assert len(sig) == train.cfg.num_classes
     assert sig.loc[5, "decisive parts"] == "legs, tail"
+    assert sig.loc[5, "minimal sufficient part sets"] == "tail | legs"
     counts = summary.class_counts(("train", train), ("test", test))
     assert counts["train"].sum() == 48 and counts["test"].sum() == 24
     areas = summary.part_areas(train)

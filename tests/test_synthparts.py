@@ -1,10 +1,15 @@
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
 import torch
 
+from partslib.config import DataConfig
+from partslib.data.classtables import class_distance
 from partslib.data.synthparts import ReRender, SynthParts, SynthPartsConfig, load_or_generate
+from partslib.metrics import funnybirds as fb_metrics
+from partslib.pipeline import load_splits
 
 
 def _digest(sample) -> str:
@@ -138,3 +143,195 @@ def test_dataset_items_and_rerender_operator(tmp_path):
     assert torch.equal(out[0], torch.from_numpy(expect).permute(2, 0, 1).float() / 255)
     with pytest.raises(ValueError, match="keys"):
         op(x, m, drop)
+
+
+# -- the default configuration is unchanged by the class tables and distractor removal ------
+
+# Recorded from the generator before class tables and distractor removal were added:
+# sha256(image bytes + mask bytes + label byte) of samples, and of re-renders without parts 0, 2.
+_RECORDED = {
+    (0, 0): "53937371dcda04b1dbbb8ee4cf8960ee4fc214b5f4befa8eff6bc4cfad2a98fe",
+    (1, 123): "67c7e7c865a9a099c88dccf7963521b0924ee6bdbb0eb3d8f2167d0d0bf006fa",
+    (5, 4999): "acba67bb51b1895b287bfa30e7c23881a89ca42189148532ec55de6a35cd45c8",
+}
+_RECORDED_DROP02 = {
+    (0, 7): "8b894e19b2ca65c439336382577e88c6e2465727c8c5dceedd77b9317d7afcc6",
+    (1, 123): "a07d28e53b3434bcd83696eab640ffdc4962b334f59f365171029d3cadb89764",
+}
+
+
+def test_default_configuration_is_bit_identical_to_the_recorded_one():
+    cfg = SynthPartsConfig()
+    assert cfg.fingerprint() == "257650bc3aa0db46"  # the cache key of every default split
+    assert SynthPartsConfig.from_classes("default") == cfg
+    for (seed, index), digest in _RECORDED.items():
+        s = cfg.render(seed, index)
+        assert hashlib.sha256(s.image.tobytes() + s.mask.tobytes()
+                              + bytes([s.label])).hexdigest() == digest
+    for (seed, index), digest in _RECORDED_DROP02.items():
+        s = cfg.render(seed, index, drop_parts=[0, 2])
+        assert hashlib.sha256(s.image.tobytes() + s.mask.tobytes()).hexdigest() == digest
+
+
+# -- the FunnyBirds-style class table -------------------------------------------------------
+
+def _sufficient(table: list[dict], k: int, parts) -> bool:
+    return all({p: table[j].get(p) for p in parts} != {p: table[k].get(p) for p in parts}
+               for j in range(len(table)) if j != k)
+
+
+def test_funnybirds_table_has_many_classes_sharing_parts():
+    cfg = SynthPartsConfig.funnybirds()
+    table = cfg.class_table()
+    assert cfg.num_classes == len(table) >= 30
+    assert len({tuple(sorted(row.items())) for row in table}) == len(table)  # pairwise distinct
+    assert len(set(cfg.names)) == cfg.num_classes
+    assert all(set(row) == set(cfg.parts) for row in table)  # every class fixes every part
+    # classes share parts: every (part, pattern) pair is used by several classes, and some
+    # classes differ on a single part only
+    for part in cfg.parts:
+        for pat in {row[part] for row in table}:
+            assert sum(row[part] == pat for row in table) >= 2
+    distances = {class_distance(a, b) for i, a in enumerate(cfg.signatures)
+                 for b in cfg.signatures[:i]}
+    assert min(distances) == 1 and max(distances) == len(cfg.parts)
+
+
+def test_minimal_sufficient_sets_are_sufficient_minimal_and_differ():
+    for cfg in (SynthPartsConfig(), SynthPartsConfig.funnybirds()):
+        table, sets = cfg.class_table(), cfg.minimal_sufficient_sets()
+        for k, found in enumerate(sets):
+            assert found, f"class {k} has no sufficient part set"
+            for S in found:
+                assert _sufficient(table, k, S)
+                assert not any(_sufficient(table, k, S[:i] + S[i + 1:]) for i in range(len(S)))
+            # every sufficient set of the class's parts contains a minimal one (brute force)
+            own = list(table[k])
+            for r in range(1, len(own) + 1):
+                for S in itertools.combinations(own, r):
+                    if _sufficient(table, k, S):
+                        assert any(set(f) <= set(S) for f in found)
+        # the same sets as the FunnyBirds checks compute from the class table
+        assert [{frozenset(s) for s in f} for f in sets] == \
+            [set(f) for f in fb_metrics.minimal_sufficient_part_sets(table)]
+    fb = SynthPartsConfig.funnybirds().minimal_sufficient_sets()
+    assert len({min(len(s) for s in found) for found in fb}) >= 2  # sizes differ across classes
+    assert len({tuple(found) for found in fb}) > 10
+    assert SynthPartsConfig().minimal_sufficient_sets()[5] == [("tail",), ("legs",)]
+
+
+def test_samples_show_their_class_signature_and_nuisances_never_form_one():
+    fb = SynthPartsConfig.funnybirds(size=32)
+    table = fb.class_table()
+    for i in range(60):
+        label, scene = fb._scene(2, i, None)
+        assert {p: v["pattern"] for p, v in scene["parts"].items()} == table[label]
+    # an explicit table where a class takes "plain" on a part: no nuisance may be plain there
+    cfg = SynthPartsConfig.from_classes([{"head": "stripes"}, {"head": "dots", "tail": "plain"}],
+                                        size=32)
+    pairs = {(p, q) for row in cfg.class_table() for p, q in row.items()}
+    for i in range(60):
+        label, scene = cfg._scene(0, i, None)
+        shown = {(p, v["pattern"]) for p, v in scene["parts"].items()}
+        assert shown & pairs == set(cfg.signatures[label])
+
+
+@pytest.mark.parametrize("classes, match", [
+    ("fb", "classes must be one of"),
+    ([{"head": "stripes"}, {"head": "stripes", "body": "dots"}], "contained in"),
+    ([{"head": "stripes"}, {}], "non-empty"),
+    ([{"head": p} for p in ("plain", "stripes", "dots", "checker")] + [{"body": "dots"}],
+     "no nuisance pattern"),
+])
+def test_bad_class_tables_raise_clear_errors(classes, match):
+    with pytest.raises(ValueError, match=match):
+        SynthPartsConfig.from_classes(classes)
+
+
+def test_data_config_and_load_splits_take_the_class_table(tmp_path):
+    with pytest.raises(ValueError, match="classes"):
+        DataConfig(classes="six")
+    explicit = DataConfig(classes=[{"head": "stripes"}, {"body": "dots"}])
+    assert explicit.classes == ((("head", "stripes"),), (("body", "dots"),))
+    train, val, test = load_splits(tmp_path, n_train=6, n_val=3, n_test=4, image_size=32,
+                                   classes="funnybirds")
+    assert train.cfg == val.cfg == test.cfg == SynthPartsConfig.funnybirds(size=32)
+    assert train.cfg.num_classes == 50 and len(train.class_names) == 50
+    assert train.decisive[:, 1:].all() and not train.decisive[:, 0].any()  # every part decisive
+
+
+# -- distractors, removable one by one ------------------------------------------------------
+
+def _with_distractors(cfg, seed, at_least):
+    return next(i for i in range(200) if cfg.num_distractors(seed, i) >= at_least)
+
+
+def test_number_of_distractors_is_deterministic_and_matches_the_render():
+    cfg = SynthPartsConfig()
+    counts = [cfg.num_distractors(0, i) for i in range(40)]
+    assert counts == [cfg.num_distractors(0, i) for i in range(40)]
+    assert set(counts) == {1, 2, 3}  # n_distractors=(1, 3)
+    for i in range(10):
+        s = cfg.render(0, i)
+        assert s.n_distractors == counts[i]
+        assert s.objects is not None and s.objects.max() <= counts[i]
+        assert not (s.objects > 0)[s.mask > 0].any()  # parts cover distractors
+    assert SynthPartsConfig(n_distractors=(0, 0)).render(0, 1).n_distractors == 0
+
+
+def test_removing_a_distractor_changes_only_its_pixels():
+    cfg = SynthPartsConfig()
+    i = _with_distractors(cfg, 0, 3)
+    full = cfg.render(0, i)
+    assert full.objects is not None
+    for d in range(full.n_distractors):
+        without = cfg.render(0, i, drop_distractors=[d])
+        changed = (full.image != without.image).any(-1)
+        mine = full.objects == d + 1
+        assert not changed[~mine].any()
+        if mine.any():
+            assert changed[mine].mean() > 0.5
+        assert (without.mask == full.mask).all() and without.label == full.label
+        assert without.objects is not None and not (without.objects == d + 1).any()
+    # all of them: only the background and the parts remain
+    none = cfg.render(0, i, drop_distractors=range(full.n_distractors))
+    assert none.objects is not None and not none.objects.any()
+    assert (none.image[full.objects == 0] == full.image[full.objects == 0]).all()
+
+
+def test_rerender_with_nothing_dropped_equals_the_sample(tmp_path):
+    cfg = SynthPartsConfig()
+    for i in range(5):
+        a, b = cfg.render(3, i), cfg.render(3, i, drop_parts=[], drop_distractors=[])
+        assert (a.image == b.image).all() and (a.mask == b.mask).all()
+    ds = SynthParts(cfg, seed=3, n=5, cache_dir=tmp_path, progress=False)
+    for i in range(5):
+        assert torch.equal(torch.from_numpy(ds.render(i).image).permute(2, 0, 1), ds.images[i])
+    x, m, _ = ds.tensors()
+    out = ds.rerender()(x, m, torch.zeros(5, cfg.num_parts + 1, dtype=torch.bool),
+                        keys=range(5), drop_distractors=[[]] * 5)
+    assert torch.equal(out, x)
+
+
+def test_dataset_and_operator_remove_distractors(tmp_path):
+    cfg = SynthPartsConfig()
+    ds = SynthParts(cfg, seed=0, n=12, cache_dir=tmp_path, progress=False)
+    assert ds.num_distractors.tolist() == [cfg.num_distractors(0, i) for i in range(12)]
+    assert ds.distractor_present.shape == (12, 3)
+    assert ds.distractor_present.sum(1).tolist() == ds.num_distractors.tolist()
+    keys = [i for i in range(12) if ds.num_distractors[i] >= 2][:2]
+    x, m, _ = ds.tensors(keys)
+    drop = torch.zeros(2, cfg.num_parts + 1, dtype=torch.bool)
+    drop[1, 2] = True
+    rows = torch.zeros(2, 3, dtype=torch.bool)
+    rows[0, 1] = rows[1, 0] = True
+    op = ds.rerender()
+    out = op(x, m, drop, keys=keys, drop_distractors=rows)
+    assert torch.equal(out, op(x, m, drop, keys=keys, drop_distractors=[[1], [0]]))
+    for b, (parts, dis) in enumerate([([], [1]), ([2], [0])]):
+        expect = ds.render(keys[b], drop_parts=parts, drop_distractors=dis).image
+        assert torch.equal(out[b], torch.from_numpy(expect).permute(2, 0, 1).float() / 255)
+    with pytest.raises(ValueError, match="drop_distractors"):
+        ds.render(keys[0], drop_distractors=[5])
+    with pytest.raises(ValueError, match="drop_distractors rows"):
+        op(x, m, drop, keys=keys, drop_distractors=[[1]])

@@ -18,12 +18,16 @@ __all__ = ["class_counts", "part_areas", "shared_images", "signature_table", "sp
 
 
 def signature_table(cfg: SynthPartsConfig) -> pd.DataFrame:
-    """One row per class: its name, decisive part(s) and their pattern(s)."""
+    """One row per class: its name, decisive part(s), their pattern(s), and its minimal
+    sufficient part sets (``|`` between sets, ``+`` within one)."""
     rows = []
+    sufficient = cfg.minimal_sufficient_sets()
     for k, sig in enumerate(cfg.signatures):
         rows.append({"class": k, "name": cfg.names[k],
                      "decisive parts": ", ".join(part for part, _ in sig),
-                     "pattern": ", ".join(pat for _, pat in sig)})
+                     "pattern": ", ".join(pat for _, pat in sig),
+                     "minimal sufficient part sets": " | ".join("+".join(s)
+                                                                for s in sufficient[k])})
     return pd.DataFrame(rows).set_index("class")
 
 

@@ -1,14 +1,17 @@
 """SynthParts: procedural single-object scenes with exact part masks and known decisive parts.
 
-Each class is defined by a *signature*: one or two (part, pattern) pairs. Every other attribute
-(colours, position, scale, flip, the patterns of non-decisive parts, background texture and
-distractor shapes) is random. A pattern that is decisive on one part for one class appears as a
-nuisance on other parts, so a classifier has to bind pattern to part.
+Each class is defined by a *signature*: (part, pattern) pairs from a class table
+(:mod:`partslib.data.classtables`; the default table names one or two parts per class, the
+``funnybirds`` table all five). Every other attribute (colours, position, scale, flip, the
+patterns of parts the signature leaves free, background texture and distractor shapes) is
+random. A pattern that is decisive on one part for one class appears as a nuisance on other
+parts, so a classifier has to bind pattern to part.
 
 Every sample is a pure function of ``(seed, index)``: all random draws come from a local
-``numpy.random.Generator`` seeded with ``[seed, index]`` and are made before anything is painted,
-so :meth:`SynthPartsConfig.render` with ``drop_parts`` re-renders the *same* scene without the
-chosen parts (the exact counterfactual used by the validity tests).
+``numpy.random.Generator`` seeded with ``[seed, index]`` and are made before anything is painted
+(:mod:`partslib.data.scene`), so :meth:`SynthPartsConfig.render` with ``drop_parts`` and
+``drop_distractors`` re-renders the *same* scene without the chosen parts and background
+distractors (the exact counterfactual used by the validity tests).
 """
 
 from __future__ import annotations
@@ -17,13 +20,22 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from partslib.data.classtables import (
+    CLASS_TABLES,
+    DEFAULT_SIGNATURES,
+    check_signatures,
+    minimal_sufficient_sets,
+    signatures_from_table,
+)
+from partslib.data.scene import GEOMETRY, PATTERNS, draw_scene, paint
 
 __all__ = [
     "PATTERNS",
@@ -35,36 +47,18 @@ __all__ = [
     "load_or_generate",
 ]
 
-PATTERNS = ("plain", "stripes", "dots", "checker")
-
 DEFAULT_PARTS = ("head", "body", "tail", "legs", "wing")
-
-# Each class: tuple of (part, pattern) pairs that define it (its decisive parts).
-DEFAULT_SIGNATURES: tuple[tuple[tuple[str, str], ...], ...] = (
-    (("head", "stripes"),),
-    (("body", "stripes"),),  # same pattern as class 0, other part
-    (("tail", "dots"),),
-    (("body", "dots"),),  # same pattern as class 2, other part
-    (("wing", "checker"),),
-    (("legs", "stripes"), ("tail", "checker")),  # two decisive parts
-)
-
-# Geometry of each part in object coordinates (units of image size, object centred at 0).
-# kind: ("ellipse", cx, cy, rx, ry) | ("poly", [(x, y), ...]) | ("rects", [(x0, y0, x1, y1), ...])
-_GEOMETRY: dict[str, tuple] = {
-    "tail": ("poly", [(-0.22, -0.06), (-0.50, -0.24), (-0.50, 0.14), (-0.22, 0.08)]),
-    "legs": ("rects", [(-0.22, 0.08, -0.08, 0.42), (0.07, 0.08, 0.21, 0.42)]),
-    "body": ("ellipse", 0.0, 0.0, 0.30, 0.19),
-    "wing": ("poly", [(-0.16, -0.08), (0.14, -0.08), (-0.04, -0.44)]),
-    "head": ("ellipse", 0.34, -0.13, 0.16, 0.16),
-}
-# Paint order (later parts occlude earlier ones).
-_Z_ORDER = ("tail", "legs", "body", "wing", "head")
 
 
 @dataclass(frozen=True)
 class SynthPartsConfig:
-    """Parameters of the generator. Two configs with equal fields generate identical data."""
+    """Parameters of the generator. Two configs with equal fields generate identical data.
+
+    ``signatures``: the class table, one tuple of (part, pattern) pairs per class (see
+    :mod:`partslib.data.classtables`); :meth:`funnybirds` and :meth:`from_classes` build the
+    named tables. ``n_distractors``: the range (inclusive) of background distractor shapes per
+    sample.
+    """
 
     size: int = 64
     parts: tuple[str, ...] = DEFAULT_PARTS
@@ -78,41 +72,57 @@ class SynthPartsConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 32:
             raise ValueError(f"SynthPartsConfig.size must be an int >= 32, got {self.size!r}")
-        unknown = [p for p in self.parts if p not in _GEOMETRY]
+        unknown = [p for p in self.parts if p not in GEOMETRY]
         if unknown or len(set(self.parts)) != len(self.parts) or not self.parts:
             raise ValueError(
-                f"SynthPartsConfig.parts must be distinct names from {sorted(_GEOMETRY)}, "
+                f"SynthPartsConfig.parts must be distinct names from {sorted(GEOMETRY)}, "
                 f"got {list(self.parts)!r}")
         bad_pat = [p for p in self.patterns if p not in PATTERNS]
         if bad_pat or "plain" not in self.patterns:
             raise ValueError(f"SynthPartsConfig.patterns must include 'plain' and come from "
                              f"{PATTERNS}, got {list(self.patterns)!r}")
-        if len(self.signatures) < 2:
-            raise ValueError(f"need at least 2 classes (signatures), got {len(self.signatures)}")
-        seen = set()
-        for k, sig in enumerate(self.signatures):
-            if not 1 <= len(sig) <= 2:
-                raise ValueError(f"signature of class {k} must have 1 or 2 (part, pattern) pairs, "
-                                 f"got {sig!r}")
-            for part, pat in sig:
-                if part not in self.parts:
-                    raise ValueError(f"signature of class {k} uses part {part!r}, "
-                                     f"not in parts {list(self.parts)!r}")
-                if pat not in self.patterns or pat == "plain":
-                    raise ValueError(f"signature of class {k} uses pattern {pat!r}; expected one "
-                                     f"of {[p for p in self.patterns if p != 'plain']}")
-            key = frozenset(sig)
-            if key in seen:
-                raise ValueError(f"signature of class {k} duplicates another class: {sig!r}")
-            seen.add(key)
-        if self.class_names is not None and len(self.class_names) != len(self.signatures):
-            raise ValueError(f"class_names has {len(self.class_names)} entries for "
+        check_signatures(self.signatures, self.parts, self.patterns)
+        if self.class_names is not None and (len(self.class_names) != len(self.signatures)
+                                             or len(set(self.class_names)) != len(self.signatures)):
+            raise ValueError(f"class_names has {len(self.class_names)} entries "
+                             f"({len(set(self.class_names))} distinct) for "
                              f"{len(self.signatures)} signatures")
         lo, hi = self.n_distractors
         if not 0 <= lo <= hi:
             raise ValueError(
                 f"n_distractors must be (lo, hi) with 0 <= lo <= hi, got {self.n_distractors}"
             )
+
+    # -- class tables --------------------------------------------------------------------
+    @classmethod
+    def funnybirds(cls, size: int = 64, **kwargs) -> SynthPartsConfig:
+        """The 50-class table in the manner of FunnyBirds (every class fixes all 5 parts)."""
+        return cls.from_classes("funnybirds", size=size, **kwargs)
+
+    @classmethod
+    def from_classes(cls, classes: str | Sequence[Mapping[str, str]] = "default",
+                     size: int = 64, **kwargs) -> SynthPartsConfig:
+        """A config for a named class table (``"default"``, ``"funnybirds"``) or an explicit
+        one, ``[{part: pattern}, ...]`` (one mapping per class; default ``<pattern>-<part>``
+        names). ``kwargs``: other fields."""
+        if isinstance(classes, str):
+            if classes not in CLASS_TABLES:
+                raise ValueError(f"classes must be one of {sorted(CLASS_TABLES)} or a class "
+                                 f"table [{{part: pattern}}, ...], got {classes!r}")
+            sigs, names = CLASS_TABLES[classes]
+            if classes == "default":  # exactly the default config (same fingerprint)
+                return cls(size=size, **kwargs)
+            return cls(size=size, signatures=sigs, class_names=names, **kwargs)
+        return cls(size=size, signatures=signatures_from_table(classes), **kwargs)
+
+    def class_table(self) -> list[dict[str, str]]:
+        """The class table as data: ``[{part: pattern}, ...]``, one mapping per class; parts a
+        class leaves out carry a nuisance pattern (:meth:`nuisance_patterns`)."""
+        return [dict(sig) for sig in self.signatures]
+
+    def minimal_sufficient_sets(self) -> list[list[tuple[str, ...]]]:
+        """Per class, the minimal part sets whose patterns single it out (part names)."""
+        return minimal_sufficient_sets(self.signatures, self.parts)
 
     # -- derived facts -------------------------------------------------------------------
     @property
@@ -169,179 +179,59 @@ class SynthPartsConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     # -- rendering -----------------------------------------------------------------------
-    def render(self, seed: int, index: int, label: int | None = None,
-               drop_parts: Iterable[int] = ()) -> Sample:
-        """Render sample ``index`` of the stream ``seed``; parts in ``drop_parts`` omitted.
-
-        Part ids are 1..P; id 0 removes the background (flat grey, no texture, no distractors).
-
-        ``label`` defaults to ``index % num_classes`` (balanced classes).
-        """
+    def _scene(self, seed: int, index: int, label: int | None) -> tuple[int, dict]:
         if label is None:
             label = index % self.num_classes
         if not 0 <= label < self.num_classes:
             raise ValueError(f"label must be in [0, {self.num_classes}), got {label}")
+        rng = np.random.default_rng([int(seed), int(index)])
+        return label, draw_scene(self, rng, dict(self.signatures[label]))
+
+    def num_distractors(self, seed: int, index: int, label: int | None = None) -> int:
+        """How many distractors sample ``index`` of stream ``seed`` has (draws, paints
+        nothing); their indices for ``drop_distractors`` are ``0..n-1``."""
+        return len(self._scene(seed, index, label)[1]["distractors"])
+
+    def render(self, seed: int, index: int, label: int | None = None,
+               drop_parts: Iterable[int] = (), drop_distractors: Iterable[int] = ()) -> Sample:
+        """Render sample ``index`` of the stream ``seed`` without the parts in ``drop_parts``
+        and the distractors in ``drop_distractors``.
+
+        Part ids are 1..P; id 0 removes the background (flat grey, no texture, no distractors).
+        Distractor indices are ``0..n-1`` in paint order (``n``: :meth:`num_distractors`, also
+        ``Sample.n_distractors``); ``Sample.objects`` maps where each one is visible.
+        ``label`` defaults to ``index % num_classes`` (balanced classes).
+        """
         drop = {int(p) for p in drop_parts}
         bad = [p for p in drop if not 0 <= p <= self.num_parts]
         if bad:
             raise ValueError(f"drop_parts must be label ids in 0..{self.num_parts} "
                              f"(0 = background), got {sorted(bad)}")
-        rng = np.random.default_rng([int(seed), int(index)])
-        scene = _draw_scene(self, rng, label)
-        image, mask = _paint(self, scene, drop)
+        label, scene = self._scene(seed, index, label)
+        n_dis = len(scene["distractors"])
+        drop_d = {int(i) for i in drop_distractors}
+        bad = [i for i in drop_d if not 0 <= i < n_dis]
+        if bad:
+            raise ValueError(f"drop_distractors must be distractor indices in 0..{n_dis - 1} "
+                             f"(sample {index} of stream {seed} has {n_dis}), got {sorted(bad)}")
+        image, mask, objects = paint(self, scene, drop, drop_d)
         return Sample(image=image, mask=mask, label=label,
-                      decisive=self.decisive_parts(label), index=int(index))
+                      decisive=self.decisive_parts(label), index=int(index),
+                      objects=objects, n_distractors=n_dis)
 
 
 @dataclass
 class Sample:
+    """One rendered sample. ``objects``: uint8 ``[H, W]``, ``i + 1`` where distractor ``i`` is
+    visible, 0 elsewhere; ``n_distractors``: how many the scene has (dropped ones included)."""
+
     image: np.ndarray  # uint8 [H, W, 3]
     mask: np.ndarray  # uint8 [H, W], 0 background, 1..P parts
     label: int
     decisive: list[int] = field(default_factory=list)
     index: int = 0
-
-
-# ---------------------------------------------------------------------------------------
-# Scene drawing: every random number is drawn here, in a fixed order, before painting.
-
-def _random_colour(rng: np.random.Generator, lo: float = 0.15, hi: float = 0.95) -> np.ndarray:
-    return rng.uniform(lo, hi, size=3)
-
-
-def _draw_pattern_params(rng: np.random.Generator) -> dict:
-    return {
-        "phase": rng.uniform(0, 1, size=2),
-        "period": rng.uniform(5.0, 6.0),
-        "contrast": rng.uniform(0.5, 0.7),
-        "dark": bool(rng.random() < 0.5),
-    }
-
-
-def _draw_scene(cfg: SynthPartsConfig, rng: np.random.Generator, label: int) -> dict:
-    s = cfg.size
-    sig = dict(cfg.signatures[label])
-    parts = {}
-    for part in cfg.parts:
-        if part in sig:
-            pattern = sig[part]
-        else:
-            # half of the nuisance parts are plain, the others carry a non-signature pattern
-            choices = [p for p in cfg.nuisance_patterns(part) if p != "plain"]
-            u = rng.random()
-            if u < 0.5 or not choices:
-                pattern = "plain"
-            else:
-                pattern = choices[int((u - 0.5) * 2 * len(choices))]
-        parts[part] = {"colour": _random_colour(rng), "pattern": pattern,
-                       "pp": _draw_pattern_params(rng)}
-    scale = rng.uniform(*cfg.scale) * s
-    flip = -1.0 if rng.random() < 0.5 else 1.0
-    cx = s / 2 + rng.uniform(-0.05, 0.05) * s
-    cy = s / 2 + rng.uniform(-0.05, 0.05) * s
-    bg = {
-        "c0": _random_colour(rng, 0.1, 0.9), "c1": _random_colour(rng, 0.1, 0.9),
-        "angle": rng.uniform(0, 2 * np.pi),
-        "noise": rng.normal(0, 1, size=(s // 8 + 2, s // 8 + 2)),
-        "grain": rng.normal(0, 0.03, size=(s, s, 3)),
-    }
-    n_dis = int(rng.integers(cfg.n_distractors[0], cfg.n_distractors[1] + 1))
-    distractors = []
-    for _ in range(cfg.n_distractors[1]):  # always draw the max so the stream stays aligned
-        distractors.append({
-            "kind": "circle" if rng.random() < 0.5 else "square",
-            "centre": rng.uniform(0, s, size=2),
-            "radius": rng.uniform(0.05, 0.10) * s,
-            "colour": _random_colour(rng),
-            "pattern": cfg.patterns[rng.integers(len(cfg.patterns))],
-            "pp": _draw_pattern_params(rng),
-        })
-    return {"parts": parts, "scale": scale, "flip": flip, "centre": (cx, cy), "bg": bg,
-            "distractors": distractors[:n_dis]}
-
-
-def _pattern_field(kind: str, pp: dict, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """Pattern intensity in [0, 1] on the pixel grid (1 = pattern colour)."""
-    T = pp["period"]
-    u = xx / T + pp["phase"][0]
-    v = yy / T + pp["phase"][1]
-    if kind == "plain":
-        return np.zeros_like(xx)
-    if kind == "stripes":
-        return ((u + v) % 1.0 < 0.5).astype(np.float64)
-    if kind == "checker":
-        return ((np.floor(u) + np.floor(v)) % 2).astype(np.float64)
-    if kind == "dots":
-        du = (u % 1.0) - 0.5
-        dv = (v % 1.0) - 0.5
-        return (du * du + dv * dv < 0.1).astype(np.float64)
-    raise ValueError(f"unknown pattern {kind!r}")
-
-
-def _textured(colour: np.ndarray, kind: str, pp: dict, yy, xx) -> np.ndarray:
-    f = _pattern_field(kind, pp, yy, xx)[..., None]
-    other = colour * (1 - pp["contrast"]) if pp["dark"] else colour + (1 - colour) * pp["contrast"]
-    return colour * (1 - f) + other * f
-
-
-def _part_mask(part: str, scene: dict, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    cx, cy = scene["centre"]
-    # object coordinates of each pixel centre
-    u = (xx + 0.5 - cx) / scene["scale"] * scene["flip"]
-    v = (yy + 0.5 - cy) / scene["scale"]
-    geom = _GEOMETRY[part]
-    if geom[0] == "ellipse":
-        _, ex, ey, rx, ry = geom
-        return ((u - ex) / rx) ** 2 + ((v - ey) / ry) ** 2 <= 1.0
-    if geom[0] == "rects":
-        m = np.zeros(u.shape, dtype=bool)
-        for x0, y0, x1, y1 in geom[1]:
-            m |= (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)
-        return m
-    pts = geom[1]  # convex polygon, counter-clockwise or clockwise
-    n = len(pts)
-    signs = []
-    for i in range(n):
-        (x0, y0), (x1, y1) = pts[i], pts[(i + 1) % n]
-        signs.append((x1 - x0) * (v - y0) - (y1 - y0) * (u - x0))
-    signs = np.stack(signs)
-    return np.all(signs >= 0, axis=0) | np.all(signs <= 0, axis=0)
-
-
-def _paint(cfg: SynthPartsConfig, scene: dict, drop: set[int]) -> tuple[np.ndarray, np.ndarray]:
-    s = cfg.size
-    yy, xx = np.mgrid[0:s, 0:s].astype(np.float64)
-    bg = scene["bg"]
-    # background: two-colour gradient modulated by smooth noise, plus grain
-    t = (np.cos(bg["angle"]) * xx + np.sin(bg["angle"]) * yy) / s
-    t = (t - t.min()) / max(np.ptp(t), 1e-9)
-    noise = torch.nn.functional.interpolate(
-        torch.from_numpy(bg["noise"])[None, None], size=(s, s), mode="bilinear",
-        align_corners=False)[0, 0].numpy()
-    t = np.clip(t + 0.15 * noise, 0, 1)[..., None]
-    img = bg["c0"] * (1 - t) + bg["c1"] * t + bg["grain"]
-    for d in scene["distractors"]:
-        dy, dx = yy + 0.5 - d["centre"][1], xx + 0.5 - d["centre"][0]
-        if d["kind"] == "circle":
-            m = dx * dx + dy * dy <= d["radius"] ** 2
-        else:
-            m = (np.abs(dx) <= d["radius"]) & (np.abs(dy) <= d["radius"])
-        img[m] = _textured(d["colour"], d["pattern"], d["pp"], yy, xx)[m]
-    if 0 in drop:  # "without the background": flat grey, no texture, no distractors
-        img = np.full((s, s, 3), 0.5)
-    mask = np.zeros((s, s), dtype=np.uint8)
-    for part in _Z_ORDER:
-        if part not in cfg.parts:
-            continue
-        pid = cfg.parts.index(part) + 1
-        if pid in drop:
-            continue
-        m = _part_mask(part, scene, yy, xx)
-        p = scene["parts"][part]
-        img[m] = _textured(p["colour"], p["pattern"], p["pp"], yy, xx)[m]
-        mask[m] = pid
-    image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return image, mask
+    objects: np.ndarray | None = None
+    n_distractors: int = 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,6 +316,7 @@ class SynthParts(Dataset):
         self.masks = torch.from_numpy(arrays["masks"]).long()
         self.labels = torch.from_numpy(arrays["labels"])
         self.decisive = self.cfg.decisive_matrix()[self.labels]
+        self._num_distractors: torch.Tensor | None = None
 
     @property
     def part_names(self) -> list[str]:
@@ -447,15 +338,46 @@ class SynthParts(Dataset):
         idx = slice(None) if idx is None else idx
         return self.images[idx].float() / 255.0, self.masks[idx], self.labels[idx]
 
+    @property
+    def num_distractors(self) -> torch.Tensor:
+        """int64 ``[N]``: how many distractors each sample has (indices ``0..n-1`` for
+        ``drop_distractors``); drawn, not painted, on first use."""
+        if self._num_distractors is None:
+            self._num_distractors = torch.tensor(
+                [self.cfg.num_distractors(self.seed, i, int(self.labels[i]))
+                 for i in range(self.n)], dtype=torch.int64)
+        return self._num_distractors
+
+    @property
+    def distractor_present(self) -> torch.Tensor:
+        """Bool ``[N, D]`` (``D = cfg.n_distractors[1]``, the most a sample can have): column
+        ``i`` is True where the sample has distractor ``i``; a row of it, or any subset of its
+        True entries, is a valid ``drop_distractors`` row for :class:`ReRender`."""
+        slots = torch.arange(self.cfg.n_distractors[1])
+        return slots[None, :] < self.num_distractors[:, None]
+
+    def render(self, i: int, drop_parts: Iterable[int] = (),
+               drop_distractors: Iterable[int] = ()) -> Sample:
+        """Sample ``i`` rendered again without the given parts (1..P, 0 = background) and
+        distractors (``0..num_distractors[i]-1``); with nothing dropped it equals item ``i``."""
+        if not 0 <= int(i) < self.n:
+            raise ValueError(f"sample index must be in [0, {self.n}), got {i}")
+        return self.cfg.render(self.seed, int(i), label=int(self.labels[int(i)]),
+                               drop_parts=drop_parts, drop_distractors=drop_distractors)
+
     def rerender(self) -> ReRender:
         return ReRender(self.cfg, self.seed, self.labels)
 
 
 class ReRender:
-    """Exact removal operator: re-render each sample without the dropped parts.
+    """Exact removal operator: re-render each sample without the dropped parts (and, on
+    request, without some of its distractors).
 
     Follows the removal-operator protocol of :mod:`partslib.removal`: ``op(images, labels, drop,
-    keys)`` where ``keys`` are the samples' indices in their split.
+    keys)`` where ``keys`` are the samples' indices in their split. The optional
+    ``drop_distractors`` holds one entry per image: the distractor indices to remove (a list of
+    ints, or a bool row whose column ``i`` removes distractor ``i``; see
+    :attr:`SynthParts.num_distractors`).
     """
 
     name = "rerender"
@@ -464,18 +386,33 @@ class ReRender:
         self.cfg, self.seed, self.labels = cfg, seed, labels
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, drop: torch.Tensor,
-                 keys: Sequence[int] | None = None) -> torch.Tensor:
+                 keys: Sequence[int] | None = None,
+                 drop_distractors: Sequence[Iterable[int]] | torch.Tensor | None = None,
+                 ) -> torch.Tensor:
         if keys is None:
             raise ValueError("ReRender needs keys: the dataset index of every image")
-        if len(keys) != images.shape[0] or drop.shape[0] != images.shape[0]:
-            raise ValueError(f"ReRender got {images.shape[0]} images, {len(keys)} keys and "
-                             f"{drop.shape[0]} drop rows; expected one of each per image")
+        B = images.shape[0]
+        if len(keys) != B or drop.shape[0] != B or (
+                drop_distractors is not None and len(drop_distractors) != B):
+            n_dis = "no" if drop_distractors is None else len(drop_distractors)
+            raise ValueError(f"ReRender got {B} images, {len(keys)} keys, {drop.shape[0]} drop "
+                             f"rows and {n_dis} drop_distractors rows; expected one of each "
+                             f"per image")
         out = images.clone()
         for b, key in enumerate(keys):
             parts = torch.nonzero(drop[b]).flatten().tolist()
-            if not parts:
+            dis = [] if drop_distractors is None else _indices(drop_distractors[b])
+            if not parts and not dis:
                 continue
             lab = None if self.labels is None else int(self.labels[int(key)])
-            smp = self.cfg.render(self.seed, int(key), label=lab, drop_parts=parts)
+            smp = self.cfg.render(self.seed, int(key), label=lab, drop_parts=parts,
+                                  drop_distractors=dis)
             out[b] = torch.from_numpy(smp.image).permute(2, 0, 1).float().div(255.0)
         return out
+
+
+def _indices(row: Iterable[int] | torch.Tensor) -> list[int]:
+    """Distractor indices from a list of ints or a bool row."""
+    if isinstance(row, torch.Tensor) and row.dtype == torch.bool:
+        return torch.nonzero(row).flatten().tolist()
+    return [int(i) for i in row]
