@@ -20,7 +20,8 @@ Contrastive option. Explain the margin ``logit_k − logit_j`` against the runne
 (``w_k − w_j`` in the region rule); every rule in logit units supports it.
 
 Segmenters. The part map comes from a :class:`Segmenter`: :class:`PDMSegmenter` (the PDM, the
-only place it is called) or :class:`IBDLinearSegmenter` (IBD's 1×1 linear concept maps).
+only place it is called), :class:`IBDLinearSegmenter` (IBD's 1×1 linear concept maps) or
+:class:`FixedMapsSegmenter` (given label maps, e.g. the ground-truth parts of the images).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ __all__ = [
     "MODES",
     "ExplainContext",
     "FinalFeatures",
+    "FixedMapsSegmenter",
     "IBDLinearSegmenter",
     "PDMSegmenter",
     "PartExplainer",
@@ -229,6 +231,45 @@ class IBDLinearSegmenter:
         concept classifier)."""
         return self.ibd.linear_maps_from_features(features[classifier.final_stage],
                                                   tuple(images.shape[-2:]))
+
+
+class FixedMapsSegmenter:
+    """Given label maps as a segmenter: the one-hot map of exactly the images being explained
+    (e.g. their ground-truth parts), so any rule can run on ground-truth parts.
+
+    It returns ``log(one_hot)`` (0 on the label, ``-inf`` elsewhere), whose softmax is the
+    one-hot map itself. It reads no features and ignores the images except for their count and
+    size, which must be those of ``maps``: explain the images in one batch
+    (``batch_size >= len(maps)``) in the order of ``maps``.
+    """
+
+    name = "gt"
+
+    def __init__(self, maps: Tensor, num_labels: int):
+        if maps.dim() != 3 or maps.dtype.is_floating_point:
+            raise ValueError(f"maps must be integer label maps [B, H, W], got dtype {maps.dtype} "
+                             f"and shape {tuple(maps.shape)}")
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        if maps.numel() and (int(maps.min()) < 0 or int(maps.max()) >= num_labels):
+            raise ValueError(f"maps must hold labels in 0..{num_labels - 1}, got values in "
+                             f"{int(maps.min())}..{int(maps.max())}")
+        self.maps = maps.long()
+        self.num_labels = int(num_labels)
+        self.input_size: tuple[int, int] | None = (int(maps.shape[1]), int(maps.shape[2]))
+
+    def check(self, classifier: ContractClassifier) -> None:
+        """Nothing to check: the maps read no features."""
+
+    def __call__(self, classifier: ContractClassifier, features: Mapping[str, Tensor],
+                 images: Tensor) -> Tensor:
+        """``log`` of the one-hot maps ``[B, L, H, W]`` (``images`` must match them)."""
+        if images.shape[0] != self.maps.shape[0] or tuple(images.shape[-2:]) != self.input_size:
+            raise ValueError(f"FixedMapsSegmenter holds {self.maps.shape[0]} maps of "
+                             f"{self.input_size}, got {images.shape[0]} images of "
+                             f"{tuple(images.shape[-2:])}: explain them in one batch")
+        onehot = F.one_hot(self.maps.to(images.device), self.num_labels).permute(0, 3, 1, 2)
+        return onehot.to(images.dtype).log()
 
 
 def as_segmenter(parts: PartsDetectionModule | Segmenter) -> Segmenter:
