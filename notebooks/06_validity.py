@@ -285,10 +285,13 @@ if funnybirds:
     shown = ["method", "parts", "maps", "accuracy", "CSDC", "PC", "DC", "D", "BI", "SD",
              "SD_bg", "TS", "Com", "Cor", "Con", "threshold", "n"]
     display(fb.wide[shown].round(3))
-    fig, axs = plt.subplots(1, 2, figsize=(13, 5.5), subplot_kw={"projection": "polar"})
+    fig, axs = plt.subplots(1, 2, figsize=(14, 5.5), subplot_kw={"projection": "polar"})
     for ax, source in zip(axs, fb_study.PART_SOURCES, strict=True):
         plot_spider({m: fb.results[(m, source)].scores() for m in fb.wide.method.unique()},
                     title=f"{source} parts", ax=ax)
+        ax.get_legend().remove()
+    fig.legend(*axs[1].get_legend_handles_labels(), loc="center left",
+               bbox_to_anchor=(0.92, 0.5), fontsize="small")
     viz.save_figure(fig, out_dir / "funnybirds_spider.png")
     display(fig)
     plt.close(fig)
