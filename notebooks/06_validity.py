@@ -262,7 +262,9 @@ display(Markdown(t2_text.reading(t2, gap=(gap_parts, gap_stats))))
 # contribution there is the distractor's importance; the background column is the background
 # with its distractors (column `mapping`). The basis rule (`ibd`, `pdm-basis`) reads no map,
 # so its distractors get 0 and its two rows coincide. `SD` counts the foreground parts as
-# FunnyBirds does, `SD_bg` the background as a part as well.
+# FunnyBirds does, `SD_bg` the background as a part as well. `random` draws from the image
+# alone, the same numbers for every target class, so it never gives one class strictly more
+# importance than the other: its TS is 0 by construction.
 #
 # On the default 6-class table no class has two classes at distance 3 with disjoint shared
 # parts, so TS (Con) has no pairs and is NaN; the `funnybirds` profile (50 classes) runs the
