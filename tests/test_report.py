@@ -225,3 +225,17 @@ def test_seed_summary_lists_the_default_rule_then_the_best_mode():
     i = next(j for j, line in enumerate(lines) if "default rule" in line)
     assert "| 0.300 ± 0.100 |" in lines[i]
     assert lines[i + 1].startswith("| decisive-part accuracy, best PDM mode | 0.920 ± 0.020")
+
+
+def test_report_shows_the_seeds_run_beside_it(run_dir):
+    """With results/seeds/seeds.csv next to the run, the report carries the headline's
+    quality rows as mean ± sd over the seeds; without it, no seeds section."""
+    from partslib.report import build_report
+    from partslib.report.seeds import write_seed_summary
+
+    assert "Seeds ·" not in _text(build_report(run_dir))
+    runs = {s: {**METRICS, "classifier/test_accuracy": 0.95 + 0.01 * s} for s in (0, 1, 2)}
+    write_seed_summary(run_dir.parent / "seeds", runs)
+    html = _text(build_report(run_dir))
+    assert "Seeds · the headline over training seeds 0, 1, 2" in html
+    assert "0.960 ± 0.010" in html and "0.950 – 0.970" in html

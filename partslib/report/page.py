@@ -220,6 +220,26 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _seeds(run: Run) -> str:
+    """The headline's quality rows over training seeds, when the seeds profile ran beside this
+    run (``results/seeds/seeds.csv``); empty otherwise."""
+    from partslib.report.seeds import headline_rows
+
+    path = run.path.parent / "seeds" / "seeds.csv"
+    if not path.is_file():
+        return ""
+    table = pd.read_csv(path, index_col="metric")
+    seeds = [c.removeprefix("seed=") for c in table.columns if c.startswith("seed=")]
+    rows = "".join(f"<tr><td>{escape(label)}</td><td class='num'>{escape(ms)}</td>"
+                   f"<td class='num'>{escape(rng)}</td><td class='num'>{n}</td></tr>"
+                   for label, ms, rng, n in headline_rows(table))
+    return (f"<section><h2>Seeds · the headline over training seeds {', '.join(seeds)}</h2>"
+            f"<p>The same study (data unchanged) with the classifier, PDM, IBD and T2 seeded "
+            f"{len(seeds)} ways (<code>scripts/study.sh seeds</code>): mean ± sample sd.</p>"
+            f"<table><tr><th>what</th><th>mean ± sd</th><th>min – max</th><th>seeds</th></tr>"
+            f"{rows}</table><p>{escape(_shown(path))}</p></section>")
+
+
 def build_report(run_dir: str | Path, embed: bool = True) -> str:
     """The report of a run folder as one HTML page (figures embedded as base64 PNG when
     ``embed``, else linked relative to the run folder)."""
@@ -238,6 +258,7 @@ def build_report(run_dir: str | Path, embed: bool = True) -> str:
         f"<section><h2>What was run</h2>{_facts(run)}</section>",
         f"<section><h2>Headline: measured against the targets</h2>{verdict}<div class='row'>"
         f"<div>{headline}</div>{gallery}</div></section>",
+        _seeds(run),
         f"<section><h2>T2 · Do the claimed part contributions match what removing the part "
         f"does?</h2>{_t2(run, embed)}</section>",
         f"<section><h2>T1 · Localisation of parts</h2>{_t1(run, embed)}</section>",

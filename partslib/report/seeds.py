@@ -28,7 +28,7 @@ import pandas as pd
 
 from partslib.io import write_json
 
-__all__ = ["seed_table", "seeds_markdown", "write_seed_summary"]
+__all__ = ["headline_rows", "seed_table", "seeds_markdown", "write_seed_summary"]
 
 _OUTPUTS = ("seeds.csv", "seeds.md", "metrics.json")
 
@@ -59,22 +59,30 @@ def seed_table(runs: Mapping[int, Mapping[str, Any]]) -> pd.DataFrame:
     return table
 
 
-def seeds_markdown(table: pd.DataFrame, seeds: list[int]) -> str:
-    """The headline metrics as ``mean ± sd (n seeds)`` in a Markdown table."""
+def headline_rows(table: pd.DataFrame) -> list[tuple[str, str, str, int]]:
+    """The quality rows of the headline (in its order, the best mode beside the default rule)
+    present in ``table``: ``(label, "mean ± sd", "min – max", n seeds)``."""
     from partslib.report.headline import BESIDE, TARGETS
 
-    rows = ["| what | mean ± sd | min – max | n |", "|---|---|---|---|"]
-    shown = []  # the quality rows of the headline, in its order (best mode beside the default)
+    shown = []
     for target in TARGETS[:6]:
         shown += [target, *([BESIDE[target.key]] if target.key in BESIDE else [])]
+    rows = []
     for t in shown:
         key = next((k for k in (t.key, *t.older_keys) if k in table.index), None)
         if key is None:
             continue
         r = table.loc[key]
         sd = "–" if not math.isfinite(r["sd"]) else format(r["sd"], t.fmt)
-        rows.append(f"| {t.label} | {format(r['mean'], t.fmt)} ± {sd} | "
-                    f"{format(r['min'], t.fmt)} – {format(r['max'], t.fmt)} | {int(r['n'])} |")
+        rows.append((t.label, f"{format(r['mean'], t.fmt)} ± {sd}",
+                     f"{format(r['min'], t.fmt)} – {format(r['max'], t.fmt)}", int(r["n"])))
+    return rows
+
+
+def seeds_markdown(table: pd.DataFrame, seeds: list[int]) -> str:
+    """The headline metrics as ``mean ± sd (n seeds)`` in a Markdown table."""
+    rows = ["| what | mean ± sd | min – max | n |", "|---|---|---|---|"]
+    rows += [f"| {label} | {ms} | {rng} | {n} |" for label, ms, rng, n in headline_rows(table)]
     return (f"Training seeds {seeds} (classifier, PDM, IBD, T2; the data are the same): "
             f"mean ± sample sd over the seeds.\n\n" + "\n".join(rows) + "\n")
 
