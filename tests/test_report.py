@@ -239,3 +239,21 @@ def test_report_shows_the_seeds_run_beside_it(run_dir):
     html = _text(build_report(run_dir))
     assert "Seeds · the headline over training seeds 0, 1, 2" in html
     assert "0.960 ± 0.010" in html and "0.950 – 0.970" in html
+
+
+def test_report_shows_the_funnybirds_checks_with_both_part_sources(run_dir):
+    from partslib.report import build_report
+
+    assert "FunnyBirds checks ·" not in _text(build_report(run_dir))
+    fb = run_dir.parent / "funnybirds" / "validity"
+    fb.mkdir(parents=True)
+    (fb / "funnybirds.csv").write_text(
+        "method,parts,Com,Cor,Con\n"
+        "pdm-region-soft,gt,0.859,0.804,0.761\npdm-region-soft,pdm,0.862,0.806,0.761\n"
+        "ibd,gt,0.748,0.492,\nibd,pdm,0.748,0.492,\n")
+    html = _text(build_report(run_dir))
+    assert "FunnyBirds checks · ground-truth parts (gt)" in html
+    row = re.search(r"<tr><td>pdm-region-soft</td>(.*?)</tr>", html).group(1)
+    assert re.findall(r">([0-9.–]+)<", row) == ["0.859", "0.862", "0.804", "0.806", "0.761",
+                                                 "0.761"]
+    assert "nan" not in html.lower()

@@ -240,6 +240,42 @@ def _seeds(run: Run) -> str:
             f"{rows}</table><p>{escape(_shown(path))}</p></section>")
 
 
+def _funnybirds(run: Run, embed: bool) -> str:
+    """The FunnyBirds checks (Com / Cor / Con per rule, ground-truth parts beside the found
+    ones) of this run, or of the funnybirds profile run beside it; empty when neither ran."""
+    for rel in ("validity", "../funnybirds/validity"):
+        path = run.path / rel / "funnybirds.csv"
+        if path.is_file():
+            break
+    else:
+        return ""
+    df = pd.read_csv(path)
+    wide = df.pivot_table(index="method", columns="parts", values=["Com", "Cor", "Con"],
+                          sort=False)
+    head = "".join(f"<th>{c} ({p})</th>" for c in ("Com", "Cor", "Con") for p in ("gt", "pdm"))
+    rows = "".join(
+        f"<tr><td>{escape(str(m))}</td>" + "".join(
+            f"<td class='num'>{_num(wide.loc[m].get((c, p)))}</td>"
+            for c in ("Com", "Cor", "Con") for p in ("gt", "pdm")) + "</tr>"
+        for m in wide.index)
+    spider = _figure(run, f"{rel}/funnybirds_spider.png", "Spider plot of the checks, "
+                     "ground-truth parts and the PDM's parts.", embed, 520)
+    return (f"<section><h2>FunnyBirds checks · ground-truth parts (gt) and the parts each "
+            f"method finds (pdm)</h2><p>Com = ((CSDC + PC + DC)/3 + D)/2, Cor = SD (single "
+            f"deletion), Con = TS (target sensitivity); targets for the default rule: Com ≥ "
+            f"0.90, Cor ≥ 0.85, Con ≥ 0.90. From <code>{escape(_shown(path))}</code> "
+            f"(every check and threshold there).</p><div class='row'><div><table><tr>"
+            f"<th>method</th>{head}</tr>{rows}</table></div>{spider}</div></section>")
+
+
+def _num(value: object) -> str:
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if v != v else f"{v:.3f}"
+
+
 def build_report(run_dir: str | Path, embed: bool = True) -> str:
     """The report of a run folder as one HTML page (figures embedded as base64 PNG when
     ``embed``, else linked relative to the run folder)."""
@@ -261,6 +297,7 @@ def build_report(run_dir: str | Path, embed: bool = True) -> str:
         _seeds(run),
         f"<section><h2>T2 · Do the claimed part contributions match what removing the part "
         f"does?</h2>{_t2(run, embed)}</section>",
+        _funnybirds(run, embed),
         f"<section><h2>T1 · Localisation of parts</h2>{_t1(run, embed)}</section>",
         f"<section><h2>T4 · Cost against a forward pass</h2>{_t4(run)}</section>",
         f"<section><h2>Configuration</h2>{_config(run)}"
