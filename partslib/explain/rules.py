@@ -21,6 +21,7 @@ test covers it.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -50,7 +51,7 @@ class RuleResult:
     maps: Tensor | None = None  # [B, H, W] a map of the rule's own (else painted by the core)
 
 
-class Rule:
+class Rule(ABC):
     """Base class of the contribution rules (see the module docstring)."""
 
     name: ClassVar[str] = "rule"
@@ -59,9 +60,9 @@ class Rule:
     absent_zero: ClassVar[bool] = True
     paint: ClassVar[str | None] = "hard"
 
+    @abstractmethod
     def __call__(self, ctx: ExplainContext) -> RuleResult:
         """The ``[B, P+1]`` contributions of every part of every image of ``ctx``'s batch."""
-        raise NotImplementedError
 
     def describe(self) -> str:
         """The rule and its settings, e.g. ``occlusion:blur``."""
