@@ -17,6 +17,9 @@ Fill operators, for real images:
   (Petsiuk et al., BMVC 2018, https://arxiv.org/abs/1806.07421; ``klen=11, sigma=5``).
 * :class:`NoisyLinearImputer` -- ROAD's noisy linear imputation (Rong, Leemann et al.,
   ICML 2022, https://arxiv.org/abs/2202.00449; reference ``tleemann/road_evaluation``).
+* :class:`BackgroundFill` -- removed parts are inpainted from the kept background (label 0);
+  a removed background becomes flat grey. Removing every label gives the same grey image for
+  every photo, so ``f(all removed)`` is one constant per class.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from partslib.constants import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
+    "BackgroundFill",
     "FillRemover",
     "GaussianBlurFill",
     "MeanFill",
@@ -330,3 +334,80 @@ class NoisyLinearImputer(FillRemover):
                 values = values + self.noise * field.reshape(img.shape[0], -1)[:, m.ravel()]
             img.reshape(img.shape[0], -1)[:, m.ravel()] = np.clip(values, 0.0, 1.0)
         return torch.from_numpy(out).to(images.device, images.dtype)
+
+
+class BackgroundFill(Remover):
+    """Removed parts are inpainted from the kept **background** pixels; a removed background
+    becomes a constant ``grey``.
+
+    The object reads as if its removed parts had never been drawn over the scene: each removed
+    pixel takes the normalised-convolution average of the nearest kept background pixels
+    (Gaussian windows of growing ``sigma``, the smallest window that holds background wins, as
+    in Knutsson & Westin's normalised convolution). Kept object parts never leak into the
+    fill (unlike a blur or ROAD's imputation). When the background itself is removed, its
+    pixels and those of every removed part become ``grey``; when every label is removed the
+    image is a flat ``grey`` whatever the photo, so the value of the empty coalition of a
+    part game is one constant per class (:mod:`partslib.explain.shapley`).
+
+    Args:
+        grey: the fill of a removed background, in image units.
+        sigmas: the window widths tried, smallest first; pixels no window reaches take the
+            mean of the kept background (or ``grey``).
+    """
+
+    def __init__(self, grey: float = 128 / 255, sigmas: Sequence[float] = (2.0, 4.0, 8.0, 16.0)):
+        if not (0.0 <= grey <= 1.0):
+            raise ValueError(f"grey must be in [0, 1], got {grey!r}")
+        if not sigmas or any(not (s > 0 and math.isfinite(s)) for s in sigmas):
+            raise ValueError(f"sigmas must be positive finite numbers, got {sigmas!r}")
+        self.grey, self.sigmas = float(grey), tuple(float(s) for s in sorted(sigmas))
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"background_fill(grey={self.grey:.3g})"
+
+    def remove(self, images: torch.Tensor, labels: torch.Tensor, drop: torch.Tensor,
+               keys: Sequence[Any] | None) -> torch.Tensor:
+        labels = labels.to(images.device)
+        mask = removal_mask(labels, drop)  # (B,H,W)
+        if not bool(mask.any()):
+            return images.clone()
+        out = images.clone()
+        bg_gone = drop[:, 0][:, None, None] & (labels == 0)
+        out = torch.where(bg_gone[:, None], torch.full_like(out, self.grey), out)
+        parts = mask & ~bg_gone
+        source = ((labels == 0) & ~drop[:, 0][:, None, None]).to(images.dtype)[:, None]
+        if bool(parts.any()):
+            fill = self._inpaint(images, source)
+            out = torch.where(parts[:, None], fill, out)
+        return out
+
+    def _inpaint(self, images: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """Per pixel: the normalised-convolution mean of the ``source`` pixels."""
+        B = images.shape[0]
+        total = source.sum(dim=(2, 3), keepdim=True)
+        mean = (images * source).sum(dim=(2, 3), keepdim=True) / total.clamp_min(1)
+        fill = torch.where(total > 0, mean, torch.full_like(mean, self.grey)).expand_as(images)
+        fill = fill.clone()
+        done = torch.zeros_like(source, dtype=torch.bool)
+        for sigma in self.sigmas:
+            num = _gauss(images * source, sigma)
+            den = _gauss(source, sigma)
+            ok = (den > 1e-3) & ~done
+            fill = torch.where(ok, num / den.clamp_min(1e-12), fill)
+            done = done | ok
+            if bool(done.all()):
+                break
+        return fill.view(B, 3, *images.shape[-2:])
+
+
+def _gauss(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with zero padding (so normalised convolution is exact at the
+    borders)."""
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    C = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(C, 1, 1, -1), padding=(0, r), groups=C)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(C, 1, -1, 1), padding=(r, 0), groups=C)
