@@ -39,6 +39,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,7 +146,7 @@ def removal_option(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
     ``version``), or ``None`` when it was trained on intact images only."""
     from partslib.training import load_checkpoint
 
-    return load_checkpoint(checkpoint, kind="classifier")["config"]["model"].get("removal")
+    return load_checkpoint(Path(checkpoint), kind="classifier")["config"]["model"].get("removal")
 
 
 @dataclass(frozen=True, eq=False)
