@@ -143,3 +143,12 @@ def test_train_classifier_with_removal_records_the_option(data, tmp_path):
     with pytest.raises(TypeError, match="removal_fraction > 0"):
         pipeline.train_classifier(split, None, split, results_dir=tmp_path / "x",
                                   removal_fraction=0.5, **tiny)
+
+
+def test_report_names_the_ground_truth():
+    from partslib.report.page import _removal_note
+
+    assert _removal_note({"classifier/removal_fraction": 0.0}) == ""
+    note = _removal_note({"classifier/removal_fraction": 0.5,
+                          "validity/ground_truth_sufficient": 1.0})
+    assert "0.5 of the training images" in note and "sufficient part sets" in note
