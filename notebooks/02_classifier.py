@@ -43,6 +43,7 @@ epochs: int = 14  # training epochs
 lr: float = 0.003  # peak learning rate of the one-cycle schedule
 weight_decay: float = 0.0001  # AdamW weight decay
 batch_size: int = 128  # training batch size
+removal_fraction: float = 0.0  # share of training images re-rendered with labels removed (0: off)
 resume: bool = True  # resume from / reuse a checkpoint of the same configuration
 
 # %%
@@ -74,6 +75,7 @@ params = dict(
     lr=lr,
     weight_decay=weight_decay,
     batch_size=batch_size,
+    removal_fraction=removal_fraction,
     resume=resume,
 )
 out_dir = pipeline.stage_dir(results_dir, "classifier")
@@ -97,19 +99,30 @@ print(f"train: {len(train)}, validation: {len(val)}, test: {len(test)} images, "
 # %% [markdown]
 # ## Train
 #
-# No augmentation: SynthParts already randomises colour, position, scale and flip.
+# No augmentation: SynthParts already randomises colour, position, scale and flip. With
+# `removal_fraction > 0` (in-domain removal training, off by default; the `removal` profile uses
+# 0.5) that share of the training images is re-rendered once, up front and seeded, without a
+# random non-empty subset of its labels (background included; with the background kept, each
+# distractor with probability 1/2), and trained against the uniform target over the classes
+# still consistent with the parts that remain, as FunnyBirds' `--multi_target` does
+# (`partslib.data.removal_training`). Validation and test stay on intact images.
 
 # %%
 from partslib.config import ClassifierConfig
 
 config = ClassifierConfig(arch=arch, widths=tuple(widths), epochs=epochs, lr=lr,
-                          weight_decay=weight_decay, batch_size=batch_size)
+                          weight_decay=weight_decay, batch_size=batch_size,
+                          removal_fraction=removal_fraction)
 model, metrics, history = pipeline.train_classifier(
     train, val, test, results_dir=results_dir, config=config, seed=seed, device=device,
     resume=resume, progress=progress)
 pipeline.write_json(out_dir / "history.json", history)
 print(f"{metrics['epochs_trained']} epoch(s) trained in {metrics['train_seconds']:.1f} s, "
       f"{metrics['num_parameters']:,} parameters")
+if removal_fraction > 0:
+    print(f"removal training: {metrics['removal_images']} of {len(train)} training images "
+          f"re-rendered, {metrics['removal_mean_labels_removed']:.2f} labels removed and "
+          f"{metrics['removal_mean_consistent']:.2f} consistent classes on average")
 
 # %% [markdown]
 # ## Learning curves

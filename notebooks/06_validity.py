@@ -66,6 +66,8 @@ funnybirds: bool = False  # run the FunnyBirds checks (ground-truth and PDM part
 fb_n_images: int = 100  # test images of the FunnyBirds checks (the first ones of the split)
 
 # %%
+from pathlib import Path
+
 import pandas as pd
 from IPython.display import Markdown, display
 
@@ -133,6 +135,31 @@ ibd = fit_ibd(classifier, train.images[:ibd_n_train], train.masks[:ibd_n_train],
               len(train.part_names), n_components=ibd_components, epochs=ibd_epochs, seed=seed)
 
 # %% [markdown]
+# ## Which parts a class needs: the ground truth of V4
+#
+# A classifier trained on intact images is scored against the generator's **decisive** parts
+# (each class's signature). One trained with in-domain removal (`removal_fraction > 0` in
+# notebook 02, read from its checkpoint) learns to rule classes out by the parts that remain, so
+# the signature no longer says which parts it needs; it is scored against the **sufficient**
+# parts: those of the minimal part sets that leave only its class consistent
+# (`partslib.data.removal_training.sufficient_sets`; on the 50-class table, FunnyBirds' minimal
+# sufficient sets, the ground truth of CSDC).
+
+# %%
+from partslib.data.removal_training import (
+    GROUND_TRUTHS,
+    ground_truth,
+    removal_option,
+    sufficient_matrix,
+)
+
+removal = removal_option(Path(results_dir) / pipeline.CLASSIFIER_CHECKPOINT)
+truth = ground_truth(removal)
+decisive = test.decisive if truth == "decisive" else sufficient_matrix(test.cfg)[test.labels]
+print(f"classifier trained with removal: {removal or 'no'}")
+print(f"ground truth of the decisive-part columns: {truth} - {GROUND_TRUTHS[truth]}")
+
+# %% [markdown]
 # ## Table T2
 #
 # One row per method × operator. V2 scores logits (margins for the contrastive rows), V3 the
@@ -143,7 +170,7 @@ ibd = fit_ibd(classifier, train.images[:ibd_n_train], train.masks[:ibd_n_train],
 # %%
 images, masks, labels = test.tensors()
 t2, extras = t2_study.run_validity(
-    classifier, pdm, images, masks, labels, decisive=test.decisive,
+    classifier, pdm, images, masks, labels, decisive=decisive,
     operators=t2_study.default_operators(test, seed=seed, names=operators),
     keys=range(len(test)),
     ibd=ibd, n_eval=n_eval, n_deletion=n_deletion, methods=methods or METHODS,
@@ -312,9 +339,12 @@ metrics = {**t2_text.metrics_dict(t2, extras.sanity), **head, **fb_metrics,
            **{f"gap/rerender/{k}": v for k, v in gap_stats.items()},
            "n_images_v3": extras.settings["n_images_v3"],
            "sanity_images": extras.settings["sanity_images"],
+           "ground_truth_sufficient": float(truth == "sufficient"),
            "seconds": extras.timings["total"]}
 pipeline.write_json(out_dir / "settings.json", {**extras.settings, "timings": extras.timings,
-                                                "removals": extras.removals})
+                                                "removals": extras.removals,
+                                                "ground_truth": truth,
+                                                "classifier_removal": removal})
 pipeline.write_metrics(out_dir, metrics);
 
 # %%

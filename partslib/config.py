@@ -108,7 +108,10 @@ class ClassifierConfig(_Config):
     (``"resnet18"``, ...; ``widths`` ignored). ``weights``: optional local weights file.
     ``epochs=0`` trains nothing (the model is used as built or loaded). ``augment``: random
     horizontal flips and shifts of up to 8%. ``class_weighted``: inverse-frequency class weights
-    in the cross-entropy.
+    in the cross-entropy. ``removal_fraction``: in-domain removal training (SynthParts only): that
+    share of the training images is re-rendered without a random non-empty subset of its labels
+    and trained against the uniform target over the classes still consistent with what remains
+    (:mod:`partslib.data.removal_training`); 0 trains on intact images only.
     """
 
     arch: str = "small_resnet"
@@ -120,6 +123,7 @@ class ClassifierConfig(_Config):
     batch_size: int = 128
     augment: bool = False
     class_weighted: bool = False
+    removal_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         self._tuple("widths")
@@ -133,6 +137,8 @@ class ClassifierConfig(_Config):
         self._check(self.lr > 0, "lr", self.lr, "> 0")
         self._check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
         self._check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        self._check(0.0 <= self.removal_fraction <= 1.0, "removal_fraction",
+                    self.removal_fraction, "a share of the training images in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,12 @@ import torch
 from torch import nn
 
 from partslib.config import ClassifierConfig, DataConfig, PDMConfig, resolve
+from partslib.data.removal_training import (
+    REMOVAL_VERSION,
+    RemovalSet,
+    removal_training_set,
+    soft_cross_entropy,
+)
 from partslib.data.split import Split, as_split
 from partslib.data.synthparts import SynthParts, SynthPartsConfig
 from partslib.io import write_json
@@ -220,14 +226,20 @@ class Augment:
 def classifier_checkpoint_config(model: ContractClassifier, train: Split,
                                  config: ClassifierConfig) -> dict[str, Any]:
     """What a classifier checkpoint depends on besides the optimisation settings: the model,
-    its input size, the weights file it started from, the training data and the batches."""
+    its input size, the weights file it started from, the training data and the batches, and
+    with ``removal_fraction > 0`` the in-domain removal training (key ``removal``; absent for
+    intact training, so such a checkpoint never serves a run with the option, nor the reverse)."""
     weights = None
     if config.weights:
         path = Path(config.weights)
         weights = {"file": path.name, "bytes": path.stat().st_size}
-    return {"classifier": model.config(), "image_size": list(train.image_size),
-            "weights": weights, "data": train.info, "batch_size": config.batch_size,
-            "augment": config.augment, "class_weighted": config.class_weighted}
+    out = {"classifier": model.config(), "image_size": list(train.image_size),
+           "weights": weights, "data": train.info, "batch_size": config.batch_size,
+           "augment": config.augment, "class_weighted": config.class_weighted}
+    if config.removal_fraction > 0:
+        out["removal"] = {"fraction": config.removal_fraction, "distractors": True,
+                          "version": REMOVAL_VERSION}
+    return out
 
 
 def _classifier_monitor(model: nn.Module, val: Split | None):
@@ -250,9 +262,12 @@ def _monitor_info(val: Split | None, n: int) -> dict | None:
 
 def _fit_classifier(model: ContractClassifier, train: Split, val: Split | None,
                     cfg: ClassifierConfig, path: Path, *, seed: int,
-                    device: str | torch.device, resume: bool, progress: bool):
+                    device: str | torch.device, resume: bool, progress: bool,
+                    removal: RemovalSet | None = None):
     transform = Augment(seed=seed) if cfg.augment else _uint8_to_float
-    loader = TensorLoader(train.images, train.labels, batch_size=cfg.batch_size, shuffle=True,
+    images, targets = (train.images, train.labels) if removal is None else (
+        removal.images, removal.targets)
+    loader = TensorLoader(images, targets, batch_size=cfg.batch_size, shuffle=True,
                           seed=seed, transform=transform)
     weight = None
     if cfg.class_weighted:
@@ -261,7 +276,7 @@ def _fit_classifier(model: ContractClassifier, train: Split, val: Split | None,
 
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = None if weight is None else weight.to(logits.device)
-        return nn.functional.cross_entropy(logits, target, weight=w)
+        return soft_cross_entropy(logits, target, weight=w)
 
     return fit(model, loader, epochs=cfg.epochs, loss_fn=loss_fn, lr=cfg.lr,
                weight_decay=cfg.weight_decay,
@@ -284,7 +299,11 @@ def train_classifier(train: Split | SynthParts, val: Split | SynthParts | None,
     ``val`` is evaluated after every epoch (the learning curves; what epochs, widths and the
     other settings are chosen on); ``None``: no per-epoch evaluation. ``test`` is evaluated
     once, after training, for the reported metrics. The evaluations draw no random numbers,
-    so the weights do not depend on them.
+    so the weights do not depend on them. With ``removal_fraction > 0`` (in-domain removal
+    training; ``train`` must be a SynthParts split) that share of the training images is
+    re-rendered without some labels, drawn from ``seed``
+    (:func:`~partslib.data.removal_training.removal_training_set`); every evaluation stays on
+    intact images.
 
     ``config`` (:class:`~partslib.config.ClassifierConfig`, default the study's) or keyword
     overrides of it (``epochs=2``). The checkpoint ``results_dir/<checkpoint>`` (default
@@ -297,11 +316,14 @@ def train_classifier(train: Split | SynthParts, val: Split | SynthParts | None,
         ``(model in eval mode on device, frozen; metrics; history)``; ``metrics`` holds
         ``test_accuracy``, ``balanced_accuracy`` (test), ``train_accuracy``, ``val_accuracy``
         (with ``val``), ``final_train_loss`` (when trained), ``epochs``, ``epochs_trained``
-        (this call), ``train_seconds``, ``num_parameters`` and ``confusion_matrix`` (test, rows
-        = true class); ``history`` one dict per epoch (``train_loss``, and with ``val``
-        ``val_loss``, ``val_accuracy``).
+        (this call), ``train_seconds``, ``num_parameters``, ``confusion_matrix`` (test, rows
+        = true class), ``removal_fraction`` and, with removal training, ``removal_images``,
+        ``removal_mean_labels_removed``, ``removal_mean_consistent``; ``history`` one dict per
+        epoch (``train_loss``, and with ``val`` ``val_loss``, ``val_accuracy``).
     """
     cfg = resolve(config, ClassifierConfig, overrides)
+    removal = (removal_training_set(train, cfg.removal_fraction, seed=seed)
+               if cfg.removal_fraction > 0 else None)
     train, test = as_split(train), as_split(test)
     val = None if val is None else as_split(val)
     _check_splits(train, val, test)
@@ -312,7 +334,7 @@ def train_classifier(train: Split | SynthParts, val: Split | SynthParts | None,
     t0 = time.perf_counter()
     if cfg.epochs > 0:
         result = _fit_classifier(model, train, val, cfg, path, seed=seed, device=device,
-                                 resume=resume, progress=progress)
+                                 resume=resume, progress=progress, removal=removal)
         history, trained = result.history, cfg.epochs - result.resumed_from_epoch
     train_seconds = time.perf_counter() - t0
     model = model.to(device).eval()
@@ -329,7 +351,9 @@ def train_classifier(train: Split | SynthParts, val: Split | SynthParts | None,
         metrics["final_train_loss"] = history[-1]["train_loss"]
     metrics.update(epochs=cfg.epochs, epochs_trained=trained, train_seconds=train_seconds,
                    num_parameters=sum(p.numel() for p in model.parameters()),
-                   confusion_matrix=ev["confusion_matrix"])
+                   confusion_matrix=ev["confusion_matrix"],
+                   removal_fraction=cfg.removal_fraction,
+                   **(removal.summary() if removal is not None else {}))
     return model, metrics, history
 
 

@@ -192,6 +192,12 @@ class SynthPartsConfig:
         nothing); their indices for ``drop_distractors`` are ``0..n-1``."""
         return len(self._scene(seed, index, label)[1]["distractors"])
 
+    def part_patterns(self, seed: int, index: int, label: int | None = None) -> dict[str, str]:
+        """``{part: pattern}`` of sample ``index`` of stream ``seed`` (draws, paints nothing):
+        the class's signature patterns and the nuisance patterns of the other parts."""
+        scene = self._scene(seed, index, label)[1]
+        return {part: spec["pattern"] for part, spec in scene["parts"].items()}
+
     def render(self, seed: int, index: int, label: int | None = None,
                drop_parts: Iterable[int] = (), drop_distractors: Iterable[int] = ()) -> Sample:
         """Render sample ``index`` of the stream ``seed`` without the parts in ``drop_parts``

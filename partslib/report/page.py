@@ -103,7 +103,8 @@ def _facts(run: Run) -> str:
         ("models", f"classifier: small ResNet, {n('classifier/num_parameters')} parameters, "
                    f"{n('classifier/epochs')} epochs · PDM: {n('pdm/num_parameters')} "
                    f"parameters, {n('pdm/epochs')} epochs, classifier frozen (logits "
-                   f"unchanged: {_yes(m.get('pdm/classifier_unchanged'))})"),
+                   f"unchanged: {_yes(m.get('pdm/classifier_unchanged'))})"
+                   + _removal_note(m)),
         ("date", escape(str(t.get("started", DASH)).replace("T", " "))),
         ("machine", ", ".join(x for x in (escape(str(cpu)) if cpu else "",
                                           f"{cores} cores" if cores else "",
@@ -238,6 +239,18 @@ def _seeds(run: Run) -> str:
             f"{len(seeds)} ways (<code>scripts/study.sh seeds</code>): mean ± sample sd.</p>"
             f"<table><tr><th>what</th><th>mean ± sd</th><th>min – max</th><th>seeds</th></tr>"
             f"{rows}</table><p>{escape(_shown(path))}</p></section>")
+
+
+def _removal_note(m: dict) -> str:
+    """The classifier's training and T2's ground truth, when it was trained with removal."""
+    frac = m.get("classifier/removal_fraction") or 0.0
+    if not frac:
+        return ""
+    truth = ("sufficient part sets" if m.get("validity/ground_truth_sufficient")
+             else "decisive parts")
+    return (f" · in-domain removal training: {frac:g} of the training images re-rendered "
+            f"without some labels, trained against the classes still consistent; T2's "
+            f"decisive-part columns score against the {truth}")
 
 
 def _funnybirds(run: Run, embed: bool) -> str:
