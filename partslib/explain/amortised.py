@@ -37,23 +37,31 @@ from partslib.explain.shapley import select_scores
 __all__ = ["AmortisedRule", "ContributionHead", "head_inputs"]
 
 
-def head_inputs(A: Tensor, probs: Tensor, labels: Tensor, fc: nn.Linear
-                ) -> tuple[Tensor, Tensor]:
-    """Per-label inputs ``[B, L, C + 1 + K + L]`` and presence ``[B, L]`` of the head.
+def _pooled(F_map: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean feature of each label ``[B, L, C]`` (weights ``π_p`` on the map's grid) and the
+    label's mass ``[B, L, 1]`` on that grid."""
+    pi = F.adaptive_avg_pool2d(probs, F_map.shape[-2:]).flatten(2)  # [B, L, hw]
+    mass = pi.sum(-1, keepdim=True)
+    return torch.einsum("blu,bcu->blc", pi, F_map.flatten(2)) / mass.clamp_min(1e-6), mass
+
+
+def head_inputs(A: Tensor, probs: Tensor, labels: Tensor, fc: nn.Linear,
+                extra: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor]:
+    """Per-label inputs ``[B, L, C + C_extra + 1 + K + L]`` and presence ``[B, L]``.
 
     ``A`` final features ``[B, C, h, w]``; ``probs`` part probabilities ``[B, L, H, W]``;
-    ``labels`` the argmax map ``[B, H, W]`` (presence); ``fc`` the classifier's linear head.
+    ``labels`` the argmax map ``[B, H, W]`` (presence); ``fc`` the classifier's linear head;
+    ``extra``: earlier stage maps whose per-part means join the final ones.
     """
     B, C, h, w = A.shape
     L = probs.shape[1]
-    pi = F.adaptive_avg_pool2d(probs, (h, w)).flatten(2)  # [B, L, hw]
-    mass = pi.sum(-1, keepdim=True)  # [B, L, 1]
-    q = torch.einsum("blu,bcu->blc", pi, A.flatten(2)) / mass.clamp_min(1e-6)
+    q, mass = _pooled(A, probs)
     area = mass / (h * w)
     region = area * (q @ fc.weight.t())  # [B, L, K]
     onehot = torch.eye(L, dtype=A.dtype, device=A.device).expand(B, L, L)
     present = part_areas(labels, L) > 0
-    return torch.cat([q, area, region, onehot], dim=-1), present
+    more = [_pooled(f.float(), probs)[0] for f in extra]
+    return torch.cat([q, *more, area, region, onehot], dim=-1), present
 
 
 class ContributionHead(nn.Module):
@@ -61,19 +69,21 @@ class ContributionHead(nn.Module):
     :func:`head_inputs`, the logits and the baseline logits; complete by construction.
 
     Args:
-        channels: ``C`` of the classifier's final stage.
+        channels: pooled channels per label (the final stage's plus those of ``stages``).
         num_labels: ``L = P + 1``.
         num_classes: ``K``.
         hidden: width of the per-part MLP.
         baseline: ``[K]`` logits of the game's empty coalition (``f(baseline image)``).
         game: what the head was trained to predict (recorded; e.g. ``"rerender"``).
+        stages: earlier classifier stages whose per-part mean features it also reads.
     """
 
     def __init__(self, channels: int, num_labels: int, num_classes: int, hidden: int = 128,
-                 baseline: Tensor | None = None, game: str = ""):
+                 baseline: Tensor | None = None, game: str = "",
+                 stages: tuple[str, ...] = ()):
         super().__init__()
         self.channels, self.num_labels, self.num_classes = channels, num_labels, num_classes
-        self.hidden, self.game = hidden, game
+        self.hidden, self.game, self.stages = hidden, game, tuple(stages)
         d_in = channels + 1 + num_classes + num_labels
         self.embed = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(),
                                    nn.Linear(hidden, hidden), nn.GELU())
@@ -87,7 +97,8 @@ class ContributionHead(nn.Module):
     def config(self) -> dict[str, Any]:
         """Constructor arguments (checkpoints)."""
         return {"channels": self.channels, "num_labels": self.num_labels,
-                "num_classes": self.num_classes, "hidden": self.hidden, "game": self.game}
+                "num_classes": self.num_classes, "hidden": self.hidden, "game": self.game,
+                "stages": list(self.stages)}
 
     def forward(self, inputs: Tensor, present: Tensor, logits: Tensor) -> Tensor:
         """Part Shapley values ``[B, L, K]``: 0 for absent labels, and
@@ -104,10 +115,11 @@ class ContributionHead(nn.Module):
         shift = (gap - raw.sum(1)) / n  # [B, K]
         return (raw + shift[:, None]) * pm
 
-    def explain(self, A: Tensor, probs: Tensor, labels: Tensor, logits: Tensor,
+    def explain(self, features: Any, A: Tensor, probs: Tensor, labels: Tensor, logits: Tensor,
                 fc: nn.Linear) -> Tensor:
-        """``[B, L, K]`` values from the explainer's context tensors."""
-        x, present = head_inputs(A, probs, labels, fc)
+        """``[B, L, K]`` values from the explainer's context tensors (``features``: the
+        classifier's stage outputs by name)."""
+        x, present = head_inputs(A, probs, labels, fc, tuple(features[s] for s in self.stages))
         return self(x, present, logits)
 
 
@@ -143,7 +155,8 @@ class AmortisedRule(Rule):
         head = self.head.to(ctx.A.device)
         A = ctx.A.contiguous() if ctx.A.is_contiguous(memory_format=torch.channels_last) \
             else ctx.A
-        values = head.explain(A.float(), ctx.probs.float(), ctx.labels, ctx.logits.float(), fc)
+        values = head.explain(ctx.features, A.float(), ctx.probs.float(), ctx.labels,
+                              ctx.logits.float(), fc)
         base = head.baseline.expand(len(values), -1)
         c, b = select_scores(values, base, ctx.target, ctx.contrast, ctx.score)
         return RuleResult(contributions=c, bias=b)

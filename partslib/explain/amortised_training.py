@@ -18,11 +18,13 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from partslib.explain.amortised import ContributionHead, head_inputs
@@ -30,8 +32,8 @@ from partslib.explain.core import PartExplainer, fused_features
 from partslib.explain.shapley import ShapleyValues, part_shapley, removal_game
 from partslib.models import ContractClassifier, check_images
 
-__all__ = ["HeadData", "baseline_logits", "fit_head", "game_targets", "head_data",
-           "rank_agreement"]
+__all__ = ["HEAD_CHECKPOINT", "HeadData", "baseline_logits", "fit_head", "game_targets",
+           "head_data", "load_head", "rank_agreement", "train_head"]
 
 
 @torch.no_grad()
@@ -74,7 +76,7 @@ class HeadData:
 
 @torch.no_grad()
 def head_data(classifier: ContractClassifier, pdm: Any, images: Tensor, labels: Tensor,
-              batch_size: int = 256) -> HeadData:
+              batch_size: int = 256, stages: Sequence[str] = ()) -> HeadData:
     """The head's inputs from one classifier + PDM pass per batch."""
     ex = PartExplainer(classifier, pdm)
     images = check_images(images, size=ex.segmenter.input_size)
@@ -82,7 +84,8 @@ def head_data(classifier: ContractClassifier, pdm: Any, images: Tensor, labels: 
     for i in range(0, len(images), batch_size):
         ctx = ex.context(images[i:i + batch_size], None, batch_size)
         A = ctx.A.contiguous()
-        x, present = head_inputs(A.float(), ctx.probs.float(), ctx.labels, classifier.fc)
+        x, present = head_inputs(A.float(), ctx.probs.float(), ctx.labels, classifier.fc,
+                                 tuple(ctx.features[s] for s in stages))
         xs.append(x)
         ps.append(present)
         ls.append(ctx.logits.float())
@@ -91,24 +94,34 @@ def head_data(classifier: ContractClassifier, pdm: Any, images: Tensor, labels: 
 
 def rank_agreement(pred: Tensor, target: Tensor, present: Tensor) -> float:
     """Mean per-image Spearman correlation of ``pred`` and ``target`` ``[N, L]`` over each
-    image's present labels (images with fewer than 2 present labels, or constant values,
-    are skipped)."""
-    from scipy.stats import spearmanr
+    image's present labels (images with fewer than 2 present labels, or constant values, are
+    skipped; ties are ranked in label order)."""
+    def ranks(v: Tensor) -> Tensor:
+        v = torch.where(present, v.double(), torch.inf)
+        r = v.argsort(dim=1, stable=True).argsort(dim=1).double()
+        return torch.where(present, r, torch.nan)
 
-    rs = []
-    for a, b, p in zip(pred.numpy(), target.numpy(), present.numpy(), strict=True):
-        if p.sum() < 2 or np.ptp(a[p]) == 0 or np.ptp(b[p]) == 0:
-            continue
-        rs.append(spearmanr(a[p], b[p]).statistic)
-    return float(np.mean(rs)) if rs else math.nan
+    ra, rb = ranks(pred), ranks(target)
+    n = present.sum(1).double()
+    da = ra - ra.nansum(1, keepdim=True) / n[:, None]
+    db = rb - rb.nansum(1, keepdim=True) / n[:, None]
+    num = (da * db).nansum(1)
+    den = ((da ** 2).nansum(1) * (db ** 2).nansum(1)).sqrt()
+    def flat(v: Tensor) -> Tensor:
+        w = torch.where(present, v.double(), torch.nan)
+        return (w.nan_to_num(-torch.inf).amax(1) - w.nan_to_num(torch.inf).amin(1)) == 0
+    ok = (n >= 2) & ~flat(pred) & ~flat(target) & (den > 0)
+    return float((num[ok] / den[ok]).mean()) if bool(ok.any()) else math.nan
 
 
 def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tensor,
              baseline: Tensor, *, hidden: int = 128, epochs: int = 150, lr: float = 2e-3,
              weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0,
-             game: str = "", progress: bool = False) -> tuple[ContributionHead, pd.DataFrame]:
+             focus: float = 1.0, rank: float = 0.0, game: str = "",
+             stages: Sequence[str] = (), progress: bool = False) -> tuple[ContributionHead, pd.DataFrame]:
     """Fit a head to per-class ``targets [N, L, K]`` of the training images (MSE over present
-    labels and all classes); keep the epoch whose head ranks the validation images' parts most
+    labels and all classes, plus ``focus`` × the error of each image's predicted class);
+    keep the epoch whose head ranks the validation images' parts most
     like ``val_effects [M, L, K]`` (true class). Returns ``(head, history)``."""
     N, L, D = train.inputs.shape
     K = train.logits.shape[1]
@@ -116,7 +129,7 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
     with torch.random.fork_rng():
         torch.manual_seed(int(seed))
         head = ContributionHead(D - 1 - K - L, L, K, hidden=hidden, baseline=baseline,
-                                game=game)
+                                game=game, stages=tuple(stages))
     flat = train.inputs[train.present]
     head.in_mean.copy_(flat.mean(0))
     head.in_std.copy_(flat.std(0).clamp_min(1e-3))
@@ -138,11 +151,16 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
             b = perm[s:s + batch_size]
             pred = head(train.inputs[b], train.present[b], train.logits[b])
             m = train.present[b][..., None].float()
-            loss = (((pred - y[b]) / scale) ** 2 * m).sum() / (m.sum() * K)
+            err = ((pred - y[b]) / scale) ** 2 * m  # [b, L, K]
+            top = train.logits[b].argmax(1)
+            focused = err[torch.arange(len(b)), :, top].sum()
+            loss = (err.sum() / K + focus * focused) / m.sum()
+            if rank > 0:
+                loss = loss + rank * _pair_loss(pred, y[b], train.present[b], top)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         sched.step()
         head.eval()
         with torch.no_grad():
@@ -157,3 +175,143 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
     for p in head.parameters():
         p.requires_grad_(False)
     return head, pd.DataFrame(rows)
+
+
+HEAD_CHECKPOINT = "checkpoints/head.pt"
+TARGETS = ("occlusion", "shapley")
+
+
+def _fingerprint(*modules: torch.nn.Module) -> str:
+    """A short hash of the modules' parameters and buffers (which models a head explains)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for m in modules:
+        for name, t in m.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num_labels: int,
+                operator: Any, progress: bool) -> tuple[Tensor, Tensor, ShapleyValues]:
+    """Images, labels and the game values of the first ``n`` items of a split: re-render on
+    its ground-truth masks when it can (SynthParts), else ``operator`` on the PDM's maps."""
+    images, masks, labels = data.tensors()
+    images, masks, labels = images[:n], masks[:n], labels[:n]
+    if operator is None and hasattr(data, "rerender"):
+        sv = game_targets(classifier, images, masks, data.rerender(), num_labels,
+                          keys=list(range(len(images))), progress=progress)
+    else:
+        from partslib.removal import BackgroundFill
+
+        ex = PartExplainer(classifier, pdm)
+        maps = torch.cat([ex.context(check_images(images[i:i + 256]), None).labels
+                          for i in range(0, len(images), 256)])
+        sv = game_targets(classifier, images, maps, operator or BackgroundFill(), num_labels,
+                          progress=progress)
+    return images, labels, sv
+
+
+def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *,
+               n_train: int = 3000, n_val: int = 500, target: str = "occlusion",
+               hidden: int = 128, epochs: int = 100, lr: float = 2e-3, focus: float = 3.0,
+               seed: int = 0, operator: Any = None, checkpoint: str | None = None,
+               progress: bool = False) -> tuple[ContributionHead, dict[str, Any]]:
+    """Train the amortised rule's head for ``classifier`` and ``pdm`` on the first ``n_train``
+    training items; the epoch is chosen on the first ``n_val`` validation items.
+
+    The game is SynthParts' exact re-render on ground-truth masks when the splits can
+    re-render, else ``operator`` (default :class:`~partslib.removal.BackgroundFill`) on the
+    PDM's maps. ``target``: ``"occlusion"`` (single-removal effects; the head's outputs are
+    then shifted to be complete) or ``"shapley"`` (exact part Shapley values). A checkpoint
+    written with the same settings and models is loaded instead of training again; one with
+    other settings is moved aside. Returns ``(head, info)`` (info: settings, history, time).
+    """
+    import time
+
+    from partslib.io import jsonable
+    from partslib.training import archive_if_stale, load_checkpoint, save_checkpoint
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    L = int(pdm.num_labels)
+    game = "rerender" if operator is None and hasattr(train, "rerender") else \
+        getattr(operator, "name", "background_fill")
+    config = {"n_train": int(min(n_train, len(train))), "n_val": int(min(n_val, len(val))),
+              "target": target, "hidden": hidden, "epochs": epochs, "lr": lr, "focus": focus,
+              "seed": seed, "game": game, "models": _fingerprint(classifier, pdm),
+              "train": _data_key(train), "val": _data_key(val)}
+    if checkpoint is not None and Path(checkpoint).exists():
+        archive_if_stale(checkpoint, "head", config)
+    if checkpoint is not None and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint, kind="head")
+        head = ContributionHead(**ckpt["head"])
+        head.load_state_dict(ckpt["state_dict"])
+        return _frozen(head), {**ckpt["info"], "loaded": str(checkpoint)}
+    t0 = time.perf_counter()
+    _, y_tr, sv_tr = _split_game(classifier, pdm, train, config["n_train"], L, operator, progress)
+    x_tr = train.tensors()[0][:config["n_train"]]
+    x_va, y_va, sv_va = _split_game(classifier, pdm, val, config["n_val"], L, operator, progress)
+    t_game = time.perf_counter() - t0
+    base = baseline_logits(classifier, tuple(x_tr.shape[-2:]))
+    hd_tr = head_data(classifier, pdm, x_tr, y_tr)
+    hd_va = head_data(classifier, pdm, x_va, y_va)
+    targets = sv_tr.single if target == "occlusion" else sv_tr.values
+    head, history = fit_head(hd_tr, targets, hd_va, sv_va.single, base, hidden=hidden,
+                             epochs=epochs, lr=lr, focus=focus, seed=seed, game=game,
+                             progress=progress)
+    best = history.loc[history["val_spearman"].idxmax()]
+    info = {"config": config, "best_epoch": int(best["epoch"]),
+            "val_spearman": float(best["val_spearman"]), "game_seconds": t_game,
+            "fit_seconds": time.perf_counter() - t0 - t_game,
+            "baseline_gap_max": float((sv_tr.empty.float() - base).abs().max()),
+            "history": jsonable(history.to_dict("list")), "parameters": sum(
+                p.numel() for p in head.parameters())}
+    info = jsonable(info)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, state_dict=head.state_dict(), config=config, kind="head",
+                        head=head.config(), info=info)
+    return head, info
+
+
+def _pair_loss(pred: Tensor, target: Tensor, present: Tensor, cls: Tensor) -> Tensor:
+    """Pairwise logistic ranking loss of class ``cls`` over present label pairs: the order of
+    every pair, as Spearman's correlation counts it."""
+    r = torch.arange(len(cls))
+    p, t = pred[r, :, cls], target[r, :, cls]
+    d_t = t[:, :, None] - t[:, None, :]
+    d_p = p[:, :, None] - p[:, None, :]
+    pair = present[:, :, None] & present[:, None, :] & (d_t > 0)
+    scale = t.abs().amax(1).clamp_min(1e-3)[:, None, None]
+    return (F.softplus(-d_p / scale * 4) * pair).sum() / pair.sum().clamp_min(1)
+
+
+def _data_key(data: Any) -> str:
+    """Which data a split is (SynthParts: generator fingerprint, seed and size)."""
+    cfg = getattr(data, "cfg", None)
+    if cfg is not None and hasattr(cfg, "fingerprint"):
+        return f"{cfg.fingerprint()}-{getattr(data, 'seed', '')}-{len(data)}"
+    return f"{type(data).__name__}-{len(data)}"
+
+
+def _frozen(head: ContributionHead) -> ContributionHead:
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+def load_head(results_dir: str, checkpoint: str = "") -> ContributionHead:
+    """The contribution head trained by :func:`train_head` in ``results_dir`` (checkpoint
+    ``results_dir/<checkpoint>``, default ``checkpoints/head.pt``), in eval mode."""
+    from partslib.training import load_checkpoint
+
+    path = Path(results_dir) / (checkpoint or HEAD_CHECKPOINT)
+    if not path.exists():
+        raise FileNotFoundError(f"no contribution head at {path}: run the PDM stage first "
+                                f"(python -m partslib.runner --only 03_pdm ...)")
+    ckpt = load_checkpoint(path, kind="head")
+    head = ContributionHead(**ckpt["head"])
+    head.load_state_dict(ckpt["state_dict"])
+    return _frozen(head)

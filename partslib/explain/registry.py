@@ -29,6 +29,7 @@ from partslib.explain.core import (
     Targets,
     fused_features,
 )
+from partslib.explain.amortised import AmortisedRule
 from partslib.explain.explanation import PartExplanation
 from partslib.explain.rules import (
     HeatmapMassRule,
@@ -38,6 +39,7 @@ from partslib.explain.rules import (
     RegionRule,
     Rule,
 )
+from partslib.explain.shapley import ShapleyRule
 from partslib.models import ContractClassifier
 
 __all__ = [
@@ -64,6 +66,21 @@ class Models:
     ibd: Any = None
     seed: int = 0
     fast: bool = False  # occlusion scores removed images with fused_features
+    head: Any = None  # a trained ContributionHead (partslib.explain.amortised)
+
+
+def _amortised(m: Models) -> Rule:
+    if m.head is None:
+        raise ValueError("the amortised rule needs a trained contribution head: pass head=... "
+                         "(partslib.explain.amortised_training.load_head(results_dir))")
+    return AmortisedRule(m.head)
+
+
+def _shapley(m: Models) -> Rule:
+    from partslib.removal import BackgroundFill
+
+    return ShapleyRule(BackgroundFill(), features=fused_features(m.classifier) if m.fast
+                       else None, seed=m.seed)
 
 
 def _blur_occlusion(m: Models) -> Rule:
@@ -116,12 +133,13 @@ class Method:
 
     def build(self, classifier: ContractClassifier, pdm: Any = None, ibd: Any = None, *,
               seed: int = 0, part_names: Sequence[str] | None = None,
-              fast: bool = False) -> PartExplainer:
+              fast: bool = False, head: Any = None) -> PartExplainer:
         """A :class:`PartExplainer` running this method (``pdm`` may be a built
-        :class:`PDMSegmenter`, to share its fused copy between explainers)."""
+        :class:`PDMSegmenter`, to share its fused copy between explainers; ``head`` is the
+        trained contribution head of the amortised rule)."""
         _check_ibd(classifier, ibd)
         seg = self.segmenter(pdm, ibd)
-        rule = self.rule(Models(classifier, pdm, ibd, seed, fast))
+        rule = self.rule(Models(classifier, pdm, ibd, seed, fast, head))
         return PartExplainer(classifier, seg, part_names, rule=rule,
                              contrastive=self.contrastive, name=self.name)
 
@@ -140,7 +158,17 @@ def _check_ibd(classifier: ContractClassifier, ibd: Any) -> None:
 _BLUR_NOTE = "its claim is the blur counterfactual on PDM masks: against 'blur' it is nearly " \
              "scored by its own operator"
 
+_AMORTISED_NOTE = ("a head on the classifier's features and the PDM's parts, trained on training "
+                   "images to predict their parts' exact re-render removal effects; one "
+                   "classifier + PDM pass; complete: bias f(grey) + sum = logit")
+_SHAPLEY_NOTE = ("exact part Shapley values over the PDM's parts (2^n classifier passes), "
+                 "parts inpainted from the kept background; complete: v(empty) + sum = logit")
+
 REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("pdm-amortised", "amortised (default)", "logit", _AMORTISED_NOTE, ("pdm", "head"),
+           "pdm", False, _amortised),
+    Method("pdm-shapley", "part Shapley", "logit", _SHAPLEY_NOTE, ("pdm",), "pdm", False,
+           _shapley),
     Method("pdm-region-soft", "region (soft)", "logit",
            "CAM x PDM part probabilities; complete: bias + sum = logit", ("pdm",), "pdm", False,
            lambda m: RegionRule(hard=False)),
@@ -188,7 +216,8 @@ def methods_needing(model: str) -> tuple[str, ...]:
 def explain_methods(classifier: ContractClassifier, images: Tensor, methods: Iterable[str],
                     pdm: Any = None, ibd: Any = None, target: Targets = None, seed: int = 0,
                     batch_size: int = 128, fast: bool = False,
-                    part_names: Sequence[str] | None = None) -> dict[str, PartExplanation]:
+                    part_names: Sequence[str] | None = None,
+                    head: Any = None) -> dict[str, PartExplanation]:
     """Every method of ``methods`` on ``images``, sharing the classifier and segmenter passes:
     the methods on one part map run from one context per batch."""
     names = list(methods)
@@ -196,7 +225,7 @@ def explain_methods(classifier: ContractClassifier, images: Tensor, methods: Ite
     _check_ibd(classifier, ibd)
     segs: dict[str, Segmenter] = {}
     groups: dict[str, dict[str, tuple[Rule, bool]]] = {}
-    models = Models(classifier, pdm, ibd, seed, fast)
+    models = Models(classifier, pdm, ibd, seed, fast, head)
     for e in entries:
         if e.maps not in segs:
             segs[e.maps] = e.segmenter(pdm, ibd)

@@ -66,7 +66,8 @@ __all__ = ["CONTRASTIVE", "INTERVAL_COLUMNS", "METHODS", "NEEDS_IBD", "NOTES", "
 OPERATORS = ("rerender", "mean", "blur", "road")
 CONTRASTIVE = tuple(n for n, m in REGISTRY.items() if m.contrastive)
 NEEDS_IBD = tuple(n for n, m in REGISTRY.items() if "ibd" in m.needs)
-SANITY_METHODS = ("pdm-region-soft", "gradcam-mass", "ibd")
+NEEDS_HEAD = tuple(n for n, m in REGISTRY.items() if "head" in m.needs)
+SANITY_METHODS = ("pdm-amortised", "pdm-region-soft", "gradcam-mass", "ibd")
 ROAD_NOISE = 0.01  # ROAD's noisy linear imputation (evaluation.md §2.2)
 NOTES = {n: m.note for n, m in REGISTRY.items()}
 # T2's per-image scores that get 95% bootstrap intervals over images (<score>_lo, <score>_hi)
@@ -157,7 +158,7 @@ def _state_key(model: torch.nn.Module) -> tuple:
 
 def _sanity(classifier: ContractClassifier, pdm: Any, ibd: Any, methods: list[str],
             images: Tensor, targets: Tensor, present: Tensor, seed: int,
-            batch_size: int) -> pd.DataFrame:
+            batch_size: int, head: Any = None) -> pd.DataFrame:
     """V5 for each method. The cascades of all methods re-initialise the same modules with the
     same seeds, so the explanations of every method at a step are computed together, once
     (memoised by parameter state), sharing the step's classifier and segmenter passes."""
@@ -171,7 +172,7 @@ def _sanity(classifier: ContractClassifier, pdm: Any, ibd: Any, methods: list[st
         key = _state_key(model)
         if key not in memo:
             ib = _ibd_for(ibd, model) if use_ibd else None
-            memo[key] = explain_methods(model, images, methods, pdm=pdm, ibd=ib,
+            memo[key] = explain_methods(model, images, methods, pdm=pdm, ibd=ib, head=head,
                                         target=targets, seed=seed, batch_size=batch_size)
         return memo[key]
 
@@ -280,10 +281,10 @@ def _check_inputs(images: Tensor, masks: Tensor, labels: Tensor, decisive: Tenso
 
 
 def _claims(ev: _Eval, classifier: ContractClassifier, pdm: Any, ibd: Any,
-            methods: list[str], use_fused: bool) -> None:
+            methods: list[str], use_fused: bool, head: Any = None) -> None:
     """Every method's explanation of the evaluated images, its claimed order and V4."""
     ex = explain_methods(classifier, ev.x, methods, pdm=pdm, ibd=ibd, target=ev.k, seed=ev.seed,
-                         batch_size=ev.batch_size, fast=use_fused)
+                         batch_size=ev.batch_size, fast=use_fused, head=head)
     ev.claims = {m: e.detach_cpu() for m, e in ex.items()}
     ev.orders = {m: claimed_order(ev.claims[m].contributions, ev.present) for m in methods}
     ev.orders["random"] = random_order(ev.present, seed=ev.seed)
@@ -370,8 +371,8 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
                  keys: Sequence[Any] | None = None, ibd: Any = None, n_eval: int = 300,
                  n_deletion: int | None = 100, methods: Iterable[str] = METHODS,
                  sanity_methods: Iterable[str] = SANITY_METHODS, n_sanity: int = 32,
-                 seed: int = 0, batch_size: int = 128, use_fused: bool = True
-                 ) -> tuple[pd.DataFrame, ValidityExtras]:
+                 seed: int = 0, batch_size: int = 128, use_fused: bool = True,
+                 head: Any = None) -> tuple[pd.DataFrame, ValidityExtras]:
     """Table T2: V1–V5 for every method × removal operator.
 
     The first ``n_eval`` correctly classified images are evaluated, explaining their (true =
@@ -379,7 +380,8 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
     **ground-truth** part masks (parts present in them only) and shared by all methods.
 
     Args:
-        classifier, pdm, ibd: the models (``ibd`` may be None: its methods are then skipped).
+        classifier, pdm, ibd: the models (``ibd`` may be None: its methods are then skipped;
+            so are the amortised rule's when ``head``, its trained contribution head, is).
         images: ``[N,3,H,W]`` float in [0,1] or uint8; masks ``[N,H,W]`` ground-truth part
             labels; labels ``[N]`` true classes; decisive ``[N,P+1]`` bool decisive parts.
         operators: name → removal operator (:func:`default_operators`).
@@ -408,7 +410,8 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
     _check_inputs(images, masks, labels, decisive, keys)
     for m in methods:
         get_method(m)
-    methods = [m for m in methods if ibd is not None or m not in NEEDS_IBD]
+    methods = [m for m in methods if (ibd is not None or m not in NEEDS_IBD)
+               and (head is not None or m not in NEEDS_HEAD)]
     sanity_methods = [m for m in sanity_methods if m in methods]
     L = int(decisive.shape[1])
     classifier.eval()
@@ -428,13 +431,13 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
     _timed(timings, "select", t_start, cpu_start)
     segmenter = PDMSegmenter(pdm) if pdm is not None else None  # one fused copy for all
     t0, c0 = time.perf_counter(), time.process_time()
-    _claims(ev, classifier, segmenter, ibd, methods, use_fused)
+    _claims(ev, classifier, segmenter, ibd, methods, use_fused, head)
     _timed(timings, "explain", t0, c0)
     t2, extras = _score_operators(ev, classifier, operators, methods, timings)
     t0, c0 = time.perf_counter(), time.process_time()
     n_s = min(n_sanity, len(idx))
     sanity = _sanity(classifier, segmenter, ibd, sanity_methods if n_s > 0 else [], ev.x[:n_s],
-                     ev.k[:n_s], ev.present[:n_s], seed, batch_size)
+                     ev.k[:n_s], ev.present[:n_s], seed, batch_size, head)
     if len(sanity):
         sanity["n_images"] = n_s
         sanity["seed"] = seed
