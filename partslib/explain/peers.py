@@ -5,10 +5,10 @@ output to one number per label of the argmax part map (absent parts get 0); the 
 the registry entry's ``note`` (:mod:`partslib.explain.registry`), shown next to its T2 row.
 
 * :class:`CaptumAblationRule` -- Captum's ``FeatureAblation`` with the PDM label map as
-  ``feature_mask`` (broadcast over the 3 channels) and Captum's default baseline, the scalar 0
-  (a black part: partslib models normalise internally, so 0 is black, not the dataset mean).
-  Its attribution of a group is the score drop when the group is set to the baseline; a part's
-  contribution is that drop (logit units).
+  ``feature_mask`` (``[B, 1, H, W]``, broadcast over the 3 channels) and Captum's default
+  baseline, the scalar 0 (a black part: partslib models normalise internally, so 0 is black,
+  not the dataset mean). Its attribution of a group is the score drop when the group is set to
+  the baseline; a part's contribution is that drop (logit units).
 * :class:`CaptumShapleyRule` -- Captum's ``ShapleyValueSampling`` over the same mask and
   baseline, ``n_samples`` permutations drawn under ``torch.manual_seed(seed)`` with the global
   RNG state restored afterwards; a part's contribution is its Shapley estimate. Each
@@ -96,8 +96,10 @@ class _CaptumRule(Rule):
 
     @staticmethod
     def _mask(labels: Tensor) -> Tensor:
-        """The PDM label map broadcast over the 3 channels: Captum's ``feature_mask``."""
-        return labels[:, None].expand(-1, 3, -1, -1).contiguous()
+        """The PDM label map ``[B, 1, H, W]``: Captum's ``feature_mask``, which it broadcasts
+        over the 3 channels (a ``[B, 3, H, W]`` copy gives the same numbers, but Captum's
+        Shapley sampling walks every mask element in Python once per permutation)."""
+        return labels[:, None].contiguous()
 
     def _scores(self, ctx: ExplainContext, attr: Tensor) -> Tensor:
         """Per-part values of an attribution constant on each part (channel 0)."""
@@ -315,14 +317,16 @@ class CRPRule(Rule):
         if ctx.contrast is not None:
             raise ValueError("the crp rule explains one class logit, not a margin")
         clf = ctx.classifier
-        net = _LRPNet(clf)
-        _check_modules(net)
-        attribution = CondAttribution(net)
-        composite = EpsilonPlusFlat(canonizers=_canonizers())
         conditions = [{"y": [int(k)]} for k in ctx.target]
-        with torch.enable_grad():
-            z = clf.normalise(ctx.images).detach().requires_grad_(True)
-            rel = attribution(z, conditions, composite).heatmap.detach()  # [B, H, W]
+        # gradients even when called under torch.inference_mode (the copy and the input are
+        # made outside it, so autograd may record them)
+        with torch.inference_mode(False), torch.enable_grad():
+            net = _LRPNet(clf)
+            _check_modules(net)
+            attribution = CondAttribution(net)
+            composite = EpsilonPlusFlat(canonizers=_canonizers())
+            z = clf.normalise(ctx.images.clone()).detach().requires_grad_(True)
+            rel = attribution(z, conditions, composite).heatmap.detach().clone()  # [B, H, W]
         c = part_sums(rel.to(ctx.score.dtype), ctx.labels, ctx.num_labels)
         return RuleResult(contributions=torch.where(ctx.present, c, torch.zeros_like(c)),
                           maps=rel.to(torch.float32))

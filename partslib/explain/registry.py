@@ -191,8 +191,9 @@ def _peer(name: str) -> Callable[[Models], Rule]:
 
 _PEERS = (
     Method("captum-ablation", "Captum FeatureAblation", "logit",
-           "Captum FeatureAblation, feature_mask = PDM argmax map over 3 channels, baseline 0 "
-           "(Captum's default; black): part = score drop when set to 0", ("pdm",), "pdm",
+           "Captum FeatureAblation, feature_mask = PDM argmax map broadcast over channels, "
+           "baseline 0 (Captum's default; black): part = score drop when set to 0", ("pdm",),
+           "pdm",
            False, _peer("captum-ablation")),
     Method("captum-shapley", "Captum ShapleyValueSampling", "logit",
            f"Captum ShapleyValueSampling, same mask and baseline 0, {SHAPLEY_SAMPLES} seeded "
