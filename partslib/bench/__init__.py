@@ -60,6 +60,7 @@ if sys.argv and sys.argv[0] == "-m":  # `python -m partslib.bench`, before torch
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from partslib.bench.cases import (
+    DEFAULT_METHODS,
     DEFAULT_SIZES,
     EXPLAINERS,
     METHODS,
@@ -83,6 +84,7 @@ from partslib.bench.timing import (
 )
 
 __all__ = [
+    "DEFAULT_METHODS",
     "DEFAULT_SIZES",
     "EXPLAINERS",
     "METHODS",
