@@ -144,9 +144,17 @@ def test_crp_names_what_it_cannot_canonise(setup):
             return self.fc(a.amax(dim=(2, 3)))
 
     odd = Odd(3, widths=(8, 16, 16), input_size=SIZE)
-    with pytest.raises(ValueError, match="default feature contract"):
+    with pytest.raises(ValueError, match="the contract.s head"):
         _LRPNet(odd)
     flags = [p.requires_grad for p in clf.parameters()]
     net = _LRPNet(clf)  # a frozen copy: the classifier's own flags are left as they were
     assert all(not p.requires_grad for p in net.parameters())
     assert [p.requires_grad for p in clf.parameters()] == flags
+
+
+def test_crp_names_a_module_it_cannot_canonise():
+    clf = small_classifier(num_classes=3, widths=(8, 16, 16), size=SIZE)
+    clf.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.GELU())
+    maps = torch.zeros(1, SIZE, SIZE, dtype=torch.long)
+    with pytest.raises(ValueError, match="'src.stem.1' is a GELU"):
+        _explain(clf, random_images(1, SIZE), maps, CRPRule(), num_labels=1)

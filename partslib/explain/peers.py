@@ -22,9 +22,10 @@ the registry entry's ``note`` (:mod:`partslib.explain.registry`), shown next to 
 * :class:`CRPRule` -- Concept Relevance Propagation (``zennit-crp``): ``CondAttribution`` with
   the condition ``{"y": [k]}`` and zennit's ``EpsilonPlusFlat`` composite, as CRP's README;
   BatchNorm merged and residual sums canonised (zennit's ResNet canonizers, and one for
-  partslib's own basic block), on a copy of the classifier whose input is the normalised
-  image. A part's contribution is the input relevance summed inside it (relevance is
-  initialised with the logit, so it is close to logit units, less what biases absorb).
+  partslib's own basic block), on a copy of the classifier. A part's contribution is the
+  relevance of the normalised image (the first layer's Flat rule reads no pixel values) summed
+  over channels and inside the part (relevance is initialised with the logit, so it is close
+  to logit units, less what biases absorb).
 
 None of them leaves hooks on, or changes the mode or parameters of, the classifier: Captum
 and DFF only run it forward (DFF's hooks are released on return), CRP works on a copy.
@@ -233,28 +234,26 @@ class DFFRule(Rule):
 
 
 class _LRPNet(nn.Module):
-    """A copy of a contract classifier for LRP: normalised images in, logits out, the global
-    average pool as a module (zennit's Norm rule spreads relevance by activation share)."""
+    """A frozen copy of a contract classifier for LRP, with the global average pool of its head
+    as a module (zennit's Norm rule then spreads relevance by activation share; the plain
+    ``mean`` would spread it evenly)."""
 
     def __init__(self, clf: ContractClassifier):
         super().__init__()
-        if type(clf).features is not ContractClassifier.features or \
-                type(clf).head is not ContractClassifier.head:
-            raise ValueError(f"the crp rule needs a classifier with the default feature contract "
-                             f"(stem, stages, GAP, fc), got {type(clf).__name__} overriding it")
-        src = copy.deepcopy(clf).eval()
-        self.stem = src.stem
-        self.stages = nn.Sequential(*[getattr(src, n) for n in clf.stage_names])
+        if type(clf).head is not ContractClassifier.head:
+            raise ValueError(f"the crp rule needs the contract's head (GAP + fc), got "
+                             f"{type(clf).__name__} overriding it")
+        self.src = copy.deepcopy(clf).eval()
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = src.fc
         for m in self.modules():
             if isinstance(m, nn.ReLU):
                 m.inplace = False  # zennit's hooks cannot follow in-place activations
         self.requires_grad_(False)
 
-    def forward(self, z: Tensor) -> Tensor:
-        """Logits of normalised images ``z``."""
-        return self.fc(self.pool(self.stages(self.stem(z))).flatten(1))
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits of images ``x`` in [0, 1] (the copy normalises them, as the classifier)."""
+        A = self.src.features(x)[self.src.final_stage]
+        return self.src.fc(self.pool(A).flatten(1))
 
 
 def _basic_block_forward(self: Any, x: Tensor) -> Tensor:
@@ -293,9 +292,11 @@ def _check_modules(net: nn.Module) -> None:
     from partslib.models import _BasicBlock
 
     for name, m in net.named_modules():
-        if name and not isinstance(m, (*_KNOWN, _BasicBlock, BasicBlock, Bottleneck)):
-            raise ValueError(f"the crp rule covers partslib's SmallResNet and torchvision "
-                             f"ResNets; module {name!r} is a {type(m).__name__}")
+        if name and not isinstance(m, (*_KNOWN, ContractClassifier, _BasicBlock, BasicBlock,
+                                       Bottleneck)):
+            raise ValueError(f"the crp rule covers classifiers built of convolutions, "
+                             f"BatchNorm, ReLU, pooling and partslib's or torchvision's ResNet "
+                             f"blocks; module {name!r} is a {type(m).__name__}")
 
 
 class CRPRule(Rule):
@@ -325,8 +326,12 @@ class CRPRule(Rule):
             _check_modules(net)
             attribution = CondAttribution(net)
             composite = EpsilonPlusFlat(canonizers=_canonizers())
-            z = clf.normalise(ctx.images.clone()).detach().requires_grad_(True)
-            rel = attribution(z, conditions, composite).heatmap.detach().clone()  # [B, H, W]
+            x = ctx.images.clone().requires_grad_(True)
+            attribution(x, conditions, composite)
+            # relevance of the normalised image z = (x - mean) / std: autograd divided it by
+            # std on its way through the normalisation, which LRP treats as the identity
+            assert x.grad is not None
+            rel = (x.grad * clf.std).sum(1).detach().clone()  # [B, H, W]
         c = part_sums(rel.to(ctx.score.dtype), ctx.labels, ctx.num_labels)
         return RuleResult(contributions=torch.where(ctx.present, c, torch.zeros_like(c)),
                           maps=rel.to(torch.float32))
