@@ -28,7 +28,7 @@ def payload(tmp_path_factory):
     rd = tmp_path_factory.mktemp("bench")
     (rd / "previous" / "old").mkdir(parents=True)  # an earlier run's files are never read
     (rd / "previous" / "old" / "timings.json").write_text("not json")
-    return rd, bench.run_bench(_config(rd))
+    return rd, bench.run_bench(_config(rd, methods=bench.METHODS))  # the slow peer included
 
 
 def test_payload_has_the_ratio_keys_and_metadata(payload):
@@ -49,6 +49,12 @@ def test_payload_has_the_ratio_keys_and_metadata(payload):
     assert p["setup"][str(TINY)]["classifier"].startswith("random")
     assert "stage_seconds" not in p  # the benchmark reads nothing of the study's timings
     assert p["peak_rss_mib"]["process"] > 0
+
+
+def test_default_methods_are_all_but_captum_shapley():
+    assert bench.BenchConfig(results_dir=".").methods == bench.DEFAULT_METHODS
+    assert set(bench.METHODS) - set(bench.DEFAULT_METHODS) == {"captum-shapley"}
+    assert set(bench.PEERS) <= set(bench.EXPLAINERS)
 
 
 def test_outputs_are_written_and_never_silently_overwritten(payload):

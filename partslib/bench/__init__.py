@@ -60,9 +60,11 @@ if sys.argv and sys.argv[0] == "-m":  # `python -m partslib.bench`, before torch
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from partslib.bench.cases import (
+    DEFAULT_METHODS,
     DEFAULT_SIZES,
     EXPLAINERS,
     METHODS,
+    PEERS,
     REFERENCES,
     BenchCase,
     build_case,
@@ -82,9 +84,11 @@ from partslib.bench.timing import (
 )
 
 __all__ = [
+    "DEFAULT_METHODS",
     "DEFAULT_SIZES",
     "EXPLAINERS",
     "METHODS",
+    "PEERS",
     "REFERENCE",
     "REFERENCES",
     "SUBJECT",

@@ -18,12 +18,19 @@ from partslib.pdm import PartsDetectionModule
 if TYPE_CHECKING:
     from partslib.baselines import IBDModel
 
-__all__ = ["EXPLAINERS", "METHODS", "REFERENCES", "BenchCase", "build_case", "method_fns"]
+__all__ = ["DEFAULT_METHODS", "EXPLAINERS", "METHODS", "PEERS", "REFERENCES", "BenchCase",
+           "build_case", "method_fns"]
 
 #: Registry explainers timed, and the benchmark-only references (not explainers of the registry)
-EXPLAINERS = ("pdm-region-soft", "ibd", "pdm-occlusion")
+#: The peer explainers of the registry (partslib.explain.peers), timed as explainers.
+PEERS = ("captum-ablation", "captum-shapley", "dff", "crp")
+EXPLAINERS = ("pdm-region-soft", "ibd", "pdm-occlusion", *PEERS)
 REFERENCES = ("forward", "gradcam", "captum_occlusion")
-METHODS = ("forward", "pdm-region-soft", "ibd", "gradcam", "captum_occlusion", "pdm-occlusion")
+METHODS = ("forward", "pdm-region-soft", "ibd", "gradcam", "captum_occlusion", "pdm-occlusion",
+           *PEERS)
+#: Timed unless ``--methods`` says otherwise: all but Captum's Shapley sampling, ~250 forwards
+#: of one image per image explained (minutes per round at 224 px); time it with ``--methods``.
+DEFAULT_METHODS = tuple(m for m in METHODS if m != "captum-shapley")
 DEFAULT_SIZES = (64, 224)
 NUM_LABELS = 6  # SynthParts: background + 5 parts
 NUM_CLASSES_64, NUM_CLASSES_224 = 6, 365

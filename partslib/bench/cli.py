@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from partslib.bench.cases import DEFAULT_SIZES, METHODS, build_case
+from partslib.bench.cases import DEFAULT_METHODS, DEFAULT_SIZES, METHODS, build_case
 from partslib.bench.memory import child_memory
 from partslib.bench.outputs import format_table, write_outputs
 from partslib.bench.timing import BenchConfig, profile_ops, run_bench
@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="writes results/<profile>/ (default: default)")
     p.add_argument("--results-dir", default=None, help="instead of results/<profile>/")
     p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
+                   help="default: all but captum-shapley (slow; name it to time it)")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds per size (>= 10)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)

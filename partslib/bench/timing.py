@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from partslib.bench.cases import (
+    DEFAULT_METHODS,
     DEFAULT_SIZES,
-    METHODS,
     BenchCase,
     build_case,
     method_fns,
@@ -47,7 +47,7 @@ class BenchConfig:
 
     results_dir: str
     sizes: tuple[int, ...] = DEFAULT_SIZES
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     repeats: int = 15  # timed rounds per size; every method runs once per round
     warmup: int = 2  # untimed rounds first
     threads: int = 2  # torch.set_num_threads

@@ -197,6 +197,47 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("random", "random", "none", "chance floor", ("pdm",), "pdm", False,
            lambda m: RandomRule(m.seed)),
 )}
+
+# Peer explainers (partslib.explain.peers), each mapped onto the PDM's argmax parts as its
+# own documentation maps its output; the mapping is the note shown next to the T2 row.
+SHAPLEY_SAMPLES = 25  # Captum ShapleyValueSampling's permutations per image (its default)
+DFF_COMPONENTS = 5  # DeepFeatureFactorization's concepts per image (its dff() default)
+
+
+def _peer(name: str) -> Callable[[Models], Rule]:
+    def build(m: Models) -> Rule:
+        from partslib.explain import peers
+
+        feats = fused_features(m.classifier) if m.fast else None
+        if name == "captum-ablation":
+            return peers.CaptumAblationRule(features=feats)
+        if name == "captum-shapley":
+            return peers.CaptumShapleyRule(SHAPLEY_SAMPLES, m.seed, features=feats)
+        return peers.DFFRule(DFF_COMPONENTS) if name == "dff" else peers.CRPRule()
+    return build
+
+
+_PEERS = (
+    Method("captum-ablation", "Captum FeatureAblation", "logit",
+           "Captum FeatureAblation, feature_mask = PDM argmax map broadcast over channels, "
+           "baseline 0 (Captum's default; black): part = score drop when set to 0", ("pdm",),
+           "pdm",
+           False, _peer("captum-ablation")),
+    Method("captum-shapley", "Captum ShapleyValueSampling", "logit",
+           f"Captum ShapleyValueSampling, same mask and baseline 0, {SHAPLEY_SAMPLES} seeded "
+           f"permutations: part = its Shapley estimate; complete with bias f(black)",
+           ("pdm",), "pdm", False, _peer("captum-shapley")),
+    Method("dff", "grad-cam DeepFeatureFactorization", "none",
+           f"pytorch-grad-cam DFF, {DFF_COMPONENTS} NMF concepts of the final stage per image, "
+           f"scored by softmax(fc(concept)): part = sum over concepts of score_k x share of "
+           f"the concept's heatmap mass in the part", ("pdm",), "pdm", False, _peer("dff")),
+    Method("crp", "CRP (zennit, EpsilonPlusFlat)", "none",
+           "zennit-crp CondAttribution {y: k}, EpsilonPlusFlat, BatchNorm merged, residual "
+           "sums canonised: part = input relevance summed inside it (~logit units)", ("pdm",),
+           "pdm", False, _peer("crp")),
+)
+REGISTRY.update({m.name: m for m in _PEERS})
+
 METHODS: tuple[str, ...] = tuple(REGISTRY)
 
 
