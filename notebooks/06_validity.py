@@ -299,8 +299,7 @@ shap_metrics, shap_games, shap_pairs = shapley_checks(
     [int(i) for i in sel], {"blur": GaussianBlurFill(11, 5.0), "background_fill": BackgroundFill()},
     test.cfg.decisive_matrix())
 shap_games.to_csv(out_dir / "shapley_games.csv", index=False)
-shap_pairs.insert(1, "class_name", [test.class_names[c] for c in shap_pairs["class"]]
-                  if len(shap_pairs) else [])
+shap_pairs.insert(1, "class_name", [test.class_names[int(c)] for c in shap_pairs["class"]])
 shap_pairs.to_csv(out_dir / "shapley_interactions.csv", index=False)
 display(shap_games.round(3))
 shap_pairs.round(3)

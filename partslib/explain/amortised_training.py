@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from partslib.config import HeadConfig
 from partslib.explain.amortised import ContributionHead, head_inputs
 from partslib.explain.core import PartExplainer, fused_features
 from partslib.explain.shapley import ShapleyValues, part_shapley, removal_game
@@ -220,8 +221,9 @@ def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num
 
 
 def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *,
-               n_train: int = 3000, n_val: int = 500, target: str = "occlusion",
-               hidden: int = 128, epochs: int = 100, lr: float = 2e-3, focus: float = 3.0,
+               n_train: int = HeadConfig.n_train, n_val: int = HeadConfig.n_val,
+               target: str = HeadConfig.target, hidden: int = 128,
+               epochs: int = HeadConfig.epochs, lr: float = 2e-3, focus: float = 3.0,
                rank: float = 1.0, stages: Sequence[str] = ("layer2",), seed: int = 0,
                operator: Any = None, checkpoint: str | None = None,
                progress: bool = False) -> tuple[ContributionHead, dict[str, Any]]:

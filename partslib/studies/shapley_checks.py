@@ -96,12 +96,16 @@ def shapley_checks(classifier: ContractClassifier, pdm: Any, images: Tensor, mas
     return metrics, pd.DataFrame(rows), _interactions(oracle, k, decisive_table)
 
 
+_PAIR_COLUMNS = ["class", "part_a", "part_b", "n_images", "phi_a", "phi_b", "interaction"]
+
+
 def _interactions(oracle: ShapleyValues, k: Tensor, table: Tensor) -> pd.DataFrame:
-    """Mean interaction index of each class's first two decisive parts (true class)."""
+    """Mean interaction index of each class's first two decisive parts (true class); one row
+    per such class among the images (no row: the frame still has its columns)."""
     rows = []
     inter = oracle.interactions
     if inter is None:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=_PAIR_COLUMNS)
     for c in range(table.shape[0]):
         parts = torch.nonzero(table[c]).flatten().tolist()
         sel = k == c
@@ -114,4 +118,4 @@ def _interactions(oracle: ShapleyValues, k: Tensor, table: Tensor) -> pd.DataFra
                      "phi_a": float(oracle.values[sel, p, c].mean()),
                      "phi_b": float(oracle.values[sel, q, c].mean()),
                      "interaction": float(i_pq[ok].mean()) if bool(ok.any()) else math.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=_PAIR_COLUMNS)
