@@ -204,7 +204,7 @@ def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num
                 operator: Any, progress: bool) -> tuple[Tensor, Tensor, ShapleyValues]:
     """Images, labels and the game values of the first ``n`` items of a split: re-render on
     its ground-truth masks when it can (SynthParts), else ``operator`` on the PDM's maps."""
-    images, masks, labels = data.tensors()
+    images, masks, labels = _arrays(data)
     images, masks, labels = images[:n], masks[:n], labels[:n]
     if operator is None and hasattr(data, "rerender"):
         sv = game_targets(classifier, images, masks, data.rerender(), num_labels,
@@ -220,6 +220,17 @@ def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num
     return images, labels, sv
 
 
+def _arrays(data: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """``(images, masks, labels)`` of a split: a dataset with ``tensors()`` (SynthParts) or the
+    three tensors themselves."""
+    if hasattr(data, "tensors"):
+        return data.tensors()
+    if isinstance(data, (tuple, list)) and len(data) == 3:
+        return data[0], data[1], data[2]
+    raise TypeError(f"a split must be a SynthParts dataset or a tuple (images, masks, labels), "
+                    f"got {type(data).__name__}")
+
+
 def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *,
                n_train: int = HeadConfig.n_train, n_val: int = HeadConfig.n_val,
                target: str = HeadConfig.target, hidden: int = 128,
@@ -230,10 +241,11 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     """Train the amortised rule's head for ``classifier`` and ``pdm`` on the first ``n_train``
     training items; the epoch is chosen on the first ``n_val`` validation items.
 
-    The game is SynthParts' exact re-render on ground-truth masks when the splits can
-    re-render, else ``operator`` (default :class:`~partslib.removal.BackgroundFill`) on the
-    PDM's maps. ``target``: ``"occlusion"`` (single-removal effects; the head's outputs are
-    then shifted to be complete) or ``"shapley"`` (exact part Shapley values). A checkpoint
+    A split is a SynthParts dataset or a tuple ``(images, masks, labels)`` (masks are not read
+    by an imputer game). The game is SynthParts' exact re-render on ground-truth masks when
+    the splits can re-render, else ``operator`` (default
+    :class:`~partslib.removal.BackgroundFill`) on the PDM's maps. ``target``: ``"occlusion"``
+    (single-removal effects; the head's outputs are then shifted to be complete) or ``"shapley"`` (exact part Shapley values). A checkpoint
     written with the same settings and models is loaded instead of training again; one with
     other settings is moved aside. Returns ``(head, info)`` (info: settings, history, time).
     """
@@ -247,7 +259,8 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     L = int(pdm.num_labels)
     game = "rerender" if operator is None and hasattr(train, "rerender") else \
         getattr(operator, "name", "background_fill")
-    config = {"n_train": int(min(n_train, len(train))), "n_val": int(min(n_val, len(val))),
+    n_tr, n_va = len(_arrays(train)[2]), len(_arrays(val)[2])
+    config = {"n_train": int(min(n_train, n_tr)), "n_val": int(min(n_val, n_va)),
               "target": target, "hidden": hidden, "epochs": epochs, "lr": lr, "focus": focus,
               "rank": rank, "stages": [s for s in stages if s in classifier.stage_names],
               "seed": seed, "game": game, "models": _fingerprint(classifier, pdm),
@@ -261,7 +274,7 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
         return _frozen(head), {**ckpt["info"], "loaded": str(checkpoint)}
     t0 = time.perf_counter()
     _, y_tr, sv_tr = _split_game(classifier, pdm, train, config["n_train"], L, operator, progress)
-    x_tr = train.tensors()[0][:config["n_train"]]
+    x_tr = _arrays(train)[0][:config["n_train"]]
     x_va, y_va, sv_va = _split_game(classifier, pdm, val, config["n_val"], L, operator, progress)
     t_game = time.perf_counter() - t0
     base = baseline_logits(classifier, tuple(x_tr.shape[-2:]))
@@ -305,11 +318,17 @@ def _pair_loss(pred: Tensor, target: Tensor, present: Tensor, cls: Tensor) -> Te
 
 
 def _data_key(data: Any) -> str:
-    """Which data a split is (SynthParts: generator fingerprint, seed and size)."""
+    """Which data a split is (SynthParts: generator fingerprint, seed and size; tensors: a
+    hash of their bytes)."""
     cfg = getattr(data, "cfg", None)
     if cfg is not None and hasattr(cfg, "fingerprint"):
         return f"{cfg.fingerprint()}-{getattr(data, 'seed', '')}-{len(data)}"
-    return f"{type(data).__name__}-{len(data)}"
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in _arrays(data):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _frozen(head: ContributionHead) -> ContributionHead:
