@@ -245,9 +245,9 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     by an imputer game). The game is SynthParts' exact re-render on ground-truth masks when
     the splits can re-render, else ``operator`` (default
     :class:`~partslib.removal.BackgroundFill`) on the PDM's maps. ``target``: ``"occlusion"``
-    (single-removal effects; the head's outputs are then shifted to be complete) or ``"shapley"`` (exact part Shapley values). A checkpoint
-    written with the same settings and models is loaded instead of training again; one with
-    other settings is moved aside. Returns ``(head, info)`` (info: settings, history, time).
+    (single-removal effects; the head's outputs are then shifted to be complete) or
+    ``"shapley"`` (exact part Shapley values). A checkpoint written with the same settings and
+    models is loaded instead of training again; one with other settings is moved aside. Returns ``(head, info)`` (info: settings, history, time).
     """
     import time
 
