@@ -247,7 +247,8 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     :class:`~partslib.removal.BackgroundFill`) on the PDM's maps. ``target``: ``"occlusion"``
     (single-removal effects; the head's outputs are then shifted to be complete) or
     ``"shapley"`` (exact part Shapley values). A checkpoint written with the same settings and
-    models is loaded instead of training again; one with other settings is moved aside. Returns ``(head, info)`` (info: settings, history, time).
+    models is loaded instead of training again; one with other settings is moved aside.
+    Returns ``(head, info)`` (info: settings, history, time).
     """
     import time
 
