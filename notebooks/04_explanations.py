@@ -78,26 +78,31 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 
 # %%
 from partslib.explain import PartExplainer
+from partslib.explain.amortised_training import load_head
 
 classifier = pipeline.load_classifier(results_dir)
 pdm = pipeline.load_pdm(results_dir)
-explainer = PartExplainer(classifier, pdm, test.part_names)
+head = load_head(results_dir)  # the amortised rule's head (notebook 03)
+explainer = PartExplainer(classifier, pdm, test.part_names, head=head)
 images, masks, labels = test.tensors(slice(0, n_explain))
-e = explainer(images)  # region mode, soft occupancy, predicted class
+e = explainer(images)  # the default rule (amortised), predicted class
+region = explainer(images, mode="region")  # the paper's region rule, soft occupancy
 correct = e.target == labels
 print(f"explained {len(e)} test images; {int(correct.sum())} correctly classified")
 
 # %% [markdown]
 # ## Completeness
 #
-# The region-mode identity holds to float precision for every image, for soft and hard
-# occupancy and for the contrastive margin.
+# `bias + Σ_p c_p = score` holds to float precision for every image: for the default
+# (amortised) rule, whose bias is the score of the flat grey image, and for the region rule
+# (soft and hard occupancy), and for the contrastive margin.
 
 # %%
-hard = explainer(images, hard=True)
+hard = explainer(images, mode="region", hard=True)
 contrastive = explainer(images, contrastive=True)
-completeness = {
-    "soft": float(e.completeness_error().max()),
+completeness = {  # amortised: the default rule; soft, hard: the region rule; contrastive: default
+    "amortised": float(e.completeness_error().max()),
+    "soft": float(region.completeness_error().max()),
     "hard": float(hard.completeness_error().max()),
     "contrastive": float(contrastive.completeness_error().max()),
 }
@@ -173,14 +178,22 @@ if interactive:
                               state=xp.ExplorerState(index=int(ok[0]))))
 
 # %%
-top = e.contributions.masked_fill(~e.present, float("-inf")).argmax(1)
 decisive = test.decisive[:n_explain]
+
+
+def top_is_decisive(x):
+    top = x.contributions.masked_fill(~x.present, float("-inf")).argmax(1)
+    return float(decisive[torch.arange(len(x)), top][correct].float().mean())
+
+
 metrics = {
     "n_explained": len(e),
     "completeness_max_rel_error": max(completeness.values()),
     **{f"completeness_{k}": v for k, v in completeness.items()},
-    "top_part_is_decisive": float(decisive[torch.arange(len(e)), top][correct].float().mean()),
+    "top_part_is_decisive": top_is_decisive(e),
     "mean_background_share": float(e.shares[:, 0][correct].mean()),
+    "region_top_part_is_decisive": top_is_decisive(region),
+    "region_mean_background_share": float(region.shares[:, 0][correct].mean()),
 }
 pipeline.write_metrics(out_dir, metrics);
 
@@ -189,3 +202,5 @@ pipeline.write_metrics(out_dir, metrics);
 print(f"completeness max relative error <= 1e-4: {metrics['completeness_max_rel_error'] <= 1e-4}")
 print(f"top part is a decisive part (correct images): {metrics['top_part_is_decisive']:.2f}")
 print(f"mean background share: {metrics['mean_background_share']:.2f}")
+print(f"region rule: top part decisive {metrics['region_top_part_is_decisive']:.2f}, "
+      f"background share {metrics['region_mean_background_share']:.2f}")

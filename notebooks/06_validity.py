@@ -58,7 +58,8 @@ n_deletion: int = 100  # of those, the images of the part-deletion games (V3)
 n_sanity: int = 32  # of those, the images of the cascading randomisation (V5)
 operators: list[str] = ["rerender", "mean", "blur", "road"]  # removal operators ("x without p")
 methods: list[str] = []  # explainers scored, by name in partslib.REGISTRY (empty: all)
-sanity_methods: list[str] = ["pdm-region-soft", "gradcam-mass", "ibd"]  # explainers of V5
+sanity_methods: list[str] = ["pdm-amortised", "pdm-region-soft", "gradcam-mass", "ibd"]  # V5
+n_shapley: int = 200  # of the evaluated images, those of the exact part-Shapley checks
 ibd_n_train: int = 2000  # training images for IBD's concept classifiers (as notebook 05)
 ibd_epochs: int = 15  # IBD concept-classifier epochs (as notebook 05)
 ibd_components: int = 7  # IBD basis size (as notebook 05)
@@ -96,6 +97,7 @@ params = dict(
     operators=operators,
     methods=methods,
     sanity_methods=sanity_methods,
+    n_shapley=n_shapley,
     ibd_n_train=ibd_n_train,
     ibd_epochs=ibd_epochs,
     ibd_components=ibd_components,
@@ -125,12 +127,14 @@ print(f"train: {len(train)} images, test: {len(test)} images, {image_size}x{imag
 # %%
 from partslib.baselines import fit_ibd
 from partslib.explain import METHODS
+from partslib.explain.amortised_training import load_head
 from partslib.studies import validity as t2_study
 from partslib.studies import validity_plots as t2_plots
 from partslib.studies import validity_text as t2_text
 
 classifier = pipeline.load_classifier(results_dir)
 pdm = pipeline.load_pdm(results_dir)
+contribution_head = load_head(results_dir)  # the default rule's head (notebook 03)
 ibd = fit_ibd(classifier, train.images[:ibd_n_train], train.masks[:ibd_n_train],
               len(train.part_names), n_components=ibd_components, epochs=ibd_epochs, seed=seed)
 
@@ -174,7 +178,7 @@ t2, extras = t2_study.run_validity(
     operators=t2_study.default_operators(test, seed=seed, names=operators),
     keys=range(len(test)),
     ibd=ibd, n_eval=n_eval, n_deletion=n_deletion, methods=methods or METHODS,
-    sanity_methods=sanity_methods, n_sanity=n_sanity, seed=seed)
+    sanity_methods=sanity_methods, n_sanity=n_sanity, seed=seed, head=contribution_head)
 t2.to_csv(out_dir / "t2.csv", index=False)
 print(f"{extras.settings['n_images']} correctly classified test images "
       f"(V3 on {extras.settings['n_images_v3']}, V5 on {extras.settings['sanity_images']})")
@@ -275,6 +279,32 @@ gap_parts.round(3)
 display(Markdown(t2_text.reading(t2, gap=(gap_parts, gap_stats))))
 
 # %% [markdown]
+# ## Part Shapley values: the oracle, the imputers, the interactions
+#
+# The exact part Shapley values of the **re-render game on ground-truth masks** (all `2^n`
+# coalitions of the present labels, background included) are the reference a user can never
+# compute on a photo. First row: how well they rank the single-part re-render effects (what a
+# perfect Shapley-based rule reaches on T2's yardstick). Next rows: the games a user *can* play
+# on any photo -- the PDM's parts removed by an imputer -- and how well their exact Shapley
+# values agree with the oracle's (target: Spearman >= 0.90). Last: for each class with two
+# decisive parts, the pair's Shapley interaction index beside the two parts' values.
+
+# %%
+from partslib.removal import BackgroundFill, GaussianBlurFill
+from partslib.studies.shapley_checks import shapley_checks
+
+sel = extras.indices[:n_shapley]
+shap_metrics, shap_games, shap_pairs = shapley_checks(
+    classifier, pdm, images[sel], masks[sel], labels[sel], decisive[sel], test.rerender(),
+    [int(i) for i in sel], {"blur": GaussianBlurFill(11, 5.0), "background_fill": BackgroundFill()},
+    test.cfg.decisive_matrix())
+shap_games.to_csv(out_dir / "shapley_games.csv", index=False)
+shap_pairs.insert(1, "class_name", [test.class_names[int(c)] for c in shap_pairs["class"]])
+shap_pairs.to_csv(out_dir / "shapley_interactions.csv", index=False)
+display(shap_games.round(3))
+shap_pairs.round(3)
+
+# %% [markdown]
 # ## The FunnyBirds checks, with ground-truth parts and with the PDM's parts
 #
 # FunnyBirds (Hesse et al., ICCV 2023) scores part importances with seven checks on images
@@ -336,6 +366,7 @@ else:
 # %%
 head = t2_text.headline(t2)
 metrics = {**t2_text.metrics_dict(t2, extras.sanity), **head, **fb_metrics,
+           **{f"shapley/{k}": v for k, v in shap_metrics.items()},
            **{f"gap/rerender/{k}": v for k, v in gap_stats.items()},
            "n_images_v3": extras.settings["n_images_v3"],
            "sanity_images": extras.settings["sanity_images"],
@@ -359,6 +390,11 @@ print(f"decisive-part accuracy, default rule: {head.get('default_decisive', nan)
 print(f"best PDM mode by decisive-part accuracy: {head.get('best_pdm_mode')} "
       f"{head.get('best_pdm_decisive', nan):.2f} "
       f"(ceiling, {head.get('best_pdm_operator')}: {head.get('best_pdm_ceiling', nan):.2f})")
+print(f"default rule {head.get('default_method')}: Spearman vs rerender "
+      f"{head.get('default_spearman', nan):.2f}")
+print(f"part Shapley: oracle Spearman vs single effects {shap_metrics['oracle_spearman']:.2f}, "
+      f"PDM + background fill vs oracle {shap_metrics['agreement/background_fill']:.2f}, "
+      f"PDM + blur vs oracle {shap_metrics['agreement/blur']:.2f}")
 print(f"Spearman vs rerender: PDM region {head.get('pdm_region_spearman', nan):.2f}, "
       f"IBD {head.get('ibd_spearman', nan):.2f}, "
       f"Grad-CAM {head.get('gradcam_spearman', nan):.2f}, "

@@ -20,7 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-__all__ = ["ClassifierConfig", "DataConfig", "PDMConfig", "resolve"]
+__all__ = ["ClassifierConfig", "DataConfig", "HeadConfig", "PDMConfig", "resolve"]
 
 _C = TypeVar("_C", bound="_Config")
 
@@ -177,6 +177,28 @@ class PDMConfig(_Config):
         self._check(self.image_width >= 0, "image_width", self.image_width, ">= 0")
         self._check(self.image_kernel >= 1 and self.image_kernel % 2 == 1, "image_kernel",
                     self.image_kernel, "an odd kernel size >= 1")
+
+
+@dataclass(frozen=True)
+class HeadConfig(_Config):
+    """The amortised contribution head (:mod:`partslib.explain.amortised_training`).
+
+    ``n_train``: training images whose removal game it learns; ``n_val``: validation images
+    that choose its epoch; ``target``: ``"occlusion"`` (single-removal effects) or
+    ``"shapley"`` (exact part Shapley values).
+    """
+
+    n_train: int = 3000
+    n_val: int = 500
+    epochs: int = 100
+    target: str = "occlusion"
+
+    def __post_init__(self) -> None:
+        self._check(self.n_train >= 1, "n_train", self.n_train, ">= 1")
+        self._check(self.n_val >= 1, "n_val", self.n_val, ">= 1")
+        self._check(self.epochs >= 1, "epochs", self.epochs, ">= 1")
+        self._check(self.target in ("occlusion", "shapley"), "target", self.target,
+                    "'occlusion' or 'shapley'")
 
 
 def resolve(config: _C | None, default: type[_C], overrides: dict[str, Any]) -> _C:

@@ -23,13 +23,29 @@ from partslib.explain.registry import REGISTRY, Models, get_method
 if TYPE_CHECKING:
     import ipywidgets
 
-__all__ = ["EXPLORER_MODES", "ExplorerState", "build_explorer", "explain_state", "render"]
+__all__ = ["EXPLORER_MODES", "ExplorerState", "build_explorer", "default_mode", "explain_state",
+           "explorer_modes", "render"]
 
 # registry name -> display name: the methods on PDM parts in logit units (the explorer has the
-# classifier and the PDM only)
+# classifier, the PDM and, when its explainer was built with one, the contribution head)
 EXPLORER_MODES: dict[str, str] = {
     n: m.display for n, m in REGISTRY.items()
-    if m.needs == ("pdm",) and m.units in ("logit", "margin")}
+    if set(m.needs) <= {"pdm", "head"} and m.units in ("logit", "margin")}
+
+
+def _head(explainer: PartExplainer) -> Any:
+    return getattr(explainer.rule, "head", None)
+
+
+def explorer_modes(explainer: PartExplainer) -> dict[str, str]:
+    """The modes this explainer can show (the amortised rule only with a head)."""
+    return {n: d for n, d in EXPLORER_MODES.items()
+            if "head" not in REGISTRY[n].needs or _head(explainer) is not None}
+
+
+def default_mode(explainer: PartExplainer) -> str:
+    """The explainer's own rule: ``pdm-amortised`` with a head, else ``pdm-region-soft``."""
+    return "pdm-amortised" if _head(explainer) is not None else "pdm-region-soft"
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class ExplorerState:
 
     index: int = 0  # image index
     target: int | None = None  # class to explain; None = predicted
-    mode: str = "pdm-region-soft"  # a key of EXPLORER_MODES (a registry name)
+    mode: str | None = None  # a key of EXPLORER_MODES; None = the explainer's default rule
     part: int | None = None  # part whose probability map is shown; None = top contributor
 
 
@@ -48,12 +64,14 @@ def explain_state(explainer: PartExplainer, images: torch.Tensor, state: Explore
     and contrast), for ``state.target`` or the predicted class."""
     if not 0 <= state.index < len(images):
         raise ValueError(f"image index {state.index} out of range 0..{len(images) - 1}")
-    if state.mode not in EXPLORER_MODES:
-        raise ValueError(f"mode must be one of {list(EXPLORER_MODES)}, got {state.mode!r}")
+    mode = state.mode or default_mode(explainer)
+    modes = explorer_modes(explainer)
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {list(modes)}, got {mode!r}")
     x = images[state.index:state.index + 1]
-    method = get_method(state.mode)
+    method = get_method(mode)
     return explainer(x, target=None if state.target is None else [state.target],
-                     rule=method.rule(Models(explainer.classifier)),
+                     rule=method.rule(Models(explainer.classifier, head=_head(explainer))),
                      contrastive=method.contrastive)
 
 
@@ -121,8 +139,8 @@ def build_explorer(explainer: PartExplainer, images: torch.Tensor,
                                 description="image", continuous_update=False)
     w_target = widgets.Dropdown(options=cls_options, value=-1 if state.target is None
                                 else state.target, description="class")
-    w_mode = widgets.Dropdown(options=[(d, n) for n, d in EXPLORER_MODES.items()],
-                              value=state.mode, description="mode")
+    w_mode = widgets.Dropdown(options=[(d, n) for n, d in explorer_modes(explainer).items()],
+                              value=state.mode or default_mode(explainer), description="mode")
     w_part = widgets.Dropdown(options=part_options, value=-1 if state.part is None
                               else state.part, description="part map")
     out = widgets.Output()

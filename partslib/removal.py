@@ -404,7 +404,7 @@ class BackgroundFill(Remover):
 def _gauss(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur with zero padding (so normalised convolution is exact at the
     borders)."""
-    r = max(1, int(math.ceil(3 * sigma)))
+    r = max(1, math.ceil(3 * sigma))
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-t ** 2 / (2 * sigma ** 2))
     g = g / g.sum()

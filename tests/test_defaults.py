@@ -14,7 +14,7 @@ import nbformat
 import pytest
 import yaml
 
-from partslib.config import ClassifierConfig, DataConfig, PDMConfig
+from partslib.config import ClassifierConfig, DataConfig, HeadConfig, PDMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "profiles").glob("*.yaml")}
@@ -51,8 +51,11 @@ def _config_values(section: dict, config, prefix: str = "") -> dict[str, tuple]:
                     ("image_size", "train_seed", "n_train", "test_seed", "n_test",
                      "val_seed", "n_val", "classes")}, ""),
     (ClassifierConfig(), DEFAULT["02_classifier"], ""),
-    (PDMConfig(), DEFAULT["03_pdm"], "pdm_"),
-], ids=["data", "classifier", "pdm"])
+    (PDMConfig(), {k: v for k, v in DEFAULT["03_pdm"].items() if not k.startswith("head_")},
+     "pdm_"),
+    (HeadConfig(), {k: v for k, v in DEFAULT["03_pdm"].items() if k.startswith("head_")},
+     "head_"),
+], ids=["data", "classifier", "pdm", "head"])
 def test_config_defaults_are_the_default_profile(config, section, prefix):
     pairs = _config_values(section, config, prefix)
     assert pairs, "no knob compared"

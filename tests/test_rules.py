@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from partslib.explain import PartExplainer, RegionRule
+from partslib.explain.amortised import ContributionHead
 from partslib.explain.registry import METHODS, REGISTRY, explain_methods, get_method
 
 from toys import random_ibd, random_images, small_classifier, small_pdm
@@ -35,13 +36,24 @@ def models():
 
 
 @pytest.fixture(scope="module")
+def head(models):
+    """An untrained contribution head of the toy's shape (the amortised rule's contract does
+    not depend on training)."""
+    clf = models[0]
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        return ContributionHead(clf.fc.in_features, L, clf.fc.out_features, hidden=16,
+                                baseline=torch.randn(clf.fc.out_features)).eval()
+
+
+@pytest.fixture(scope="module")
 def images():
     return random_images(B, SIZE)
 
 
-def _explain(models, method, x, target=None):
+def _explain(models, method, x, target=None, head=None):
     clf, pdm, ibd = models
-    return get_method(method).build(clf, pdm=pdm, ibd=ibd, seed=7)(x, target=target)
+    return get_method(method).build(clf, pdm=pdm, ibd=ibd, seed=7, head=head)(x, target=target)
 
 
 def _module_state(*modules):
@@ -56,8 +68,8 @@ def _module_state(*modules):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_contributions_shape_and_metadata(models, images, method):
-    e = _explain(models, method, images)
+def test_contributions_shape_and_metadata(models, images, method, head):
+    e = _explain(models, method, images, head=head)
     entry = REGISTRY[method]
     assert e.contributions.shape == (B, L)
     assert torch.isfinite(e.contributions).all()
@@ -68,8 +80,8 @@ def test_contributions_shape_and_metadata(models, images, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_absent_parts_get_zero(models, images, method):
-    ex = get_method(method).build(*models[:2], ibd=models[2])
+def test_absent_parts_get_zero(models, images, method, head):
+    ex = get_method(method).build(*models[:2], ibd=models[2], head=head)
     e = ex(images)
     absent = ~e.present
     assert absent.any(), "the fixture should leave some parts out of the argmax map"
@@ -80,36 +92,36 @@ def test_absent_parts_get_zero(models, images, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_batch_equals_image_by_image(models, images, method):
+def test_a_batch_equals_image_by_image(models, images, method, head):
     target = torch.tensor([0, 1, 2, 1])
-    batch = _explain(models, method, images, target)
+    batch = _explain(models, method, images, target, head)
     for i in range(B):
-        one = _explain(models, method, images[i:i + 1], target[i:i + 1])
+        one = _explain(models, method, images[i:i + 1], target[i:i + 1], head)
         torch.testing.assert_close(one.contributions[0], batch.contributions[i], atol=1e-4,
                                    rtol=1e-4)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_inputs_untouched_no_hooks_left_and_deterministic(models, images, method):
+def test_inputs_untouched_no_hooks_left_and_deterministic(models, images, method, head):
     clf, pdm, _ = models
     x = images.clone()
     target = torch.tensor([2, 0, 1, 0])
     t = target.clone()
     before = _module_state(clf, pdm)
     w = {k: v.clone() for k, v in clf.state_dict().items()}
-    first = _explain(models, method, x, target)
-    second = _explain(models, method, x, target)
+    first = _explain(models, method, x, target, head)
+    second = _explain(models, method, x, target, head)
     assert torch.equal(x, images) and torch.equal(target, t)
     assert _module_state(clf, pdm) == before
     assert all(torch.equal(v, clf.state_dict()[k]) for k, v in w.items())
     assert torch.equal(first.contributions, second.contributions)
 
 
-def test_explain_methods_shares_one_pass_and_matches_each_explainer(models, images):
+def test_explain_methods_shares_one_pass_and_matches_each_explainer(models, images, head):
     clf, pdm, ibd = models
-    together = explain_methods(clf, images, METHODS, pdm=pdm, ibd=ibd, seed=7)
+    together = explain_methods(clf, images, METHODS, pdm=pdm, ibd=ibd, seed=7, head=head)
     for m in METHODS:
-        alone = _explain(models, m, images)
+        alone = _explain(models, m, images, head=head)
         torch.testing.assert_close(together[m].contributions, alone.contributions)
         assert together[m].mode == m
 

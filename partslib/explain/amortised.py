@@ -40,7 +40,8 @@ __all__ = ["AmortisedRule", "ContributionHead", "head_inputs"]
 def _pooled(F_map: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
     """Mean feature of each label ``[B, L, C]`` (weights ``π_p`` on the map's grid) and the
     label's mass ``[B, L, 1]`` on that grid."""
-    pi = F.adaptive_avg_pool2d(probs, F_map.shape[-2:]).flatten(2)  # [B, L, hw]
+    size = (int(F_map.shape[-2]), int(F_map.shape[-1]))
+    pi = F.adaptive_avg_pool2d(probs, size).flatten(2)  # [B, L, hw]
     mass = pi.sum(-1, keepdim=True)
     return torch.einsum("blu,bcu->blc", pi, F_map.flatten(2)) / mass.clamp_min(1e-6), mass
 
@@ -53,7 +54,7 @@ def head_inputs(A: Tensor, probs: Tensor, labels: Tensor, fc: nn.Linear,
     ``labels`` the argmax map ``[B, H, W]`` (presence); ``fc`` the classifier's linear head;
     ``extra``: earlier stage maps whose per-part means join the final ones.
     """
-    B, C, h, w = A.shape
+    B, _C, h, w = A.shape
     L = probs.shape[1]
     q, mass = _pooled(A, probs)
     area = mass / (h * w)
@@ -77,6 +78,10 @@ class ContributionHead(nn.Module):
         game: what the head was trained to predict (recorded; e.g. ``"rerender"``).
         stages: earlier classifier stages whose per-part mean features it also reads.
     """
+
+    baseline: Tensor
+    in_mean: Tensor
+    in_std: Tensor
 
     def __init__(self, channels: int, num_labels: int, num_classes: int, hidden: int = 128,
                  baseline: Tensor | None = None, game: str = "",

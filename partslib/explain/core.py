@@ -325,8 +325,8 @@ RuleSpec = tuple[Any, bool]  # (rule, contrastive)
 class PartExplainer:
     """Explain a classifier through the parts a segmenter (the PDM) finds.
 
-    >>> explainer = PartExplainer(classifier, pdm, part_names)
-    >>> e = explainer(images)                       # region rule, predicted class
+    >>> explainer = PartExplainer(classifier, pdm, part_names, head=head)
+    >>> e = explainer(images)                       # amortised rule, predicted class
     >>> e = explainer(images, target=3, contrastive=True)
     >>> e = explainer(images, mode="occlusion", imputer=GaussianBlurFill())
     >>> e = explainer(images, rule=OcclusionRule(MeanFill()))
@@ -337,7 +337,12 @@ class PartExplainer:
             logits reported are bit-identical to ``classifier(images)``.
         pdm: a :class:`~partslib.pdm.PartsDetectionModule` or any :class:`Segmenter`.
         part_names: one name per label (default ``background, part1, ...``).
-        rule: the default rule (default :class:`~partslib.explain.rules.RegionRule`).
+        rule: the default rule: the amortised rule of ``head`` when a trained contribution
+            head is given (:class:`~partslib.explain.amortised.AmortisedRule`; partslib's
+            most faithful rule at one pass, T2), else the paper's region rule
+            (:class:`~partslib.explain.rules.RegionRule`).
+        head: a trained :class:`~partslib.explain.amortised.ContributionHead`
+            (:func:`~partslib.explain.amortised_training.load_head`).
         contrastive: explain the margin against the runner-up by default.
         name: the method name written to :attr:`PartExplanation.mode` for the default rule
             (default ``<segmenter>-<rule>``, e.g. ``pdm-region-soft``).
@@ -345,7 +350,7 @@ class PartExplainer:
 
     def __init__(self, classifier: ContractClassifier, pdm: PartsDetectionModule | Segmenter,
                  part_names: Sequence[str] | None = None, rule: Any = None,
-                 contrastive: bool = False, name: str | None = None):
+                 contrastive: bool = False, name: str | None = None, head: Any = None):
         self.segmenter = as_segmenter(pdm)
         L = self.segmenter.num_labels
         if part_names is not None and len(part_names) != L:
@@ -355,6 +360,10 @@ class PartExplainer:
         self.classifier = classifier.eval()
         self.part_names = list(part_names) if part_names else [
             "background", *[f"part{p}" for p in range(1, L)]]
+        if rule is None and head is not None:
+            from partslib.explain.amortised import AmortisedRule
+
+            rule = AmortisedRule(head)
         self.rule, self.contrastive, self.name = rule, bool(contrastive), name
 
     @property
@@ -388,7 +397,7 @@ class PartExplainer:
         Args:
             target: class per image (tensor/list), one int for all, or None (predicted class).
             mode: ``"region"`` (CAM × part occupancy, complete) or ``"occlusion"``; None = the
-                explainer's rule (region by default).
+                explainer's rule (amortised with a head, else region).
             hard: region mode with the argmax part map instead of probabilities.
             contrastive: explain ``logit_k − logit_j`` against the runner-up class ``j``
                 (None = the explainer's default).

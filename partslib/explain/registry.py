@@ -21,6 +21,7 @@ from typing import Any, TypeGuard
 import torch
 from torch import Tensor
 
+from partslib.explain.amortised import AmortisedRule
 from partslib.explain.core import (
     IBDLinearSegmenter,
     PartExplainer,
@@ -29,7 +30,6 @@ from partslib.explain.core import (
     Targets,
     fused_features,
 )
-from partslib.explain.amortised import AmortisedRule
 from partslib.explain.explanation import PartExplanation
 from partslib.explain.rules import (
     HeatmapMassRule,
@@ -45,6 +45,7 @@ from partslib.models import ContractClassifier
 __all__ = [
     "BLUR_KERNEL",
     "BLUR_SIGMA",
+    "DEFAULT_METHOD",
     "METHODS",
     "REGISTRY",
     "Method",
@@ -239,6 +240,9 @@ _PEERS = (
 REGISTRY.update({m.name: m for m in _PEERS})
 
 METHODS: tuple[str, ...] = tuple(REGISTRY)
+# PartExplainer's default rule when it has a trained head: the best rule of T2 at <= 2x a
+# forward pass (README); the paper's region rule is the default without a head
+DEFAULT_METHOD = "pdm-amortised"
 
 
 def get_method(name: str) -> Method:

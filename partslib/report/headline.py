@@ -64,20 +64,19 @@ TARGETS: list[Target] = [
            "how much better the PDM segments parts than IBD's linear concept maps on the same "
            "features"),
     Target("completeness, max relative error", "explanations/completeness_max_rel_error", "<=",
-           1e-4, ".1e", "region rule: bias + the parts' contributions give back the logit; the "
-                        "worst relative error"),
-    Target("decisive-part accuracy, default rule (PDM-region)",
-           "validity/pdm-region-soft/rerender/decisive", ">=", 0.95, ".3f",
+           1e-4, ".1e", "default (amortised) and region rules: bias + the parts' contributions "
+                        "give back the logit; the worst relative error"),
+    Target("decisive-part accuracy, default rule (amortised)",
+           "validity/pdm-amortised/rerender/decisive", ">=", 0.95, ".3f",
            "share of images whose top-ranked part by the default rule defines the class; the "
            "ceiling is the share the re-render effects themselves reach"),
-    Target("part-removal Spearman, PDM-region vs re-render",
-           "validity/pdm-region-soft/rerender/spearman", ">=", 0.85, ".3f",
+    Target("part-removal Spearman, default rule (amortised) vs re-render",
+           "validity/pdm-amortised/rerender/spearman", ">=", 0.85, ".3f",
            "rank agreement of the default rule's part contributions with the logit drop when "
            "the image is re-rendered without each part"),
-    Target("PDM-region cost / classifier forward (batch 64)",
-           "benchmark/pdm-region-soft_vs_forward@64", "<=", 2.0, ".2f",
-           "time of one PDM-region explanation over one plain forward pass of the classifier",
-           ("benchmark/pdm_region_vs_forward@64",)),
+    Target("default rule (amortised) cost / classifier forward (batch 64)",
+           "benchmark/pdm-amortised_vs_forward@64", "<=", 2.0, ".2f",
+           "time of one default explanation over one plain forward pass of the classifier"),
     Target("PDM-region cost / pytorch-grad-cam GradCAM",
            "benchmark/pdm-region-soft_vs_gradcam@64", "<", 1.0, ".2f",
            "time of one PDM-region explanation over one pytorch-grad-cam GradCAM map",
@@ -87,17 +86,31 @@ TARGETS: list[Target] = [
 ]
 
 # Rows shown right after the target they qualify, and not counted in the study's totals: the
-# best PDM mode (chosen after the fact) stands beside the default rule's decisive-part
-# accuracy, never in its place, each against the ceiling of its own removal operator.
-BESIDE: dict[str, Target] = {
-    "pdm/miou": Target(
+# paper's region rule beside the default rule, and the best PDM mode (chosen after the fact)
+# beside the default rule's decisive-part accuracy, never in its place, each against the
+# ceiling of its own removal operator.
+BESIDE: dict[str, list[Target]] = {
+    "pdm/miou": [Target(
         "PDM part mIoU (test), features only", "pdm/features_only/miou", ">=", 0.90, ".3f",
         "the same decoder without the image step: it reads the classifier's features only, "
-        "as the paper's PDM and IBD's maps do"),
-    "validity/pdm-region-soft/rerender/decisive": Target(
+        "as the paper's PDM and IBD's maps do")],
+    "validity/pdm-amortised/rerender/decisive": [Target(
+        "decisive-part accuracy, region rule (the paper's)",
+        "validity/pdm-region-soft/rerender/decisive", ">=", 0.95, ".3f",
+        "the same share for the paper's rule (CAM x PDM part probabilities), the default "
+        "before the amortised rule"), Target(
         "decisive-part accuracy, best PDM mode", "validity/best_pdm_decisive", ">=", 0.95,
         ".3f", "the same share for the PDM rule that scores best (chosen after the fact); its "
-               "ceiling is that of the removal operator its claim is made with"),
+               "ceiling is that of the removal operator its claim is made with")],
+    "validity/pdm-amortised/rerender/spearman": [Target(
+        "part-removal Spearman, region rule (the paper's) vs re-render",
+        "validity/pdm-region-soft/rerender/spearman", ">=", 0.85, ".3f",
+        "the same agreement for the paper's region rule")],
+    "benchmark/pdm-amortised_vs_forward@64": [Target(
+        "PDM-region cost / classifier forward (batch 64)",
+        "benchmark/pdm-region-soft_vs_forward@64", "<=", 2.0, ".2f",
+        "time of one PDM-region explanation over one plain forward pass of the classifier",
+        ("benchmark/pdm_region_vs_forward@64",))],
 }
 
 
@@ -229,8 +242,7 @@ def headline_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for t in TARGETS:
         rows.append(_row(t, metrics, True))
-        if t.key in BESIDE:
-            rows.append(_row(BESIDE[t.key], metrics, False))
+        rows += [_row(b, metrics, False) for b in BESIDE.get(t.key, [])]
     return pd.DataFrame(rows)
 
 

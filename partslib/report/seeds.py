@@ -66,7 +66,7 @@ def headline_rows(table: pd.DataFrame) -> list[tuple[str, str, str, int]]:
 
     shown = []
     for target in TARGETS[:6]:
-        shown += [target, *([BESIDE[target.key]] if target.key in BESIDE else [])]
+        shown += [target, *BESIDE.get(target.key, [])]
     rows = []
     for t in shown:
         key = next((k for k in (t.key, *t.older_keys) if k in table.index), None)

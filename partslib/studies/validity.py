@@ -205,6 +205,13 @@ def _decisive_chance(decisive: Tensor, present: Tensor) -> float:
     return float((hits[use] / n[use]).mean()) if bool(use.any()) else math.nan
 
 
+def _runnable(methods: Iterable[str], ibd: Any, head: Any) -> list[str]:
+    """The methods whose models are given (unknown names raise)."""
+    names = [get_method(m).name for m in methods]
+    return [m for m in names if (ibd is not None or m not in NEEDS_IBD)
+            and (head is not None or m not in NEEDS_HEAD)]
+
+
 def _select_correct(classifier: ContractClassifier, images: Tensor, labels: Tensor, n: int,
                     batch_size: int) -> Tensor:
     """Positions of the first ``n`` correctly classified images (classifies only as far as
@@ -408,10 +415,7 @@ def run_validity(classifier: ContractClassifier, pdm: Any, images: Tensor, masks
     timings: dict[str, float] = {}
     images = check_images(images)
     _check_inputs(images, masks, labels, decisive, keys)
-    for m in methods:
-        get_method(m)
-    methods = [m for m in methods if (ibd is not None or m not in NEEDS_IBD)
-               and (head is not None or m not in NEEDS_HEAD)]
+    methods = _runnable(methods, ibd, head)
     sanity_methods = [m for m in sanity_methods if m in methods]
     L = int(decisive.shape[1])
     classifier.eval()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 import torch
 
-from partslib.explain.registry import METHODS, REGISTRY
+from partslib.explain.registry import DEFAULT_METHOD, METHODS, REGISTRY
 from partslib.metrics.validity import claimed_order, removal_agreement
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def own_operator(method: str, default: str = "rerender") -> str:
 
 def headline(t2: pd.DataFrame, reference: str = "rerender") -> dict[str, Any]:
     """The SPEC §8 numbers, each decisive-part accuracy beside the ceiling of the same removal
-    operator: the default rule's (``default_*``, against ``reference``), then the best PDM
+    operator: the default rule's (``default_*``, against ``reference``; the amortised rule
+    when T2 has it, else the region rule), then the best PDM
     mode's (``best_pdm_*``; ``pdm-basis``, which equals IBD, does not count) against the
     ceiling of its own operator (:func:`own_operator`: blur for occlusion); PDM-region (soft)
     Spearman against ``reference`` effects, with IBD, Grad-CAM and random beside it."""
@@ -89,10 +90,12 @@ def headline(t2: pd.DataFrame, reference: str = "rerender") -> dict[str, Any]:
     # pdm-basis is left out: the basis rule reads no PDM map, its numbers are IBD's
     pdm = ref.loc[[m for m in PDM_METHODS if m in ref.index and m != "pdm-basis"]]
     out: dict[str, Any] = {}
-    if "pdm-region-soft" in ref.index:
-        out.update(default_decisive=float(ref.loc["pdm-region-soft", "decisive"]),
+    default = next((m for m in (DEFAULT_METHOD, "pdm-region-soft") if m in ref.index), None)
+    if default is not None:
+        out.update(default_method=default, default_decisive=float(ref.loc[default, "decisive"]),
                    default_operator=reference,
-                   default_ceiling=float(ref.loc["pdm-region-soft", "decisive_ceiling"]))
+                   default_spearman=float(ref.loc[default, "spearman"]),
+                   default_ceiling=float(ref.loc[default, "decisive_ceiling"]))
     if len(pdm):
         best = str(pdm["decisive"].astype(float).idxmax())
         op = own_operator(best, reference)
