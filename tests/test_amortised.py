@@ -144,8 +144,10 @@ def test_fit_head_learns_a_simple_target_deterministically():
     kw = dict(hidden=32, epochs=25, lr=5e-3, batch_size=64, seed=3, game="toy")
     head, hist = fit_head(train, y, val, y_val, base, **kw)
     assert list(hist["epoch"]) == list(range(1, 26))
-    first, best = float(hist["val_spearman"].iloc[0]), float(hist["val_spearman"].max())
+    kept = hist.loc[hist["val_score"].idxmax()]
+    first, best = float(hist["val_spearman"].iloc[0]), float(kept["val_spearman"])
     assert best >= 0.9 and best > first + 0.1, hist
+    assert float(kept["val_top_part"]) >= 0.8
     assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0] / 5
     # the head kept is the best epoch's
     r = torch.arange(len(val.labels))

@@ -78,7 +78,17 @@ def test_the_amortised_and_shapley_explainers_of_the_bench_are_complete():
         assert torch.equal(e.target, case.targets)
     # the random head has the shape of the case's models
     assert (case.head.num_labels, case.head.num_classes) == (6, case.classifier.num_classes)
-    assert case.head.channels == case.classifier.fc.in_features
+    # train_head's default shape: its width and earlier stages
+    import inspect
+
+    from partslib.explain.amortised_training import train_head
+
+    defaults = inspect.signature(train_head).parameters
+    assert case.head.hidden == defaults["hidden"].default
+    assert case.head.stages == tuple(defaults["stages"].default)
+    clf = case.classifier
+    assert case.head.channels == clf.fc.in_features + sum(clf.stage_channels[s]
+                                                          for s in case.head.stages)
 
 
 def test_a_trained_head_beside_the_models_is_timed_instead_of_a_random_one(tmp_path):

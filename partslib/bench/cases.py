@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -129,9 +130,16 @@ def _head(clf: ContractClassifier, pdm: PartsDetectionModule, rd: Path | None,
                 return head
             weights["head_not_loaded"] = (f"checkpoint is for {head.num_labels} labels and "
                                           f"{head.num_classes} classes")
-    head = ContributionHead(clf.fc.in_features, pdm.num_labels, clf.num_classes).eval()
-    weights["head"] = (f"random: ContributionHead({clf.fc.in_features}, {pdm.num_labels}, "
-                       f"{clf.num_classes}, hidden={head.hidden})")
+    # the shape train_head gives a head by default: its width and earlier stages
+    defaults = inspect.signature(at.train_head).parameters
+    hidden = int(defaults["hidden"].default)
+    stages = tuple(s for s in defaults["stages"].default if s in clf.stage_names)
+    channels = clf.fc.in_features + sum(clf.stage_channels[s] for s in stages)
+    head = ContributionHead(channels, pdm.num_labels, clf.num_classes, hidden=hidden,
+                            stages=stages).eval()
+    weights["head"] = (f"random: ContributionHead({channels}, {pdm.num_labels}, "
+                       f"{clf.num_classes}, hidden={hidden}, stages={list(stages)}), "
+                       f"train_head's default shape")
     return head.requires_grad_(False)
 
 
