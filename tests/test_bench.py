@@ -51,10 +51,70 @@ def test_payload_has_the_ratio_keys_and_metadata(payload):
     assert p["peak_rss_mib"]["process"] > 0
 
 
-def test_default_methods_are_all_but_captum_shapley():
+def test_default_methods_are_all_but_the_shapley_samplers():
     assert bench.BenchConfig(results_dir=".").methods == bench.DEFAULT_METHODS
-    assert set(bench.METHODS) - set(bench.DEFAULT_METHODS) == {"captum-shapley"}
+    assert set(bench.METHODS) - set(bench.DEFAULT_METHODS) == {"captum-shapley", "pdm-shapley"}
+    assert set(bench.SLOW_METHODS) == {"captum-shapley", "pdm-shapley"}
     assert set(bench.PEERS) <= set(bench.EXPLAINERS)
+    assert {"pdm-amortised", "pdm-shapley"} <= set(bench.EXPLAINERS)
+
+
+def test_amortised_and_shapley_rules_are_timed_against_the_forward_pass(payload):
+    _, p = payload
+    for m in ("pdm-amortised", "pdm-shapley"):
+        assert p[f"{m}_vs_forward@{TINY}"] > 0 and f"{m}_vs_forward@{TINY}" in p["ratios_cpu"]
+    assert p["setup"][str(TINY)]["head"].startswith("random: ContributionHead(")
+    # the amortised target reads the key the bench writes (at 64 px)
+    assert "pdm-amortised_vs_forward@64" in bench.TARGETS
+
+
+def test_the_amortised_and_shapley_explainers_of_the_bench_are_complete():
+    case = bench.build_case(TINY, batch=2)
+    out = {m: fn() for m, fn in bench.method_fns(case, ["pdm-amortised", "pdm-shapley"]).items()}
+    for m, e in out.items():
+        assert e.mode == m and e.contributions.shape == (2, 6)
+        torch.testing.assert_close(e.bias + e.contributions.sum(1), e.score, atol=1e-4,
+                                   rtol=1e-5)
+        assert torch.equal(e.target, case.targets)
+    # the random head has the shape of the case's models
+    assert (case.head.num_labels, case.head.num_classes) == (6, case.classifier.num_classes)
+    # train_head's default shape: its width and earlier stages
+    import inspect
+
+    from partslib.explain.amortised_training import train_head
+
+    defaults = inspect.signature(train_head).parameters
+    assert case.head.hidden == defaults["hidden"].default
+    assert case.head.stages == tuple(defaults["stages"].default)
+    clf = case.classifier
+    assert case.head.channels == clf.fc.in_features + sum(clf.stage_channels[s]
+                                                          for s in case.head.stages)
+
+
+def test_a_trained_head_beside_the_models_is_timed_instead_of_a_random_one(tmp_path):
+    from partslib.bench.cases import _head
+    from partslib.explain.amortised import ContributionHead
+    from partslib.explain.amortised_training import HEAD_CHECKPOINT
+    from partslib.training import save_checkpoint
+
+    case = bench.build_case(TINY, batch=2)
+    clf, pdm = case.classifier, case.pdm
+    trained = ContributionHead(clf.fc.in_features, 6, clf.num_classes, hidden=24,
+                               game="rerender")
+    save_checkpoint(tmp_path / HEAD_CHECKPOINT, state_dict=trained.state_dict(), config={},
+                    kind="head", head=trained.config(), info={})
+    weights: dict[str, str] = {}
+    head = _head(clf, pdm, tmp_path, weights)
+    assert head.hidden == 24 and weights["head"].startswith("trained")
+    assert torch.equal(head.out[-1].weight, trained.out[-1].weight)
+    # a head for other models is not timed: a random one of the right shape is
+    other = ContributionHead(clf.fc.in_features, 4, clf.num_classes)
+    save_checkpoint(tmp_path / HEAD_CHECKPOINT, state_dict=other.state_dict(), config={},
+                    kind="head", head=other.config(), info={})
+    weights = {}
+    head = _head(clf, pdm, tmp_path, weights)
+    assert head.num_labels == 6 and weights["head"].startswith("random")
+    assert "4 labels" in weights["head_not_loaded"]
 
 
 def test_outputs_are_written_and_never_silently_overwritten(payload):
@@ -106,6 +166,7 @@ def test_torchvision_case_runs_every_method():
     assert out["captum_occlusion"].shape == (2, 3, 128, 128)
     assert out["pdm-region-soft"].contributions.shape == (2, 6)
     assert out["pdm-occlusion"].mode == "pdm-occlusion" and out["ibd"].mode == "ibd"
+    assert out["pdm-amortised"].contributions.shape == (2, 6)
 
 
 def test_bad_arguments_are_refused():

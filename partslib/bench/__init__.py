@@ -13,6 +13,13 @@ runs is the most stable estimate of what each method costs. Methods:
   rule's contributions (occlusion: Gaussian-blur imputer, every present part of every image
   removed, in batched forwards). ``ibd`` runs with concept classifiers of the right shape
   (random weights: timing only): its linear concept maps and the basis-rule contributions.
+* ``pdm-amortised``: the amortised rule, one classifier + PDM pass and the contribution
+  head (:class:`~partslib.explain.amortised.ContributionHead`): the head trained for the
+  models in ``results/<profile>/checkpoints/head.pt`` when the trained classifier and PDM are
+  loaded and it exists, else a head of the same shape with random weights (its cost does not
+  depend on its training).
+* ``pdm-shapley`` (only when ``--methods`` names it, like ``captum-shapley``): exact part
+  Shapley values with background fill, ``2^n`` batched classifier passes per image.
 * ``gradcam`` (reference): pytorch-grad-cam's ``GradCAM`` object on the final stage, one
   ``ClassifierOutputTarget`` per image, as its README calls it. The classifier is frozen and the
   input requires grad (as :func:`partslib.baselines.gradcam_maps` does), so no weight gradient is
@@ -66,6 +73,7 @@ from partslib.bench.cases import (
     METHODS,
     PEERS,
     REFERENCES,
+    SLOW_METHODS,
     BenchCase,
     build_case,
     method_fns,
@@ -91,6 +99,7 @@ __all__ = [
     "PEERS",
     "REFERENCE",
     "REFERENCES",
+    "SLOW_METHODS",
     "SUBJECT",
     "TARGETS",
     "BenchCase",

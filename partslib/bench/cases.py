@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,19 +19,21 @@ from partslib.pdm import PartsDetectionModule
 if TYPE_CHECKING:
     from partslib.baselines import IBDModel
 
-__all__ = ["DEFAULT_METHODS", "EXPLAINERS", "METHODS", "PEERS", "REFERENCES", "BenchCase",
-           "build_case", "method_fns"]
+__all__ = ["DEFAULT_METHODS", "EXPLAINERS", "METHODS", "PEERS", "REFERENCES", "SLOW_METHODS",
+           "BenchCase", "build_case", "method_fns"]
 
 #: Registry explainers timed, and the benchmark-only references (not explainers of the registry)
 #: The peer explainers of the registry (partslib.explain.peers), timed as explainers.
 PEERS = ("captum-ablation", "captum-shapley", "dff", "crp")
-EXPLAINERS = ("pdm-region-soft", "ibd", "pdm-occlusion", *PEERS)
+EXPLAINERS = ("pdm-region-soft", "pdm-amortised", "ibd", "pdm-occlusion", "pdm-shapley", *PEERS)
 REFERENCES = ("forward", "gradcam", "captum_occlusion")
-METHODS = ("forward", "pdm-region-soft", "ibd", "gradcam", "captum_occlusion", "pdm-occlusion",
-           *PEERS)
-#: Timed unless ``--methods`` says otherwise: all but Captum's Shapley sampling, ~250 forwards
-#: of one image per image explained (minutes per round at 224 px); time it with ``--methods``.
-DEFAULT_METHODS = tuple(m for m in METHODS if m != "captum-shapley")
+METHODS = ("forward", "pdm-region-soft", "pdm-amortised", "ibd", "gradcam", "captum_occlusion",
+           "pdm-occlusion", "pdm-shapley", *PEERS)
+#: Timed only when ``--methods`` names them: Captum's Shapley sampling (~250 forwards of one
+#: image per image explained: minutes per round at 224 px) and exact part Shapley values
+#: (``2^n`` batched forwards per image for ``n`` present parts, 64 for SynthParts' 6 labels).
+SLOW_METHODS = ("captum-shapley", "pdm-shapley")
+DEFAULT_METHODS = tuple(m for m in METHODS if m not in SLOW_METHODS)
 DEFAULT_SIZES = (64, 224)
 NUM_LABELS = 6  # SynthParts: background + 5 parts
 NUM_CLASSES_64, NUM_CLASSES_224 = 6, 365
@@ -47,6 +50,7 @@ class BenchCase:
     images: torch.Tensor  # [B,3,H,W] float in [0,1]
     targets: torch.Tensor  # [B] the predicted classes, explained by every method
     weights: dict[str, str] = field(default_factory=dict)  # where each model came from
+    head: Any = None  # the amortised rule's ContributionHead (pdm-amortised)
 
 
 def _images(size: int, batch: int, seed: int) -> tuple[torch.Tensor, str]:
@@ -100,10 +104,43 @@ def build_case(size: int, batch: int = 64, results_dir: str | os.PathLike | None
         weights["pdm"] = f"random: for_classifier(clf, {NUM_LABELS}, widths={TV_PDM_WIDTHS})"
     clf.requires_grad_(False).eval()
     pdm.requires_grad_(False).eval()
+    head = _head(clf, pdm, rd if weights["pdm"].startswith("trained") else None, weights)
     x, weights["images"] = _images(size, batch, seed)
     with torch.inference_mode():
         targets = clf(x).argmax(1)
-    return BenchCase(size, clf, pdm, x, targets.clone(), weights)
+    return BenchCase(size, clf, pdm, x, targets.clone(), weights, head)
+
+
+def _head(clf: ContractClassifier, pdm: PartsDetectionModule, rd: Path | None,
+          weights: dict[str, str]) -> Any:
+    """The contribution head of the amortised rule: the one trained for these models in
+    ``rd`` when there is one, else one of the same shape with random weights (the cost of the
+    head does not depend on its training)."""
+    from partslib.explain import amortised_training as at
+    from partslib.explain.amortised import ContributionHead
+
+    if rd is not None and (rd / at.HEAD_CHECKPOINT).exists():
+        try:
+            head = at.load_head(str(rd))
+        except (ValueError, RuntimeError, KeyError) as e:
+            weights["head_not_loaded"] = str(e)
+        else:
+            if (head.num_labels, head.num_classes) == (pdm.num_labels, clf.num_classes):
+                weights["head"] = f"trained: {rd / at.HEAD_CHECKPOINT}"
+                return head
+            weights["head_not_loaded"] = (f"checkpoint is for {head.num_labels} labels and "
+                                          f"{head.num_classes} classes")
+    # the shape train_head gives a head by default: its width and earlier stages
+    defaults = inspect.signature(at.train_head).parameters
+    hidden = int(defaults["hidden"].default)
+    stages = tuple(s for s in defaults["stages"].default if s in clf.stage_names)
+    channels = clf.fc.in_features + sum(clf.stage_channels[s] for s in stages)
+    head = ContributionHead(channels, pdm.num_labels, clf.num_classes, hidden=hidden,
+                            stages=stages).eval()
+    weights["head"] = (f"random: ContributionHead({channels}, {pdm.num_labels}, "
+                       f"{clf.num_classes}, hidden={hidden}, stages={list(stages)}), "
+                       f"train_head's default shape")
+    return head.requires_grad_(False)
 
 
 def _random_ibd(case: BenchCase, seed: int = 0) -> IBDModel:
@@ -148,7 +185,8 @@ def method_fns(case: BenchCase, methods: Sequence[str] = METHODS,
     region = get_method("pdm-region-soft").build(clf, pdm=case.pdm)
     for name in (m for m in methods if m in EXPLAINERS):
         ex = region if name == "pdm-region-soft" else get_method(name).build(
-            clf, pdm=region.segmenter, ibd=_random_ibd(case) if name == "ibd" else None)
+            clf, pdm=region.segmenter, ibd=_random_ibd(case) if name == "ibd" else None,
+            head=case.head if name == "pdm-amortised" else None)
         fns[name] = no_grad(lambda ex=ex: ex(x, target=k))
     if "forward" in methods:
         fns["forward"] = no_grad(lambda: clf(x))

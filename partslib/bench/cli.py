@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default=None, help="instead of results/<profile>/")
     p.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_SIZES))
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
-                   help="default: all but captum-shapley (slow; name it to time it)")
+                   help="default: all but captum-shapley and pdm-shapley (slow; name them "
+                        "to time them)")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds per size (>= 10)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)

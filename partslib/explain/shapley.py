@@ -223,7 +223,8 @@ def _assemble(values: Tensor, plans: list, players: list[Tensor], present: Tenso
         v = values[start:start + count]
         start += count
         pl = players[b]
-        evals[b] = count - 1
+        # the grand coalition (every order's last step) is the intact image: not scored
+        evals[b] = count - (1 if kind == "exact" else len(perms))
         if n == 0:
             exact[b] = True
             continue
