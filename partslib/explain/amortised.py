@@ -157,6 +157,16 @@ class AmortisedRule(Rule):
             raise ValueError(f"the contribution head explains {self.head.num_labels} labels and "
                              f"{self.head.num_classes} classes; the explainer has "
                              f"{ctx.num_labels} labels and {fc.out_features} classes")
+        missing = [st for st in self.head.stages if st not in ctx.features]
+        if missing:
+            raise ValueError(f"the contribution head reads stages {missing} that the "
+                             f"classifier does not have ({list(ctx.features)})")
+        channels = ctx.A.shape[1] + sum(ctx.features[st].shape[1] for st in self.head.stages)
+        if channels != self.head.channels:
+            raise ValueError(f"the contribution head reads {self.head.channels} channels per "
+                             f"part; this classifier gives {channels} (final stage"
+                             f"{' + ' + ', '.join(self.head.stages) if self.head.stages else ''})"
+                             f": train a head for this classifier (train_head)")
         head = self.head.to(ctx.A.device)
         A = ctx.A.contiguous() if ctx.A.is_contiguous(memory_format=torch.channels_last) \
             else ctx.A
