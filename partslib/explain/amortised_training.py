@@ -29,7 +29,7 @@ from torch import Tensor
 from partslib.config import HeadConfig
 from partslib.explain.amortised import ContributionHead, head_inputs
 from partslib.explain.core import PartExplainer, fused_features
-from partslib.explain.shapley import ShapleyValues, part_shapley, removal_game
+from partslib.explain.shapley import part_shapley, removal_game, single_effects
 from partslib.models import ContractClassifier, check_images
 
 __all__ = ["HEAD_CHECKPOINT", "HeadData", "baseline_logits", "fit_head", "game_targets",
@@ -48,10 +48,12 @@ def baseline_logits(classifier: ContractClassifier, size: tuple[int, int],
 @torch.no_grad()
 def game_targets(classifier: ContractClassifier, images: Tensor, masks: Tensor,
                  operator: Any, num_labels: int, keys: Sequence[Any] | None = None,
-                 batch_size: int = 256, progress: bool = False) -> ShapleyValues:
-    """Exact part Shapley values ``[N, L, K]`` of the game "``images`` with labels of
-    ``masks`` removed by ``operator``" (the classifier scores removed images through a
-    BatchNorm-folded copy; same logits up to float rounding)."""
+                 batch_size: int = 256, progress: bool = False, shapley: bool = True,
+                 max_exact: int = 8) -> tuple[Tensor, Tensor | None]:
+    """Single-removal effects ``[N, L, K]`` and (``shapley=True``) the part Shapley values
+    ``[N, L, K]`` (exact up to ``max_exact`` present labels, else sampled) of the game
+    "``images`` with labels of ``masks`` removed by ``operator``" (removed images are scored
+    through a BatchNorm-folded copy of the classifier; same logits up to float rounding)."""
     images = check_images(images)
     masks = masks.long()
     present = torch.stack([(masks == p).flatten(1).any(1) for p in range(num_labels)], 1)
@@ -59,8 +61,12 @@ def game_targets(classifier: ContractClassifier, images: Tensor, masks: Tensor,
     game = removal_game(classifier, images, masks, operator, keys=keys, features=feats)
     full = torch.cat([classifier(images[i:i + batch_size])
                       for i in range(0, len(images), batch_size)])
-    return part_shapley(game, present, full, max_exact=num_labels, batch_size=batch_size,
-                        progress=progress)
+    single = single_effects(game, present, full, batch_size=batch_size, progress=progress)
+    if not shapley:
+        return single, None
+    sv = part_shapley(game, present, full, max_exact=max_exact, batch_size=batch_size,
+                      progress=progress)
+    return single, sv.values
 
 
 @dataclass
@@ -201,23 +207,33 @@ def _fingerprint(*modules: torch.nn.Module) -> str:
 
 
 def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num_labels: int,
-                operator: Any, progress: bool) -> tuple[Tensor, Tensor, ShapleyValues]:
+                operator: Any, shapley: bool, progress: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, float]:
     """Images, labels and the game values of the first ``n`` items of a split: re-render on
-    its ground-truth masks when it can (SynthParts), else ``operator`` on the PDM's maps."""
+    its ground-truth masks when it can (SynthParts), else ``operator`` on the PDM's maps; and
+    how far the empty coalition of its first 16 images is from the flat grey image's logits
+    (0 up to float rounding: the head's bias is that image's score)."""
     images, masks, labels = _arrays(data)
-    images, masks, labels = images[:n], masks[:n], labels[:n]
+    images, masks, labels = check_images(images[:n]), masks[:n].long(), labels[:n]
+    keys: list[int] | None = None
     if operator is None and hasattr(data, "rerender"):
-        sv = game_targets(classifier, images, masks, data.rerender(), num_labels,
-                          keys=list(range(len(images))), progress=progress)
+        op, maps, keys = data.rerender(), masks, list(range(len(images)))
     else:
         from partslib.removal import BackgroundFill
 
         ex = PartExplainer(classifier, pdm)
-        maps = torch.cat([ex.context(check_images(images[i:i + 256]), None).labels
+        maps = torch.cat([ex.context(images[i:i + 256], None).labels
                           for i in range(0, len(images), 256)])
-        sv = game_targets(classifier, images, maps, operator or BackgroundFill(), num_labels,
-                          progress=progress)
-    return images, labels, sv
+        op = operator or BackgroundFill()
+    single, values = game_targets(classifier, images, maps, op, num_labels, keys=keys,
+                                  progress=progress, shapley=shapley)
+    m = min(16, len(images))
+    with torch.no_grad():
+        drop = torch.ones(m, num_labels, dtype=torch.bool)
+        empty = removal_game(classifier, images, maps, op, keys=keys)(torch.arange(m), drop)
+        gap = float((empty.float() - baseline_logits(classifier, tuple(images.shape[-2:])))
+                    .abs().max()) if m else 0.0
+    return images, labels, single, values, gap
 
 
 def _arrays(data: Any) -> tuple[Tensor, Tensor, Tensor]:
@@ -274,24 +290,25 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
         head.load_state_dict(ckpt["state_dict"])
         return _frozen(head), {**ckpt["info"], "loaded": str(checkpoint)}
     t0 = time.perf_counter()
-    _, y_tr, sv_tr = _split_game(classifier, pdm, train, config["n_train"], L, operator, progress)
-    x_tr = _arrays(train)[0][:config["n_train"]]
-    x_va, y_va, sv_va = _split_game(classifier, pdm, val, config["n_val"], L, operator, progress)
+    x_tr, y_tr, single_tr, shap_tr, gap = _split_game(
+        classifier, pdm, train, config["n_train"], L, operator, target == "shapley", progress)
+    x_va, y_va, single_va, _, _ = _split_game(classifier, pdm, val, config["n_val"], L,
+                                              operator, False, progress)
     t_game = time.perf_counter() - t0
     base = baseline_logits(classifier, tuple(x_tr.shape[-2:]))
     st = tuple(config["stages"])
     hd_tr = head_data(classifier, pdm, x_tr, y_tr, stages=st)
     hd_va = head_data(classifier, pdm, x_va, y_va, stages=st)
-    targets = sv_tr.single if target == "occlusion" else sv_tr.values
-    head, history = fit_head(hd_tr, targets, hd_va, sv_va.single, base, hidden=hidden,
+    targets = single_tr if shap_tr is None else shap_tr
+    head, history = fit_head(hd_tr, targets, hd_va, single_va, base, hidden=hidden,
                              epochs=epochs, lr=lr, focus=focus, rank=rank, seed=seed,
                              game=game, stages=st, progress=progress)
     best = history.loc[history["val_score"].idxmax()]
     info = {"config": config, "best_epoch": int(best["epoch"]),
             "val_spearman": float(best["val_spearman"]),
             "val_top_part": float(best["val_top_part"]), "game_seconds": t_game,
+            "baseline_gap_max": gap,
             "fit_seconds": time.perf_counter() - t0 - t_game,
-            "baseline_gap_max": float((sv_tr.empty.float() - base).abs().max()),
             "history": jsonable(history.to_dict("list")), "parameters": sum(
                 p.numel() for p in head.parameters())}
     info = jsonable(info)

@@ -32,7 +32,7 @@ from torch import Tensor
 from partslib.explain.core import ExplainContext
 from partslib.explain.rules import Rule, RuleResult
 
-__all__ = ["ShapleyRule", "ShapleyValues", "part_shapley", "removal_game"]
+__all__ = ["ShapleyRule", "ShapleyValues", "part_shapley", "removal_game", "single_effects"]
 
 # rows (image index), drop [M, L] bool -> logits [M, K]
 Game = Callable[[Tensor, Tensor], Tensor]
@@ -251,6 +251,30 @@ def _assemble(values: Tensor, plans: list, players: list[Tensor], present: Tenso
         single[b, pl] = math.nan
     return ShapleyValues(values=phi, full=full, empty=empty, stderr=se, exact=exact,
                          interactions=inter, evaluations=evals, single=single)
+
+
+def single_effects(game: Game, present: Tensor, full: Tensor, batch_size: int = 256,
+                   progress: bool = False) -> Tensor:
+    """Single-removal effects ``v(all) − v(all ∖ p)`` ``[B, L, K]`` of every present label (0
+    for absent ones): one classifier pass per present label, no coalitions."""
+    if present.dim() != 2 or present.dtype != torch.bool:
+        raise ValueError(f"present must be bool [B, L], got {present.dtype} "
+                         f"{tuple(present.shape)}")
+    B, L = present.shape
+    b_idx, p_idx = torch.nonzero(present.cpu(), as_tuple=True)
+    full64 = full.detach().double().cpu()
+    out = torch.zeros(B, L, full.shape[1], dtype=torch.float64)
+    iterator = range(0, len(b_idx), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc="single removals", unit="batch")
+    for s in iterator:
+        bb, pp = b_idx[s:s + batch_size], p_idx[s:s + batch_size]
+        drop = torch.zeros(len(bb), L, dtype=torch.bool)
+        drop[torch.arange(len(bb)), pp] = True
+        v = game(bb.to(full.device), drop.to(full.device)).double().cpu()
+        out[bb, pp] = full64[bb] - v
+    return out
 
 
 class ShapleyRule(Rule):
