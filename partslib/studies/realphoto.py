@@ -303,7 +303,7 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
              decisive_parts: Mapping[str, Sequence[str]] | None = None,
              operators: Sequence[str] = T2_OPERATORS, methods: Sequence[str] = T2_METHODS,
              n_eval: int = 100, n_eval_by_operator: Mapping[str, int] | None = None,
-             n_sanity: int = 32, seed: int = 0, batch_size: int = 128):
+             n_sanity: int = 32, seed: int = 0, batch_size: int = 128, head: Any = None):
     """Table T2 on the test photos with the imputation operators (``mean``, ``blur``,
     ``road``): :func:`partslib.studies.validity.run_validity` on the first ``n_eval`` correctly
     classified test photos, effects measured by removing the ground-truth part masks.
@@ -311,7 +311,8 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
     ``n_eval_by_operator`` evaluates an operator on fewer photos (ROAD solves a sparse system
     per removal, ~0.1 s for a large part at 128×128: ``{"road": 40}`` keeps it affordable);
     operators with the same number of photos share one ``run_validity`` call. V5 runs once, in
-    the first call. Without ``decisive_parts`` V4 is not defined: its columns are NaN.
+    the first call. ``head``: the amortised rule's trained head (its rows are skipped
+    without). Without ``decisive_parts`` V4 is not defined: its columns are NaN.
 
     Returns:
         ``(t2, extras)``: the rows of every call concatenated (``n_images`` says how many photos
@@ -338,7 +339,7 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
                               decisive=decisive,
                               operators=default_operators(None, seed=seed, names=ops), ibd=ibd,
                               n_eval=n, methods=methods, n_sanity=n_sanity if i == 0 else 0,
-                              seed=seed, batch_size=batch_size)
+                              seed=seed, batch_size=batch_size, head=head)
         tables.append(t2)
         extras.update(dict.fromkeys(ops, ex))
     t2 = pd.concat(tables, ignore_index=True)
