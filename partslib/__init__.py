@@ -4,13 +4,16 @@ The public API, importable from ``partslib`` directly::
 
     from partslib import PartExplainer, PartsDetectionModule, SmallResNet, train_pdm
 
-    explainer = PartExplainer(classifier, pdm, part_names)        # region rule by default
+    explainer = PartExplainer(classifier, pdm, part_names, head=head)  # amortised rule
     e = explainer(images)                                         # a PartExplanation
+    e = explainer(images, mode="region")                          # the paper's rule
     e = explainer(images, rule=OcclusionRule(GaussianBlurFill()))
     e.to_dataframe(class_names)
 
 * explanations: :class:`PartExplainer`, :class:`PartExplanation`, :func:`part_class_table`;
-  the contribution rules (:class:`RegionRule`, :class:`OcclusionRule`, :class:`IBDBasisRule`,
+  the contribution rules (:class:`AmortisedRule` with its :class:`ContributionHead`,
+  :func:`train_head`, :func:`load_head`; :class:`ShapleyRule` and :func:`part_shapley`;
+  :class:`RegionRule`, :class:`OcclusionRule`, :class:`IBDBasisRule`,
   :class:`HeatmapMassRule`, :class:`RandomRule`) and the method table (:data:`REGISTRY`,
   :func:`get_method`, :func:`explain_methods`);
 * the PDM: :class:`PartsDetectionModule`, :func:`train_pdm`, :func:`load_pdm`, :func:`segment`;
@@ -19,7 +22,7 @@ The public API, importable from ``partslib`` directly::
 * training: :func:`fit`, the stage configs :class:`ClassifierConfig`, :class:`PDMConfig`,
   :class:`DataConfig` (their defaults are the default study's), and the stage pipeline
   :mod:`partslib.pipeline` (train / load a classifier and a PDM on any data);
-* removal operators: :class:`MeanFill`, :class:`GaussianBlurFill`,
+* removal operators: :class:`MeanFill`, :class:`GaussianBlurFill`, :class:`BackgroundFill`,
   :class:`NoisyLinearImputer`, the :class:`RemovalOperator` protocol;
 * baselines: :func:`fit_ibd` / :class:`IBDModel` (IBD as its reference code does it) and
   :func:`gradcam_maps` (pytorch-grad-cam);
@@ -43,6 +46,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("PartExplanation", "part_class_table"), "partslib.explain.explanation"),
     **dict.fromkeys(("HeatmapMassRule", "IBDBasisRule", "OcclusionRule", "RandomRule",
                      "RegionRule", "Rule"), "partslib.explain.rules"),
+    **dict.fromkeys(("AmortisedRule", "ContributionHead"), "partslib.explain.amortised"),
+    **dict.fromkeys(("train_head", "load_head"), "partslib.explain.amortised_training"),
+    **dict.fromkeys(("ShapleyRule", "ShapleyValues", "part_shapley"),
+                    "partslib.explain.shapley"),
     **dict.fromkeys(("METHODS", "REGISTRY", "Method", "explain_methods", "get_method"),
                     "partslib.explain.registry"),
     **dict.fromkeys(("PartsDetectionModule", "load_pdm", "segment", "train_pdm"),
@@ -50,9 +57,10 @@ _EXPORTS: dict[str, str] = {
     **dict.fromkeys(("ContractClassifier", "SmallResNet", "TorchvisionResNet",
                      "build_classifier", "create_classifier"), "partslib.models"),
     **dict.fromkeys(("fit", "load_checkpoint", "evaluate_classifier"), "partslib.training"),
-    **dict.fromkeys(("ClassifierConfig", "DataConfig", "PDMConfig"), "partslib.config"),
-    **dict.fromkeys(("GaussianBlurFill", "MeanFill", "NoisyLinearImputer", "RemovalOperator"),
-                    "partslib.removal"),
+    **dict.fromkeys(("ClassifierConfig", "DataConfig", "HeadConfig", "PDMConfig"),
+                    "partslib.config"),
+    **dict.fromkeys(("BackgroundFill", "GaussianBlurFill", "MeanFill", "NoisyLinearImputer",
+                     "RemovalOperator"), "partslib.removal"),
     **dict.fromkeys(("IBDModel", "fit_ibd", "gradcam_maps"), "partslib.baselines"),
     "SynthParts": "partslib.data.synthparts",
     "FolderDataset": "partslib.data.folder",
@@ -62,11 +70,15 @@ __all__ = [  # the names of _EXPORTS, written out for tools that read __all__
     "METHODS",
     "MODES",
     "REGISTRY",
+    "AmortisedRule",
+    "BackgroundFill",
     "ClassifierConfig",
     "ContractClassifier",
+    "ContributionHead",
     "DataConfig",
     "FolderDataset",
     "GaussianBlurFill",
+    "HeadConfig",
     "HeatmapMassRule",
     "IBDBasisRule",
     "IBDModel",
@@ -82,6 +94,8 @@ __all__ = [  # the names of _EXPORTS, written out for tools that read __all__
     "RegionRule",
     "RemovalOperator",
     "Rule",
+    "ShapleyRule",
+    "ShapleyValues",
     "SmallResNet",
     "SynthParts",
     "TorchvisionResNet",
@@ -94,9 +108,12 @@ __all__ = [  # the names of _EXPORTS, written out for tools that read __all__
     "get_method",
     "gradcam_maps",
     "load_checkpoint",
+    "load_head",
     "load_pdm",
     "part_class_table",
+    "part_shapley",
     "segment",
+    "train_head",
     "train_pdm",
 ]
 
@@ -116,9 +133,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
     from partslib.baselines import IBDModel, fit_ibd, gradcam_maps
-    from partslib.config import ClassifierConfig, DataConfig, PDMConfig
+    from partslib.config import ClassifierConfig, DataConfig, HeadConfig, PDMConfig
     from partslib.data.folder import FolderDataset
     from partslib.data.synthparts import SynthParts
+    from partslib.explain.amortised import AmortisedRule, ContributionHead
+    from partslib.explain.amortised_training import load_head, train_head
     from partslib.explain.core import MODES, PartExplainer
     from partslib.explain.explanation import PartExplanation, part_class_table
     from partslib.explain.registry import METHODS, REGISTRY, Method, explain_methods, get_method
@@ -130,6 +149,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
         RegionRule,
         Rule,
     )
+    from partslib.explain.shapley import ShapleyRule, ShapleyValues, part_shapley
     from partslib.models import (
         ContractClassifier,
         SmallResNet,
@@ -138,5 +158,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; the same names as _EXPORTS
         create_classifier,
     )
     from partslib.pdm import PartsDetectionModule, load_pdm, segment, train_pdm
-    from partslib.removal import GaussianBlurFill, MeanFill, NoisyLinearImputer, RemovalOperator
+    from partslib.removal import (
+        BackgroundFill,
+        GaussianBlurFill,
+        MeanFill,
+        NoisyLinearImputer,
+        RemovalOperator,
+    )
     from partslib.training import evaluate_classifier, fit, load_checkpoint
