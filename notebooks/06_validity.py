@@ -336,8 +336,12 @@ from partslib.studies.funnybirds_plots import plot_spider, plot_threshold_curves
 
 fb_metrics: dict[str, float] = {}
 if funnybirds:
-    fb = fb_study.run_funnybirds(test, classifier, pdm, ibd, methods=methods or METHODS,
-                                 n_images=min(fb_n_images, len(test)), seed=seed)
+    from partslib.bench import SLOW_METHODS
+
+    # the Shapley methods (2^n passes over parts and distractors) only when listed
+    fb = fb_study.run_funnybirds(test, classifier, pdm, ibd, seed=seed, head=contribution_head,
+                                 methods=methods or [m for m in METHODS if m not in SLOW_METHODS],
+                                 n_images=min(fb_n_images, len(test)))
     fb.wide.to_csv(out_dir / "funnybirds.csv", index=False)
     fb_metrics = {**fb_study.metrics_dict(fb.wide), "funnybirds/n_images": len(fb.setup.labels),
                   "funnybirds/ts_pairs": int(fb.setup.ts_pairs.rows.shape[0])}

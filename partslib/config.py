@@ -188,7 +188,7 @@ class HeadConfig(_Config):
     ``"shapley"`` (exact part Shapley values).
     """
 
-    n_train: int = 3000
+    n_train: int = 5000
     n_val: int = 500
     epochs: int = 100
     target: str = "occlusion"

@@ -191,16 +191,18 @@ def _segmenter(source: str, method: str, data: FunnyBirdsData, pos: Tensor,
 
 def importance_fn(method: str, source: str, data: FunnyBirdsData,
                   classifier: ContractClassifier, pdm: PDMSegmenter | None = None,
-                  ibd: Any = None, seed: int = 0) -> ImportanceFn:
+                  ibd: Any = None, seed: int = 0, head: Any = None) -> ImportanceFn:
     """``importance(positions, targets) -> PartImportance`` of registry ``method`` on the
     ``source`` parts (``"gt"`` or ``"pdm"``: the method's own), with the distractor mapping of
-    the module docstring."""
+    the module docstring. Rules that read no part map (IBD's basis) or whose head is trained
+    for the part labels alone (the amortised rule) see no distractor labels: distractors get
+    0 and stay inside the background."""
     if source not in PART_SOURCES:
         raise ValueError(f"source must be one of {PART_SOURCES}, got {source!r}")
     entry = get_method(method)
     entry.segmenter(pdm, ibd)  # checks that the method's models are given
-    rule = entry.rule(Models(classifier, pdm, ibd, seed))
-    basis = isinstance(rule, IBDBasisRule)
+    rule = entry.rule(Models(classifier, pdm, ibd, seed, head=head))
+    basis = isinstance(rule, IBDBasisRule) or "head" in entry.needs
     P, D = data.num_parts, data.num_distractors
 
     def importance(positions: Tensor, targets: Tensor) -> PartImportance:
@@ -245,14 +247,16 @@ def _row(method: str, source: str, res: FunnyBirdsResult, basis: bool) -> dict[s
 def run_funnybirds(split: SynthParts, classifier: ContractClassifier, pdm: Any = None,
                    ibd: Any = None, methods: Sequence[str] = (), n_images: int = 100,
                    sources: Sequence[str] = PART_SOURCES, seed: int = 0,
-                   batch_size: int = 128) -> FunnyBirdsStudy:
+                   batch_size: int = 128, head: Any = None) -> FunnyBirdsStudy:
     """The seven FunnyBirds checks of each method (empty: the whole registry) on the first
     ``n_images`` images of ``split``, with each part source of ``sources``.
 
     ``pdm`` is the trained PDM (or a built :class:`PDMSegmenter`); ``ibd`` the fitted IBD,
-    needed by the methods that use it.
+    needed by the methods that use it; ``head`` the amortised rule's (without it, the methods
+    that need it are skipped).
     """
-    names = list(methods) or list(REGISTRY)
+    names = [n for n in (list(methods) or list(REGISTRY))
+             if head is not None or "head" not in get_method(n).needs]
     bad = [s for s in sources if s not in PART_SOURCES]
     if bad or not sources:
         raise ValueError(f"sources must be some of {PART_SOURCES}, got {list(sources)!r}")
@@ -264,10 +268,11 @@ def run_funnybirds(split: SynthParts, classifier: ContractClassifier, pdm: Any =
     results: dict[tuple[str, str], FunnyBirdsResult] = {}
     rows = []
     for name in names:
-        basis = isinstance(get_method(name).rule(Models(classifier, pdm, ibd, seed)),
-                           IBDBasisRule)
+        entry = get_method(name)
+        basis = isinstance(entry.rule(Models(classifier, pdm, ibd, seed, head=head)),
+                           IBDBasisRule) or "head" in entry.needs
         for source in sources:
-            imp = importance_fn(name, source, data, classifier, pdm_seg, ibd, seed)
+            imp = importance_fn(name, source, data, classifier, pdm_seg, ibd, seed, head)
             res = funnybirds_checks(setup, predict, imp)
             results[(name, source)] = res
             rows.append(_row(name, source, res, basis))
