@@ -72,7 +72,7 @@ def study():
     decisive = F.one_hot(claimed_order(c, present)[:, 0], L).bool()
     ops = {"black": MeanFill((0.0, 0.0, 0.0)), "blur": GaussianBlurFill(11, 5.0),
            "stored": StoredRemoval(plates)}
-    methods = [m for m in METHODS if m not in vs.NEEDS_IBD]
+    methods = [m for m in METHODS if m not in vs.NEEDS_IBD and m not in vs.NEEDS_HEAD]
     t2, ex = vs.run_validity(model, pdm, x, labels, y, decisive=decisive, operators=ops,
                              keys=list(plates), n_eval=150, n_deletion=60, methods=methods,
                              sanity_methods=["pdm-region-soft", "gradcam-mass"], n_sanity=16,
