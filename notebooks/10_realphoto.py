@@ -258,10 +258,10 @@ def _split(which):
     return tuple(getattr(data, f"{which}_{k}") for k in ("images", "masks", "labels"))
 
 
+head_val = _split("val") if data.has_val else _split("train")  # validation photos choose
 head, head_info = amortised_training.train_head(
-    model, pdm, _split("train"), _split("val") if data.has_val else _split("train"),
-    n_train=len(data.train_labels),
-    n_val=len(data.val_labels) if data.has_val else len(data.train_labels),
+    model, pdm, _split("train"), head_val, n_train=len(data.train_labels),
+    n_val=len(head_val[2]),
     operator=BackgroundFill(), seed=seed, progress=progress,
     checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt")
 print(f"contribution head: {head_info['parameters']:,} parameters, epoch "

@@ -15,10 +15,11 @@ baseline join them before the output layer.
 
 Complete by construction: the games' empty coalition is one image for every input (SynthParts'
 re-render without any label, or :class:`~partslib.removal.BackgroundFill` without any label:
-flat grey), so ``v(∅) = f(baseline)`` is one logit vector, stored with the head. The raw
-outputs ``φ̂`` of the present labels are shifted by the same amount so that
-``Σ_p φ_p = f(x) − f(baseline)`` (FastSHAP's additive efficient normalisation); absent labels
-get 0. The rule's bias is ``f(baseline)_k``, so ``bias + Σ c = logit_k`` exactly.
+flat grey), so ``v(∅) = f(grey)`` is one logit vector, which the rule scores with the explained
+classifier itself (one image per batch). The raw outputs ``φ̂`` of the present labels are
+shifted by the same amount so that ``Σ_p φ_p = f(x) − f(grey)`` (FastSHAP's additive efficient
+normalisation); absent labels get 0. The rule's bias is ``f(grey)_k``, so ``bias + Σ c =
+logit_k`` exactly, for the trained classifier and any other with the same architecture.
 """
 
 from __future__ import annotations
@@ -34,40 +35,67 @@ from partslib.explain.explanation import part_areas
 from partslib.explain.rules import Rule, RuleResult
 from partslib.explain.shapley import select_scores
 
-__all__ = ["AmortisedRule", "ContributionHead", "head_inputs"]
+__all__ = ["GREY", "AmortisedRule", "ContributionHead", "head_inputs"]
+
+GREY = 128 / 255  # the image with every label removed (SynthParts' re-render, BackgroundFill)
 
 
-def _pooled(F_map: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean feature of each label ``[B, L, C]`` (weights ``π_p`` on the map's grid) and the
-    label's mass ``[B, L, 1]`` on that grid."""
-    size = (int(F_map.shape[-2]), int(F_map.shape[-1]))
-    pi = F.adaptive_avg_pool2d(probs, size).flatten(2)  # [B, L, hw]
+def _pooled(F_map: Tensor, pi: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean feature of each label ``[B, L, C]`` (weights ``π_p`` ``[B, L, h, w]`` on the map's
+    grid) and the label's mass ``[B, L, 1]`` on that grid."""
+    pi = pi.flatten(2)  # [B, L, hw]
     mass = pi.sum(-1, keepdim=True)
     return torch.einsum("blu,bcu->blc", pi, F_map.flatten(2)) / mass.clamp_min(1e-6), mass
 
 
+def _shares(probs: Tensor, maps: tuple[Tensor, ...]) -> dict[tuple[int, int], Tensor]:
+    """``π_p`` on the grid of every map, each pooled from the next finer one when it divides
+    it (one pass over the full-resolution probabilities)."""
+    sizes = sorted({(int(m.shape[-2]), int(m.shape[-1])) for m in maps}, reverse=True)
+    out: dict[tuple[int, int], Tensor] = {}
+    src = probs
+    for size in sizes:
+        fine = tuple(src.shape[-2:])
+        if fine[0] % size[0] or fine[1] % size[1]:
+            src = probs
+        out[size] = src = F.adaptive_avg_pool2d(src, size)
+    return out
+
+
 def head_inputs(A: Tensor, probs: Tensor, labels: Tensor, fc: nn.Linear,
-                extra: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor]:
+                extra: tuple[Tensor, ...] = (), present: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
     """Per-label inputs ``[B, L, C + C_extra + 1 + K + L]`` and presence ``[B, L]``.
 
     ``A`` final features ``[B, C, h, w]``; ``probs`` part probabilities ``[B, L, H, W]``;
-    ``labels`` the argmax map ``[B, H, W]`` (presence); ``fc`` the classifier's linear head;
-    ``extra``: earlier stage maps whose per-part means join the final ones.
+    ``labels`` the argmax map ``[B, H, W]`` (presence, unless ``present`` is given); ``fc`` the
+    classifier's linear head; ``extra``: earlier stage maps whose per-part means join the final
+    ones.
     """
-    B, _C, h, w = A.shape
+    B, _, h, w = A.shape
     L = probs.shape[1]
-    q, mass = _pooled(A, probs)
+    shares = _shares(probs, (A, *extra))
+    q, mass = _pooled(A, shares[(h, w)])
     area = mass / (h * w)
     region = area * (q @ fc.weight.t())  # [B, L, K]
     onehot = torch.eye(L, dtype=A.dtype, device=A.device).expand(B, L, L)
-    present = part_areas(labels, L) > 0
-    more = [_pooled(f.float(), probs)[0] for f in extra]
+    if present is None:
+        present = part_areas(labels, L) > 0
+    more = [_pooled(f.float(), shares[(int(f.shape[-2]), int(f.shape[-1]))])[0] for f in extra]
     return torch.cat([q, *more, area, region, onehot], dim=-1), present
 
 
 class ContributionHead(nn.Module):
-    """Predicts the ``[B, L, K]`` part Shapley values of every class from
-    :func:`head_inputs`, the logits and the baseline logits; complete by construction.
+    """Predicts the ``[B, L, K]`` part values of every class from :func:`head_inputs`, the
+    logits and the baseline logits; complete by construction.
+
+    With the classifier's linear weights ``weight`` ``[K, C]`` (the head of a GAP + linear
+    classifier, as every contract classifier has), the head predicts for each part the change
+    ``Δ_p`` of the pooled final features that removing it causes, and its value for class
+    ``k`` is ``w_k · Δ_p``: the identity ``logit_k(x) − logit_k(x ∖ p) = w_k · (ā(x) − ā(x ∖
+    p))`` holds exactly for such classifiers, one ``Δ_p`` serves every class, and the values
+    follow the weights they are given (re-initialise ``fc`` and they change with it). Without
+    ``weight`` it predicts the ``K`` values directly.
 
     Args:
         channels: pooled channels per label (the final stage's plus those of ``stages``).
@@ -77,55 +105,76 @@ class ContributionHead(nn.Module):
         baseline: ``[K]`` logits of the game's empty coalition (``f(baseline image)``).
         game: what the head was trained to predict (recorded; e.g. ``"rerender"``).
         stages: earlier classifier stages whose per-part mean features it also reads.
+        weight: the classifier's ``fc.weight`` ``[K, C]`` (stored; the rule passes the
+            explained classifier's own at explanation time).
+        feature_dim: ``C`` of ``weight`` when it is loaded from a checkpoint (0: no weight).
     """
 
     baseline: Tensor
     in_mean: Tensor
     in_std: Tensor
+    weight: Tensor
 
     def __init__(self, channels: int, num_labels: int, num_classes: int, hidden: int = 128,
                  baseline: Tensor | None = None, game: str = "",
-                 stages: tuple[str, ...] = ()):
+                 stages: tuple[str, ...] = (), weight: Tensor | None = None,
+                 feature_dim: int = 0):
         super().__init__()
         self.channels, self.num_labels, self.num_classes = channels, num_labels, num_classes
         self.hidden, self.game, self.stages = hidden, game, tuple(stages)
+        if weight is not None:
+            if weight.dim() != 2 or weight.shape[0] != num_classes:
+                raise ValueError(f"weight must be the classifier's fc.weight [K={num_classes}, "
+                                 f"C], got shape {tuple(weight.shape)}")
+            feature_dim = int(weight.shape[1])
+        self.feature_dim = int(feature_dim)
         d_in = channels + 1 + num_classes + num_labels
         self.embed = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(),
                                    nn.Linear(hidden, hidden), nn.GELU())
         self.out = nn.Sequential(nn.Linear(2 * hidden + num_classes, hidden), nn.GELU(),
-                                 nn.Linear(hidden, num_classes))
+                                 nn.Linear(hidden, self.feature_dim or num_classes))
         self.register_buffer("baseline", torch.zeros(num_classes) if baseline is None
                              else baseline.detach().float().clone())
         self.register_buffer("in_mean", torch.zeros(d_in))
         self.register_buffer("in_std", torch.ones(d_in))
+        self.register_buffer("weight", torch.zeros(num_classes, self.feature_dim)
+                             if weight is None else weight.detach().float().clone())
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments (checkpoints)."""
         return {"channels": self.channels, "num_labels": self.num_labels,
                 "num_classes": self.num_classes, "hidden": self.hidden, "game": self.game,
-                "stages": list(self.stages)}
+                "stages": list(self.stages), "feature_dim": self.feature_dim}
 
-    def forward(self, inputs: Tensor, present: Tensor, logits: Tensor) -> Tensor:
-        """Part Shapley values ``[B, L, K]``: 0 for absent labels, and
-        ``Σ_p φ_p = logits − baseline`` over the present ones."""
+    def forward(self, inputs: Tensor, present: Tensor, logits: Tensor,
+                weight: Tensor | None = None, baseline: Tensor | None = None) -> Tensor:
+        """Part values ``[B, L, K]``: 0 for absent labels, and ``Σ_p φ_p = logits − baseline``
+        over the present ones (``weight``, ``baseline``: the explained classifier's, default
+        the stored ones)."""
         z = (inputs - self.in_mean) / self.in_std
         e = self.embed(z)  # [B, L, H]
         pm = present.to(e.dtype)[..., None]
         ctx = (e * pm).sum(1) / pm.sum(1).clamp_min(1)  # [B, H]
-        gap = logits - self.baseline  # [B, K]
+        gap = logits - (self.baseline if baseline is None else baseline)  # [B, K]
         raw = self.out(torch.cat([e, ctx[:, None].expand_as(e),
                                   gap[:, None].expand(-1, e.shape[1], -1)], dim=-1))
+        if self.feature_dim:
+            raw = raw @ (self.weight if weight is None else weight).t()  # w_k · Δ_p
         raw = raw * pm
         n = pm.sum(1).clamp_min(1)  # [B, 1]
         shift = (gap - raw.sum(1)) / n  # [B, K]
         return (raw + shift[:, None]) * pm
 
     def explain(self, features: Any, A: Tensor, probs: Tensor, labels: Tensor, logits: Tensor,
-                fc: nn.Linear) -> Tensor:
+                fc: nn.Linear, present: Tensor | None = None,
+                baseline: Tensor | None = None) -> Tensor:
         """``[B, L, K]`` values from the explainer's context tensors (``features``: the
-        classifier's stage outputs by name)."""
-        x, present = head_inputs(A, probs, labels, fc, tuple(features[s] for s in self.stages))
-        return self(x, present, logits)
+        classifier's stage outputs by name; ``fc``: its linear head, whose weights the values
+        are read with)."""
+        x, present = head_inputs(A, probs, labels, fc, tuple(features[s] for s in self.stages),
+                                 present)
+        return self(x, present, logits, fc.weight.float() if self.feature_dim else None,
+                    baseline)
 
 
 class AmortisedRule(Rule):
@@ -134,7 +183,7 @@ class AmortisedRule(Rule):
 
     units = "logit"
     complete = True
-    paint = "hard"
+    paint = "soft"
 
     def __init__(self, head: ContributionHead):
         if not isinstance(head, ContributionHead):
@@ -170,8 +219,12 @@ class AmortisedRule(Rule):
         head = self.head.to(ctx.A.device)
         A = ctx.A.contiguous() if ctx.A.is_contiguous(memory_format=torch.channels_last) \
             else ctx.A
+        # the empty coalition of the game: the flat grey image, scored by this classifier
+        grey = torch.full((1, *ctx.images.shape[1:]), GREY, dtype=ctx.images.dtype,
+                          device=ctx.images.device)
+        base = ctx.classifier(grey)[0].float()
         values = head.explain(ctx.features, A.float(), ctx.probs.float(), ctx.labels,
-                              ctx.logits.float(), fc)
-        base = head.baseline.expand(len(values), -1)
+                              ctx.logits.float(), fc, ctx.present, base)
+        base = base.expand(len(values), -1)
         c, b = select_scores(values, base, ctx.target, ctx.contrast, ctx.score)
         return RuleResult(contributions=c, bias=b)

@@ -37,7 +37,7 @@ __all__ = ["HEAD_CHECKPOINT", "HeadData", "baseline_logits", "fit_head", "game_t
 
 
 @torch.no_grad()
-def baseline_logits(classifier: ContractClassifier, size: tuple[int, int],
+def baseline_logits(classifier: ContractClassifier, size: tuple[int, ...],
                     grey: float = 128 / 255) -> Tensor:
     """``[K]`` logits of the flat ``grey`` image: the value of the empty coalition of the
     re-render game (every label removed) and of :class:`~partslib.removal.BackgroundFill`."""
@@ -124,13 +124,14 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
              baseline: Tensor, *, hidden: int = 128, epochs: int = 150, lr: float = 2e-3,
              weight_decay: float = 1e-4, batch_size: int = 128, seed: int = 0,
              focus: float = 1.0, rank: float = 0.0, game: str = "",
-             stages: Sequence[str] = (), progress: bool = False
+             stages: Sequence[str] = (), weight: Tensor | None = None, progress: bool = False
              ) -> tuple[ContributionHead, pd.DataFrame]:
     """Fit a head to per-class ``targets [N, L, K]`` of the training images (MSE over present
     labels and all classes, plus ``focus`` × the error of each image's predicted class, plus
     ``rank`` × a pairwise ranking loss of that class); keep the epoch whose head agrees best
     with ``val_effects [M, L, K]`` of the validation images (true class): the mean of the
     per-image Spearman correlation and the rate at which both put the same part first.
+    ``weight``: the classifier's ``fc.weight``, read by the head (:class:`ContributionHead`).
     Returns ``(head, history)``."""
     N, L, D = train.inputs.shape
     K = train.logits.shape[1]
@@ -138,7 +139,7 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
     with torch.random.fork_rng():
         torch.manual_seed(int(seed))
         head = ContributionHead(D - 1 - K - L, L, K, hidden=hidden, baseline=baseline,
-                                game=game, stages=tuple(stages))
+                                game=game, stages=tuple(stages), weight=weight)
     flat = train.inputs[train.present]
     head.in_mean.copy_(flat.mean(0))
     head.in_std.copy_(flat.std(0).clamp_min(1e-3))
@@ -280,7 +281,8 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     config = {"n_train": int(min(n_train, n_tr)), "n_val": int(min(n_val, n_va)),
               "target": target, "hidden": hidden, "epochs": epochs, "lr": lr, "focus": focus,
               "rank": rank, "stages": [s for s in stages if s in classifier.stage_names],
-              "seed": seed, "game": game, "models": _fingerprint(classifier, pdm),
+              "seed": seed, "game": game, "design": "feature-delta x fc.weight",
+              "models": _fingerprint(classifier, pdm),
               "train": _data_key(train), "val": _data_key(val)}
     if checkpoint is not None and Path(checkpoint).exists():
         archive_if_stale(checkpoint, "head", config)
@@ -302,7 +304,8 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     targets = single_tr if shap_tr is None else shap_tr
     head, history = fit_head(hd_tr, targets, hd_va, single_va, base, hidden=hidden,
                              epochs=epochs, lr=lr, focus=focus, rank=rank, seed=seed,
-                             game=game, stages=st, progress=progress)
+                             game=game, stages=st, weight=classifier.fc.weight.detach(),
+                             progress=progress)
     best = history.loc[history["val_score"].idxmax()]
     info = {"config": config, "best_epoch": int(best["epoch"]),
             "val_spearman": float(best["val_spearman"]),
