@@ -287,3 +287,23 @@ def test_train_head_and_load_head_refuse_bad_arguments(synth, tmp_path):
         train_head(clf, pdm, train, val, target="region")
     with pytest.raises(FileNotFoundError, match="no contribution head"):
         load_head(str(tmp_path))
+
+
+def test_the_grey_baseline_follows_the_classifier_it_explains(toy):
+    """The bias (the grey image's score) is computed once per classifier state: changing the
+    classifier in place is seen, and the rule stays complete."""
+    import copy
+
+    clf, pdm, x = toy
+    clf = copy.deepcopy(clf)
+    head = _random_head(clf.fc.in_features, 5, 4, seed=4)
+    ex = get_method("pdm-amortised").build(clf, pdm=pdm, head=head)
+    first = ex(x, target=0)
+    again = ex(x, target=0)
+    torch.testing.assert_close(first.bias, again.bias)
+    with torch.no_grad():
+        clf.fc.bias.add_(1.5)  # in place: the cached grey score must not be reused
+    moved = ex(x, target=0)
+    torch.testing.assert_close(moved.bias, first.bias + 1.5)
+    torch.testing.assert_close(moved.bias + moved.contributions.sum(1), moved.score,
+                               atol=1e-5, rtol=1e-5)

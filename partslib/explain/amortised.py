@@ -24,6 +24,7 @@ logit_k`` exactly, for the trained classifier and any other with the same archit
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -189,6 +190,23 @@ class AmortisedRule(Rule):
         if not isinstance(head, ContributionHead):
             raise TypeError(f"head must be a ContributionHead, got {type(head).__name__}")
         self.head = head.eval()
+        self._grey: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def _baseline(self, ctx: ExplainContext) -> Tensor:
+        """``[K]`` logits of the flat grey image (the game's empty coalition) under the
+        explained classifier, computed once per classifier state: the key holds every
+        parameter's storage and in-place version counter, so a re-initialised or fine-tuned
+        classifier is scored again."""
+        clf, x = ctx.classifier, ctx.images
+        key = (tuple(x.shape[1:]), x.dtype, x.device,
+               tuple((t.data_ptr(), t._version) for t in (*clf.parameters(), *clf.buffers())))
+        hit = self._grey.get(clf)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        grey = torch.full((1, *x.shape[1:]), GREY, dtype=x.dtype, device=x.device)
+        base = clf(grey)[0].float()
+        self._grey[clf] = (key, base)
+        return base
 
     @property
     def name(self) -> str:
@@ -219,10 +237,7 @@ class AmortisedRule(Rule):
         head = self.head.to(ctx.A.device)
         A = ctx.A.contiguous() if ctx.A.is_contiguous(memory_format=torch.channels_last) \
             else ctx.A
-        # the empty coalition of the game: the flat grey image, scored by this classifier
-        grey = torch.full((1, *ctx.images.shape[1:]), GREY, dtype=ctx.images.dtype,
-                          device=ctx.images.device)
-        base = ctx.classifier(grey)[0].float()
+        base = self._baseline(ctx)
         values = head.explain(ctx.features, A.float(), ctx.probs.float(), ctx.labels,
                               ctx.logits.float(), fc, ctx.present, base)
         base = base.expand(len(values), -1)
