@@ -178,21 +178,18 @@ if interactive:
                               state=xp.ExplorerState(index=int(ok[0]))))
 
 # %%
+from partslib.metrics.validity import decisive_hits
+
 decisive = test.decisive[:n_explain]
-
-
-def top_is_decisive(x):
-    top = x.contributions.masked_fill(~x.present, float("-inf")).argmax(1)
-    return float(decisive[torch.arange(len(x)), top][correct].float().mean())
-
-
+hits = {name: decisive_hits(x.contributions, decisive, x.present)[correct]
+        for name, x in (("amortised", e), ("region", region))}
 metrics = {
     "n_explained": len(e),
     "completeness_max_rel_error": max(completeness.values()),
     **{f"completeness_{k}": v for k, v in completeness.items()},
-    "top_part_is_decisive": top_is_decisive(e),
+    "top_part_is_decisive": float(hits["amortised"].mean()),
     "mean_background_share": float(e.shares[:, 0][correct].mean()),
-    "region_top_part_is_decisive": top_is_decisive(region),
+    "region_top_part_is_decisive": float(hits["region"].mean()),
     "region_mean_background_share": float(region.shares[:, 0][correct].mean()),
 }
 pipeline.write_metrics(out_dir, metrics);

@@ -253,16 +253,10 @@ viz.save_figure(fig, out_dir / "pdm_iou.png");
 from partslib.explain import amortised_training
 from partslib.removal import BackgroundFill
 
-
-def _split(which):
-    return tuple(getattr(data, f"{which}_{k}") for k in ("images", "masks", "labels"))
-
-
-head_val = _split("val") if data.has_val else _split("train")  # validation photos choose
+head_val = data.split("val" if data.has_val else "train")  # the validation photos choose
 head, head_info = amortised_training.train_head(
-    model, pdm, _split("train"), head_val, n_train=len(data.train_labels),
-    n_val=len(head_val[2]),
-    operator=BackgroundFill(), seed=seed, progress=progress,
+    model, pdm, data.split("train"), head_val, n_train=len(data.train_labels),
+    n_val=len(head_val.labels), operator=BackgroundFill(), seed=seed, progress=progress,
     checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt")
 print(f"contribution head: {head_info['parameters']:,} parameters, epoch "
       f"{head_info['best_epoch']}, validation Spearman {head_info['val_spearman']:.3f}")

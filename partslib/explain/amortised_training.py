@@ -238,14 +238,16 @@ def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num
 
 
 def _arrays(data: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """``(images, masks, labels)`` of a split: a dataset with ``tensors()`` (SynthParts) or the
-    three tensors themselves."""
+    """``(images, masks, labels)`` of a split: a dataset with ``tensors()`` (SynthParts), a
+    :class:`~partslib.data.split.Split` (real photos), or the three tensors themselves."""
     if hasattr(data, "tensors"):
         return data.tensors()
+    if all(hasattr(data, a) for a in ("images", "masks", "labels")):
+        return data.images, data.masks, data.labels
     if isinstance(data, (tuple, list)) and len(data) == 3:
         return data[0], data[1], data[2]
-    raise TypeError(f"a split must be a SynthParts dataset or a tuple (images, masks, labels), "
-                    f"got {type(data).__name__}")
+    raise TypeError(f"a split must be a SynthParts dataset, a Split or a tuple (images, masks, "
+                    f"labels), got {type(data).__name__}")
 
 
 def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *,
@@ -258,9 +260,10 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     """Train the amortised rule's head for ``classifier`` and ``pdm`` on the first ``n_train``
     training items; the epoch is chosen on the first ``n_val`` validation items.
 
-    A split is a SynthParts dataset or a tuple ``(images, masks, labels)`` (masks are not read
-    by an imputer game). The game is SynthParts' exact re-render on ground-truth masks when
-    the splits can re-render, else ``operator`` (default
+    A split is a SynthParts dataset, a :class:`~partslib.data.split.Split` or a tuple
+    ``(images, masks, labels)`` (masks are not read by an imputer game). The game is
+    SynthParts' exact re-render on ground-truth masks when the splits can re-render, else
+    ``operator`` (default
     :class:`~partslib.removal.BackgroundFill`) on the PDM's maps. ``target``: ``"occlusion"``
     (single-removal effects; the head's outputs are then shifted to be complete) or
     ``"shapley"`` (exact part Shapley values). A checkpoint written with the same settings and
