@@ -218,11 +218,8 @@ def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
     """Train ``model`` with AdamW and a one-cycle schedule.
 
     Args:
-        train_loader: yields ``(inputs, targets)`` and has a length: a :class:`TensorLoader`
-            or a ``torch.utils.data.DataLoader`` (e.g.
-            :func:`partslib.data.streaming.make_loader`). Before each epoch ``set_epoch`` is
-            called on it, or on a DataLoader's sampler and dataset (:func:`set_epoch`), which
-            reproducible resumes need.
+        train_loader: a :class:`TensorLoader` or a ``DataLoader`` (e.g. ``streaming.make_loader``)
+            of ``(inputs, targets)``; :func:`set_epoch` before each epoch makes resumes exact.
         evaluate: called after each epoch with the model in eval mode; its dict joins the history.
             It must draw no random numbers (the weights would then depend on it).
         evaluate_info: what ``evaluate`` runs on (JSON-able, e.g. the validation split's
