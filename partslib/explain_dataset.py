@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-batches", type=int, default=16, help="batches per Parquet shard")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda (under torchrun: cuda:LOCAL_RANK) or cuda:N")
     p.add_argument("--examples", type=int, default=4, help="images in examples.png")
     p.add_argument("--no-validate", action="store_true",
                    help="skip checking every file of the folder before starting")
@@ -113,20 +114,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     paths = _checkpoints(args)
-    classifier, pdm, head = _load_models(paths, args.device)
+    rank, world, barrier = _distributed()
+    device = args.device
+    if device == "cuda" and world > 1:  # one GPU per rank of the node
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    classifier, pdm, head = _load_models(paths, device)
     size = tuple(classifier.input_size)
     folder = FolderDataset(args.data, split=args.split, validate=not args.no_validate)
     data = PartStream(folder, size=size, dtype="uint8")
     manifest = {"data": str(Path(args.data).resolve()), "split": args.split,
                 "size": list(size), **{k: model_identity(p) if p else None
                                        for k, p in paths.items()}}
-    rank, world, barrier = _distributed()
     try:
         run = explain_dataset(classifier, pdm, data, args.out, method=args.rule, head=head,
                               batch_size=args.batch_size, shard_batches=args.shard_batches,
                               workers=args.workers, rank=rank, world=world,
                               manifest=manifest, barrier=barrier,
-                              progress=not args.no_progress, device=args.device,
+                              progress=not args.no_progress, device=device,
                               examples=args.examples)
     finally:
         if world > 1:

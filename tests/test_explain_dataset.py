@@ -157,13 +157,21 @@ def test_torchrun_two_ranks_write_shares_and_one_summary(tmp_path):
     models = _save_models(tmp_path)
     out = tmp_path / "run"
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m",
-                          "partslib.explain_dataset",
-                          *_cli(root, out, models, "--batch-size", "3", "--shard-batches", "1",
-                                "--no-progress")],
-                         env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "explained 20 images in 7 shards (0 found done, 4 written by rank 0)" in res.stdout
+    # its own process group: a timeout takes the launcher's workers down with it
+    proc = subprocess.Popen([torchrun, "--standalone", "--nproc_per_node", "2", "-m",
+                             "partslib.explain_dataset",
+                             *_cli(root, out, models, "--batch-size", "3", "--shard-batches",
+                                   "1", "--no-progress")],
+                            env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "explained 20 images in 7 shards (0 found done, 4 written by rank 0)" in stdout
     rows = _exactly_once(out, n)
     clf, pdm = _models()
     explain_dataset(clf, pdm, _data(root), tmp_path / "ref", method="pdm-region-soft",

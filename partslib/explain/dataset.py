@@ -187,7 +187,8 @@ def explain_dataset(classifier: Any, pdm: Any, dataset: Dataset, out_dir: str | 
     if rank == 0:
         run.summary = summarise(out, n_shards, n, per_shard, spec["class_names"], part_names)
         if examples > 0:
-            _example_figure(explainer, dataset, out, min(examples, n), spec["class_names"])
+            _example_figure(explainer, dataset, out, min(examples, n), spec["class_names"],
+                            device)
     run.seconds = time.perf_counter() - t0
     if rank == 0:
         _write_atomic(out / "run.json", lambda p: p.write_text(json.dumps(
@@ -283,13 +284,13 @@ def _heatmap(table: pd.DataFrame, path: Path, part_names: Sequence[str]) -> None
 
 
 def _example_figure(explainer: Any, dataset: Dataset, out: Path, k: int,
-                    class_names: Sequence[str]) -> None:
+                    class_names: Sequence[str], device: str | torch.device) -> None:
     """The first ``k`` images, their parts and contributions (``examples.png``)."""
     from partslib import viz
 
     items = [dataset[i] for i in range(k)]
     images = torch.stack([it["image"] for it in items])
-    e = explainer(images).detach_cpu()
+    e = explainer(images.to(device)).detach_cpu()
     images = images.float() / 255 if images.dtype == torch.uint8 else images
     labels = [int(it["label"]) for it in items]
     fig = viz.plot_gallery(e, images, list(range(k)), class_names=list(class_names) or None,
