@@ -194,3 +194,20 @@ def test_fit_on_a_dataloader_matches_tensor_loader_and_resumes(tmp_path):
     for k, v in ref.state_dict().items():
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert np.isfinite(result.history[-1]["train_loss"])
+
+
+def test_part_stream_wraps_the_cached_split_and_the_bench_child_trains(tmp_path):
+    cached = SynthParts(CFG, seed=3, n=6, cache_dir=tmp_path, progress=False)
+    item = PartStream(cached, dtype="uint8")[4]
+    assert torch.equal(item["image"], cached.images[4]) and item["label"] == cached[4]["label"]
+    from partslib.bench.streaming import _growth, child_train, synth_folder
+
+    folder = synth_folder(tmp_path / "bench", 10, size=32)
+    assert len(FolderDataset(folder)) == 10 and (folder / ".complete").exists()
+    assert synth_folder(folder, 10, size=32) == folder  # written once
+    r = child_train(str(folder), workers=0, threads=1)
+    assert r["images"] == 10 and r["peak_rss_mib"] >= r["rss_before_mib"] > 0
+    assert np.isfinite(r["train_loss"])
+    g = _growth({"10": {"peak_rss_mib": 100.0}, "100": {"peak_rss_mib": 110.0}})
+    assert g is not None and g["from"] == 10 and g["to"] == 100
+    assert g["peak_growth"] == pytest.approx(0.1)
