@@ -8,7 +8,10 @@
     torchrun --nproc_per_node 2 -m partslib.explain_dataset --results ... --data ... --out ...
 
 Models come from checkpoints (``--results DIR``: ``DIR/checkpoints/{classifier,pdm,head}.pt``;
-or each file named). The folder is read lazily and resized to the classifier's input size;
+or each file named). The data is a folder in the partslib format, or with ``--format`` COCO
+parts (PartImageNet, Car Parts), PASCAL-Part or Broden on disk
+(:func:`partslib.data.streaming.open_parts`); it is read lazily and resized to the
+classifier's input size;
 rows go to Parquet shards under ``--out`` with a summary table and figures
 (:mod:`partslib.explain.dataset`). Rerunning the same command resumes an interrupted run.
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment), every rank joins a gloo
@@ -29,12 +32,19 @@ __all__ = ["main", "model_identity"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    from partslib.data.streaming import FORMATS
     from partslib.explain.registry import METHODS
 
     p = argparse.ArgumentParser(prog="python -m partslib.explain_dataset",
                                 description="Explain every image of a part dataset folder "
                                             "into Parquet shards, a summary and figures.")
-    p.add_argument("--data", required=True, help="folder in the partslib format")
+    p.add_argument("--data", required=True,
+                   help="folder in the partslib format (or see --format)")
+    p.add_argument("--format", default="folder", choices=FORMATS,
+                   help="folder (default); coco: --data images folder, --annotations json; "
+                        "pascal-part: --data JPEGImages, --annotations Annotations_Part; "
+                        "broden: --data the Broden root")
+    p.add_argument("--annotations", default=None, help="COCO json or PASCAL-Part folder")
     p.add_argument("--out", required=True, help="output folder (an existing run is resumed)")
     p.add_argument("--results", default=None,
                    help="a run folder: its checkpoints/classifier.pt, pdm.pt and head.pt")
@@ -43,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default=None, help="contribution head checkpoint (amortised rule)")
     p.add_argument("--rule", default="pdm-amortised", choices=METHODS,
                    help="registry method (default: pdm-amortised, which needs the head)")
-    p.add_argument("--split", default=None, choices=("train", "test"),
-                   help="only this split of the folder (default: every image)")
+    p.add_argument("--split", default=None,
+                   help="only this split: train or test (folder), train or val (broden)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-batches", type=int, default=16, help="batches per Parquet shard")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -92,6 +102,20 @@ def _load_models(paths: dict[str, Path | None], device: str) -> tuple[Any, Any, 
     return classifier, pdm, head
 
 
+def _class_names(names: Sequence[str], num_classes: int) -> list[str]:
+    """The dataset's class names when they can name the classifier's outputs, else
+    ``class 0 ..`` (with a warning): the explained class is the classifier's."""
+    if len(names) == num_classes:
+        return list(names)
+    if names:
+        import warnings
+
+        warnings.warn(f"the dataset has {len(names)} classes, the classifier {num_classes} "
+                      f"outputs: the summary names the explained classes 'class 0'.."
+                      f"'class {num_classes - 1}'", stacklevel=2)
+    return [f"class {k}" for k in range(num_classes)]
+
+
 def _distributed() -> tuple[int, int, Any]:
     """(rank, world, barrier) from torchrun's environment; one process without it."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -105,8 +129,7 @@ def _distributed() -> tuple[int, int, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    from partslib.data.folder import FolderDataset
-    from partslib.data.streaming import PartStream
+    from partslib.data.streaming import PartStream, open_parts
     from partslib.explain.dataset import explain_dataset
 
     args = _parser().parse_args(argv)
@@ -120,16 +143,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     classifier, pdm, head = _load_models(paths, device)
     size = tuple(classifier.input_size)
-    folder = FolderDataset(args.data, split=args.split, validate=not args.no_validate)
-    data = PartStream(folder, size=size, dtype="uint8")
-    manifest = {"data": str(Path(args.data).resolve()), "split": args.split,
+    source = open_parts(args.format, args.data, args.annotations, args.split,
+                        validate=not args.no_validate)
+    data = PartStream(source, size=size, dtype="uint8")
+    class_names = _class_names(getattr(source, "class_names", []), classifier.num_classes)
+    manifest = {"data": str(Path(args.data).resolve()), "format": args.format,
+                "annotations": str(Path(args.annotations).resolve()) if args.annotations
+                else None, "split": args.split,
                 "size": list(size), **{k: model_identity(p) if p else None
                                        for k, p in paths.items()}}
     try:
         run = explain_dataset(classifier, pdm, data, args.out, method=args.rule, head=head,
                               batch_size=args.batch_size, shard_batches=args.shard_batches,
                               workers=args.workers, rank=rank, world=world,
-                              manifest=manifest, barrier=barrier,
+                              manifest=manifest, barrier=barrier, class_names=class_names,
                               progress=not args.no_progress, device=device,
                               examples=args.examples)
     finally:

@@ -179,3 +179,38 @@ def test_torchrun_two_ranks_write_shares_and_one_summary(tmp_path):
     pd.testing.assert_frame_equal(rows, _exactly_once(tmp_path / "ref", n))
     assert json.loads((out / "run.json").read_text())["rows"] == n * L
     assert (out / "summary.csv").exists() and (out / "examples.png").exists()
+
+
+def test_cli_reads_coco_and_broden_and_names_classes_it_cannot_map(tmp_path):
+    from test_realdata import _write_broden, _write_carparts_layout
+
+    from partslib.explain_dataset import main
+
+    _write_carparts_layout(tmp_path / "car")
+    clf = small_classifier(3, widths=(4, 8, 8), size=32)
+    paths = []
+    for labels, name in ((5, "coco"), (4, "broden")):  # background + the fixtures' parts
+        pdm = small_pdm(clf, labels)
+        paths.append(save_checkpoint(tmp_path / f"pdm-{name}.pt", state_dict=pdm.state_dict(),
+                                     kind="pdm", config={"model": pdm.config()}))
+    c = save_checkpoint(tmp_path / "clf.pt", state_dict=clf.state_dict(), kind="classifier",
+                        config={"model": {"classifier": clf.config(), "image_size": [32, 32]},
+                                "epochs": 1}, epoch=1)
+    common = ["--classifier", str(c), "--rule", "pdm-region-soft", "--no-progress",
+              "--examples", "1"]
+    sub = tmp_path / "car" / "trainingset"
+    assert main(["--format", "coco", "--data", str(sub / "JPEGImages"), "--annotations",
+                 str(sub / "annotations.json"), "--out", str(tmp_path / "coco"),
+                 "--pdm", str(paths[0]), *common]) == 0
+    rows = read_rows(tmp_path / "coco")
+    assert len(rows) == 2 * 5 and (rows["label"] == -1).all()
+    assert set(pd.read_csv(tmp_path / "coco" / "summary.csv")["class"]) <= {
+        "class 0", "class 1", "class 2"}
+    _write_broden(tmp_path / "broden")
+    with pytest.warns(UserWarning, match="the dataset has 2 classes, the classifier 3"):
+        main(["--format", "broden", "--data", str(tmp_path / "broden"), "--out",
+              str(tmp_path / "b"), "--pdm", str(paths[1]), *common])
+    assert len(read_rows(tmp_path / "b")) == 2 * 4
+    with pytest.raises(ValueError, match="needs annotations="):
+        main(["--format", "pascal-part", "--data", str(tmp_path), "--out", str(tmp_path / "p"),
+              "--pdm", str(paths[0]), *common])

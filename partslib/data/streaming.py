@@ -27,6 +27,7 @@ see the new epoch.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -43,10 +44,12 @@ __all__ = [
     "PartStream",
     "SynthPartsStream",
     "make_loader",
+    "open_parts",
     "seed_worker",
 ]
 
 DTYPES = ("float32", "uint8")
+FORMATS = ("folder", "coco", "pascal-part", "broden")
 ITEM_KEYS = ("image", "mask", "label", "index")
 
 
@@ -252,3 +255,43 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, wor
                       num_workers=int(workers), pin_memory=bool(pin_memory),
                       drop_last=drop_last, worker_init_fn=seed_worker,
                       generator=torch.Generator().manual_seed(int(seed)), **extra)
+
+
+def open_parts(fmt: str, data: str | os.PathLike, annotations: str | os.PathLike | None = None,
+               split: str | None = None, validate: bool = True) -> Dataset:
+    """A lazy reader of a part dataset on disk, by format name (its native size; wrap it in
+    :class:`PartStream` for one size).
+
+    * ``folder``: ``data`` is a folder in the partslib format; ``split`` train or test.
+    * ``coco`` (PartImageNet, Car Parts): ``data`` the images folder, ``annotations`` the COCO
+      json; labels are -1 (no class rule; the explained class is the predicted one).
+    * ``pascal-part``: ``data`` VOC ``JPEGImages``, ``annotations`` ``Annotations_Part``.
+    * ``broden``: ``data`` the Broden root; ``split`` train or val; parts and classes as
+      ``broden_to_folder`` makes them.
+
+    Raises:
+        ValueError: an unknown format, or ``annotations`` missing where it is needed.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    needs = fmt in ("coco", "pascal-part")
+    if needs and annotations is None:
+        raise ValueError(f"format {fmt!r} needs annotations= (the "
+                         f"{'COCO json' if fmt == 'coco' else 'Annotations_Part folder'})")
+    if split is not None and fmt in ("coco", "pascal-part"):
+        raise ValueError(f"format {fmt!r} has no split; point data/annotations at one split")
+    if fmt == "folder":
+        from partslib.data.folder import FolderDataset
+
+        return FolderDataset(data, split=split, validate=validate)
+    if fmt == "coco":
+        from partslib.data.coco_parts import CocoPartsDataset
+
+        return CocoPartsDataset(data, annotations)  # pyright: ignore[reportArgumentType]
+    if fmt == "pascal-part":
+        from partslib.data.pascal_part import PascalPartDataset
+
+        return PascalPartDataset(data, annotations)  # pyright: ignore[reportArgumentType]
+    from partslib.data.broden import BrodenPartsDataset
+
+    return BrodenPartsDataset(data, split=split)
