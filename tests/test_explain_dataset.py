@@ -77,9 +77,11 @@ def test_explains_every_image_once_and_resumes_without_work(tmp_path):
     assert set(summary.columns) >= {"class", "part", "mean_contribution", "images"}
     assert summary.groupby("class")["images"].first().sum() == 22
     assert (out / "summary_heatmap.png").stat().st_size > 0 and (out / "examples.png").exists()
+    (out / "contributions" / ".shard-000001.parquet.99.tmp").write_bytes(b"half")
     again = explain_dataset(clf, pdm, _data(root), out, method="pdm-region-soft", batch_size=4,
                             shard_batches=2, progress=False, examples=0)
     assert again.written == [] and again.skipped == [0, 1, 2]
+    assert not list((out / "contributions").glob(".*.tmp"))  # a killed run's half shard
     with pytest.raises(ValueError, match="differing: batch_size"):
         explain_dataset(clf, pdm, _data(root), out, method="pdm-region-soft", batch_size=8,
                         shard_batches=2, progress=False)
@@ -146,7 +148,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_row_once(tmp_path):
     explain_dataset(clf, pdm, _data(root), ref, method="pdm-region-soft", batch_size=2,
                     shard_batches=1, progress=False, examples=0)
     pd.testing.assert_frame_equal(rows, _exactly_once(ref, n))
-    assert not list(shards.glob("*.tmp"))  # the killed run's half shard, if any, was replaced
+    assert not list(shards.glob(".*.tmp"))  # the killed run's half shard, if any, is gone
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,

@@ -90,6 +90,9 @@ def _check_manifest(out_dir: Path, manifest: dict, rank: int) -> None:
     elif rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, lambda p: p.write_text(json.dumps(manifest, indent=1)))
+    if rank == 0:  # what a killed run was writing (no rank writes before the barrier)
+        for tmp in (out_dir / SHARD_DIR).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _rows(e: PartExplanation, index: torch.Tensor, names: Sequence[str], labels: torch.Tensor,
@@ -163,6 +166,8 @@ def explain_dataset(classifier: Any, pdm: Any, dataset: Dataset, out_dir: str | 
     t0 = time.perf_counter()
     out = Path(out_dir)
     n = len(dataset)  # pyright: ignore[reportArgumentType]
+    if n == 0:
+        raise ValueError("the dataset has no images to explain")
     per_shard = batch_size * shard_batches
     n_shards = math.ceil(n / per_shard)
     part_names = list(part_names or getattr(dataset, "part_names", None) or [])
