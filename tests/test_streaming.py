@@ -104,11 +104,11 @@ def test_every_reader_streams_in_one_shape(tmp_path):
     lazy = PartStream(BrodenPartsDataset(tmp_path / "broden"), size=(16, 16))
     broden_to_folder(tmp_path / "broden", tmp_path / "bf")
     folder = PartStream(FolderDataset(tmp_path / "bf"), size=(16, 16))
-    assert lazy.part_names == folder.part_names  # pyright: ignore[reportAttributeAccessIssue]
+    assert lazy.part_names == folder.part_names
     for i in range(len(folder)):
         a, b = lazy[i], folder[i]
         assert torch.equal(a["mask"], b["mask"]) and torch.allclose(a["image"], b["image"])
-        assert lazy.class_names[a["label"]] == folder.class_names[b["label"]]  # pyright: ignore
+        assert lazy.class_names[a["label"]] == folder.class_names[b["label"]]
     _write_pascal_part(tmp_path / "pascal")
     pascal = PartStream(PascalPartDataset(tmp_path / "pascal" / "JPEGImages",
                                           tmp_path / "pascal" / "Annotations_Part"), (8, 8))

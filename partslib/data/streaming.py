@@ -142,9 +142,16 @@ class PartStream(Dataset):
         self.source, self.size, self.dtype = source, size, dtype
         self.augment, self.shift, self.seed, self.epoch = augment, shift, int(seed), 0
         self.keys = None if keys is None else tuple(keys)
-        for attr in ("part_names", "class_names", "names"):
-            if hasattr(source, attr):
-                setattr(self, attr, getattr(source, attr))
+
+    @property
+    def part_names(self) -> list[str]:
+        """The source's label names (0 = background); empty when it has none."""
+        return list(getattr(self.source, "part_names", None) or [])
+
+    @property
+    def class_names(self) -> list[str]:
+        """The source's class names; empty when it has none."""
+        return list(getattr(self.source, "class_names", None) or [])
 
     def __len__(self) -> int:
         return len(self.source)  # pyright: ignore[reportArgumentType]
