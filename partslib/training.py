@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "predict",
     "save_checkpoint",
     "seed_everything",
+    "set_epoch",
 ]
 
 CHECKPOINT_FORMAT = "partslib-checkpoint"
@@ -187,13 +188,26 @@ def archive_if_stale(checkpoint: str | Path, kind: str, config: dict) -> Path | 
     return old
 
 
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell a loader which epoch starts: a :class:`TensorLoader` itself, a ``DataLoader``'s
+    sampler (``DistributedSampler``, :class:`~partslib.data.streaming.EpochSampler`) and
+    dataset (:class:`~partslib.data.streaming.PartStream`'s augmentations), where they have
+    ``set_epoch``."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+        return
+    for part in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if part is not None and hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)
     resumed_from_epoch: int = 0
 
 
-def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
+def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         lr: float = 2e-3, weight_decay: float = 1e-4,
         evaluate: Callable[[nn.Module], dict] | None = None, evaluate_info: Any = None,
@@ -204,7 +218,8 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     """Train ``model`` with AdamW and a one-cycle schedule.
 
     Args:
-        train_loader: yields ``(inputs, targets)``; needs ``set_epoch`` for reproducible resumes.
+        train_loader: a :class:`TensorLoader` or a ``DataLoader`` (e.g. ``streaming.make_loader``)
+            of ``(inputs, targets)``; :func:`set_epoch` before each epoch makes resumes exact.
         evaluate: called after each epoch with the model in eval mode; its dict joins the history.
             It must draw no random numbers (the weights would then depend on it).
         evaluate_info: what ``evaluate`` runs on (JSON-able, e.g. the validation split's
@@ -225,7 +240,7 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
-                                                total_steps=epochs * len(train_loader),
+                                                total_steps=epochs * len(train_loader),  # pyright: ignore[reportArgumentType]
                                                 pct_start=0.15)
     result, start = FitResult(), 0
     full_config = {"model": config or {}, "epochs": epochs, "lr": lr,
@@ -244,7 +259,7 @@ def fit(model: nn.Module, train_loader: TensorLoader, *, epochs: int,
     forward = forward or (lambda m, x: m(x))
     for epoch in range(start, epochs):
         model.train()
-        train_loader.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
         total, count = 0.0, 0
         bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
                    leave=False)

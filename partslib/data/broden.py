@@ -45,6 +45,7 @@ BRODEN_SPLITS = {"train": "train", "val": "test"}
 __all__ = [
     "BrodenDataset",
     "BrodenLabel",
+    "BrodenPartsDataset",
     "broden_to_folder",
     "decode_broden_png",
     "planes_to_multilabel",
@@ -275,20 +276,113 @@ def _folder_name(image: str) -> str:
     return str(Path(image).with_suffix("")).replace("\\", "/").replace("/", "__")
 
 
+def _image_class(ds: BrodenDataset, i: int, class_category: str) -> str | None:
+    """Image ``i``'s class name by the rule of ``broden_to_folder`` (None: no label of the
+    category)."""
+    if class_category in ds.image_categories:
+        entries = ds._rows[i].entries[class_category]
+        number = int(entries[0]) if entries else 0
+    else:
+        counts = Counter(ds.read_planes(i, class_category).ravel().tolist())
+        counts.pop(0, None)
+        number = min(counts, key=lambda n: (-counts[n], n)) if counts else 0
+    known = 0 < number < len(ds.labels) and ds.labels[number]
+    return ds.label_names[number] if known else None
+
+
 def _image_classes(ds: BrodenDataset, class_category: str) -> list[str | None]:
     """Per image the class name of ``broden_to_folder`` (None: no label of the category)."""
-    classes: list[str | None] = []
-    for i in range(len(ds)):
-        if class_category in ds.image_categories:
-            entries = ds._rows[i].entries[class_category]
-            number = int(entries[0]) if entries else 0
-        else:
-            counts = Counter(ds.read_planes(i, class_category).ravel().tolist())
-            counts.pop(0, None)
-            number = min(counts, key=lambda n: (-counts[n], n)) if counts else 0
-        known = 0 < number < len(ds.labels) and ds.labels[number]
-        classes.append(ds.label_names[number] if known else None)
-    return classes
+    return [_image_class(ds, i, class_category) for i in range(len(ds))]
+
+
+def _part_mask(ds: BrodenDataset, i: int, part_category: str, lut: np.ndarray) -> np.ndarray:
+    """Image ``i``'s part ids (``lut``: label number -> id) at the image's size: a pixel takes
+    the id of the first plane (``index.csv`` order) with a part there, else 0."""
+    r = ds._rows[i]
+    planes = ds.read_planes(i, part_category)
+    if planes.max(initial=0) >= len(lut):
+        raise ValueError(f"{ds.root / 'images' / r.image}: {part_category} label "
+                         f"{int(planes.max())} not in label.csv")
+    ids = lut[planes]  # [K, sh, sw]
+    mask = np.zeros(ids.shape[1:], dtype=np.int64)
+    for plane in ids[::-1]:  # the first plane is painted last, so it wins
+        mask = np.where(plane > 0, plane, mask)
+    return resize_mask(torch.from_numpy(mask), (r.ih, r.iw)).numpy()
+
+
+def _part_table(ds: BrodenDataset, part_category: str, part_labels: Sequence[int] | None
+                ) -> tuple[list[str], np.ndarray]:
+    """The part names (ids 1..P) and the lookup table label number -> part id (0: none) of
+    ``part_labels``, by default every label of ``part_category`` in ``label.csv``."""
+    if part_category in ds.image_categories:
+        raise ValueError(
+            f"part_category {part_category!r} is image-level in {ds.root / 'index.csv'}"
+        )
+    if part_labels is None:
+        part_labels = [lab.number for lab in ds.labels if lab and part_category in lab.categories]
+    part_labels = sorted({int(n) for n in part_labels})
+    if len(part_labels) > MAX_PARTS:
+        raise ValueError(
+            f"{len(part_labels)} {part_category} labels; the folder format holds {MAX_PARTS}: "
+            "pass part_labels to choose"
+        )
+    found = [ds.labels[n] if n < len(ds.labels) else None for n in part_labels]
+    missing = [n for n, lab in zip(part_labels, found) if lab is None]
+    if missing:
+        raise ValueError(f"part_labels {missing} are not in {ds.root / 'label.csv'}")
+    names = [lab.name for lab in found if lab is not None]
+    dup = {n for n, c in Counter(names).items() if c > 1}
+    part_names = [f"{n}-{num}" if n in dup else n for n, num in zip(names, part_labels)]
+    lut = np.zeros(max(len(ds.labels), max(part_labels, default=0) + 1), dtype=np.int64)
+    lut[part_labels] = np.arange(1, len(part_labels) + 1)
+    return part_names, lut
+
+
+class BrodenPartsDataset(Dataset):
+    """Broden as part-annotated photos, read lazily: items as ``FolderDataset``'s (``image``
+    float32 [3, H, W], ``mask`` int64 [H, W] of part ids, ``label``, ``index``, ``name``).
+
+    Parts, masks and classes follow ``broden_to_folder`` (same arguments), one image at a
+    time: nothing is read ahead. ``class_names`` defaults to the sorted names of every
+    ``label.csv`` label of ``class_category`` (the converter keeps only those that occur,
+    which takes a pass over the data); an image without a class gets ``label`` -1.
+    """
+
+    def __init__(self, root: PathLike, part_category: str = "part",
+                 class_category: str = "object", part_labels: Sequence[int] | None = None,
+                 class_names: Sequence[str] | None = None, size: Size | None = None,
+                 split: str | None = None):
+        if class_category == part_category:
+            raise ValueError("part_category and class_category must differ")
+        self.broden = BrodenDataset(root, categories=(part_category, class_category),
+                                    split=split)
+        self.part_category, self.class_category, self.size = part_category, class_category, size
+        part_names, self._lut = _part_table(self.broden, part_category, part_labels)
+        self.part_names = ["background", *part_names]
+        if class_names is None:
+            class_names = sorted({lab.name for lab in self.broden.labels
+                                  if lab and class_category in lab.categories})
+        self.class_names = list(class_names)
+        self._class_index = {c: i for i, c in enumerate(self.class_names)}
+        self.names = [_folder_name(n) for n in self.broden.names]
+
+    def __len__(self) -> int:
+        return len(self.broden)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        r = self.broden._rows[index]
+        image = load_image(self.broden.root / "images" / r.image)
+        mask = torch.from_numpy(_part_mask(self.broden, index, self.part_category, self._lut))
+        if mask.shape != image.shape[1:]:
+            raise ValueError(f"{self.broden.root / 'images' / r.image}: image is "
+                             f"{tuple(image.shape[1:])}, index.csv says {(r.ih, r.iw)}")
+        if self.size is not None:
+            image, mask = resize_image(image, self.size), resize_mask(mask, self.size)
+        cls = _image_class(self.broden, index, self.class_category)
+        return {"image": image, "mask": mask, "label": self._class_index.get(cls, -1)
+                if cls is not None else -1, "index": index, "name": self.names[index]}
 
 
 def broden_to_folder(
@@ -315,49 +409,18 @@ def broden_to_folder(
     if class_category == part_category:
         raise ValueError("part_category and class_category must differ")
     ds = BrodenDataset(root, categories=(part_category, class_category))
-    if part_category in ds.image_categories:
-        raise ValueError(
-            f"part_category {part_category!r} is image-level in {ds.root / 'index.csv'}"
-        )
-    if part_labels is None:
-        part_labels = [lab.number for lab in ds.labels if lab and part_category in lab.categories]
-    part_labels = sorted({int(n) for n in part_labels})
-    if len(part_labels) > MAX_PARTS:
-        raise ValueError(
-            f"{len(part_labels)} {part_category} labels; the folder format holds {MAX_PARTS}: "
-            "pass part_labels to choose"
-        )
-    found = [ds.labels[n] if n < len(ds.labels) else None for n in part_labels]
-    missing = [n for n, lab in zip(part_labels, found) if lab is None]
-    if missing:
-        raise ValueError(f"part_labels {missing} are not in {ds.root / 'label.csv'}")
-    names = [lab.name for lab in found if lab is not None]
-    dup = {n for n, c in Counter(names).items() if c > 1}
-    part_names = [f"{n}-{num}" if n in dup else n for n, num in zip(names, part_labels)]
-    lut_size = max(len(ds.labels), max(part_labels, default=0) + 1)
+    part_names, lut = _part_table(ds, part_category, part_labels)
     classes = _image_classes(ds, class_category)
     class_names = sorted({c for c in classes if c is not None})
     skipped: dict[str, str] = {}
 
     def samples():
-        lut = np.zeros(lut_size, dtype=np.int64)
-        lut[part_labels] = np.arange(1, len(part_labels) + 1)
         for i, r in enumerate(ds._rows):
             name = _folder_name(r.image)
             if classes[i] is None:
                 skipped[name] = f"no {class_category} label"
                 continue
-            planes = ds.read_planes(i, part_category)
-            if planes.max(initial=0) >= lut_size:
-                raise ValueError(
-                    f"{ds.root / 'images' / r.image}: {part_category} label "
-                    f"{int(planes.max())} not in label.csv"
-                )
-            ids = lut[planes]  # [K, sh, sw]
-            mask = np.zeros(ids.shape[1:], dtype=np.int64)
-            for plane in ids[::-1]:  # the first plane is painted last, so it wins
-                mask = np.where(plane > 0, plane, mask)
-            mask = resize_mask(torch.from_numpy(mask), (r.ih, r.iw)).numpy()
+            mask = _part_mask(ds, i, part_category, lut)
             split = BRODEN_SPLITS.get(r.split)
             if split is None:
                 raise ValueError(
