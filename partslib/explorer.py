@@ -107,6 +107,7 @@ def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
         ax.grid(False)
     viz.plot_contributions(e, 0, ax=axes[3])
     fig.tight_layout()
+    viz.refit_contributions(fig, [(axes[3], e, 0, None)])
     return fig
 
 
