@@ -41,6 +41,12 @@ from typing import Any
 
 from partslib.io import StudyRootError, find_root, merge_metrics, stage_name, write_json
 from partslib.profiles import RUNNER_PARAMS, Profile, ProfileError, load_profile, validate_profile
+from partslib.progress import (
+    StageMonitor,
+    cell_progress_engine,
+    notebook_warnings,
+    show_progress,
+)
 
 __all__ = [
     "RUNNER_PARAMS",
@@ -237,9 +243,17 @@ def _merge(run_dir: Path, prof: Profile) -> tuple[dict[str, Any], list[str]]:
     return merged, missing
 
 
+def _report_warnings(name: str, out_nb: Path, log: Callable[..., None]) -> None:
+    for count, text in notebook_warnings(out_nb):
+        log(f"warning in {name} (In [{count}]): {text}")
+
+
 def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Target,
-             timings: RunTimings, kernel_name: str, execution_timeout: int | None) -> float:
-    """Execute one notebook; on failure or interrupt, finish the timings and raise."""
+             timings: RunTimings, kernel_name: str, execution_timeout: int | None,
+             log: Callable[..., None] = print, prefix: str = "") -> float:
+    """Execute one notebook; on failure or interrupt, finish the timings and raise. Logs
+    ``prefix`` with the seconds (or ``FAILED``), then the warnings the notebook shows, named
+    with the notebook, whatever its end."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -248,6 +262,7 @@ def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Ta
     try:
         pm.execute_notebook(str(notebooks_dir / f"{name}.ipynb"), str(out_nb),
                             parameters=params, kernel_name=kernel_name, cwd=str(target.exec_cwd),
+                            engine_name=cell_progress_engine(),
                             progress_bar=False, log_output=False,
                             execution_timeout=execution_timeout,
                             store_widget_state=False, record_timing=False,
@@ -260,10 +275,15 @@ def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Ta
     except PapermillExecutionError as e:
         timings.stage_done(name, time.perf_counter() - t0)
         timings.finish("failed", failed=name)
+        log(f"{prefix} FAILED")
+        _report_warnings(name, out_nb, log)
         raise StageError(f"notebook {name} failed after {time.perf_counter() - t0:.1f} s: see "
                          f"{_rel(out_nb)}, cell {e.cell_index} (In [{e.exec_count}]): "
                          f"{e.ename}: {e.evalue}") from None
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    log(f"{prefix} {dt:.1f} s")
+    _report_warnings(name, out_nb, log)
+    return dt
 
 
 def run_study(profile: str | os.PathLike, *, root: Path | None = None,
@@ -271,8 +291,12 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
               only: Sequence[str] | None = None, dry_run: bool = False, retrain: bool = False,
               reference: bool = False, kernel_name: str = "python3",
               execution_timeout: int | None = None,
-              log: Callable[..., None] = print) -> dict[str, Any]:
+              log: Callable[..., None] = print, progress: bool | None = None) -> dict[str, Any]:
     """Validate a profile and run its notebooks; returns the merged metrics (``{}`` on dry run).
+
+    ``progress`` draws one bar per stage on stderr (the notebook's cell, the library's running
+    loop with its epoch and an estimate of its time left: :mod:`partslib.progress`); default:
+    on a terminal, unless ``CI`` is set. Warnings a notebook shows are logged after its stage.
 
     After each stage, ``metrics.json`` and ``timings.json`` of the run folder are rewritten;
     after the last one, ``report.html`` is rendered when the profile has the ``08_summary``
@@ -305,11 +329,14 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     # results, only on wall time)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     data = Path(data_dir or root / "data").resolve()
+    bars = show_progress() if progress is None else progress
     if prof.seeds and not reference:
         return _run_seeds(prof, notebooks_dir, root, results, data, only, retrain, log,
-                          kernel_name=kernel_name, execution_timeout=execution_timeout)
+                          kernel_name=kernel_name, execution_timeout=execution_timeout,
+                          progress=bars)
     return _run_plan(prof, plan, notebooks_dir, root, results, data, only, retrain, reference,
-                     log, kernel_name=kernel_name, execution_timeout=execution_timeout)
+                     log, kernel_name=kernel_name, execution_timeout=execution_timeout,
+                     progress=bars)
 
 
 def _run_seeds(prof: Profile, notebooks_dir: Path, root: Path, results: Path | None,
@@ -338,7 +365,7 @@ def _run_seeds(prof: Profile, notebooks_dir: Path, root: Path, results: Path | N
 def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Path, root: Path,
               results: Path | None, data_dir: Path, only: Sequence[str] | None, retrain: bool,
               reference: bool, log: Callable[..., None], *, kernel_name: str,
-              execution_timeout: int | None) -> dict[str, Any]:
+              execution_timeout: int | None, progress: bool = False) -> dict[str, Any]:
     """Execute the notebooks of ``plan`` into the profile's run folder (see :func:`run_study`)."""
     import papermill as pm
 
@@ -350,19 +377,18 @@ def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Pat
     for i, (name, params) in enumerate(plan.items(), 1):
         declared = pm.inspect_notebook(str(notebooks_dir / f"{name}.ipynb"))
         params = {**{k: v for k, v in target.params.items() if k in declared}, **params}
-        log(f"[{i}/{len(plan)}] {name} ...", end="", flush=True)
-        try:
-            dt = _execute(name, params, notebooks_dir, target, timings, kernel_name,
-                          execution_timeout)
+        label = f"[{i}/{len(plan)}] {name} ..."
+        if not progress:
+            log(label, end="", flush=True)
+        try:  # with a bar, the stage's line is written when it ends (the bar holds it till then)
+            with StageMonitor(label) if progress else contextlib.nullcontext():
+                dt = _execute(name, params, notebooks_dir, target, timings, kernel_name,
+                              execution_timeout, log=log, prefix=label if progress else "")
         except KeyboardInterrupt:
-            log(" interrupted")
-            raise
-        except StageError:
-            log(" FAILED")
+            log(f"{label if progress else ''} interrupted")
             raise
         timings.stage_done(name, dt)
         merged, _ = _merge(target.run_dir, prof)
-        log(f" {dt:.1f} s")
         if reference:
             _strip_for_reference(target.nb_out_dir / f"{name}.ipynb")
     timings.finish("ok")
@@ -396,11 +422,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reference", action="store_true",
                     help="write the nbval reference copies to tests/nb_reference/")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bars (default: bars on a terminal, none when CI is set)")
     args = ap.parse_args(argv)
     try:
         run_study(args.profile, root=args.root, results=args.results, data_dir=args.data,
                   only=args.only, dry_run=args.dry_run, retrain=args.retrain,
-                  reference=args.reference, execution_timeout=args.timeout)
+                  reference=args.reference, execution_timeout=args.timeout,
+                  progress=False if args.no_progress else None)
     except (ProfileError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ProfileError) else 1
