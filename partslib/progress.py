@@ -318,21 +318,21 @@ def notebook_warnings(nb_path: Path) -> list[tuple[int, str]]:
 
 
 def cell_progress_engine() -> str:
-    """Register (once) and name a papermill engine that reports each finished cell of the
-    notebook it runs as a ``cells`` event (:func:`emit`)."""
+    """Register (once) and name a papermill engine that reports the cell the notebook runs
+    as a ``cells`` event (:func:`emit`): ``n`` is the running cell, ``total`` the cells."""
     from papermill.engines import NBClientEngine, papermill_engines
 
     class CellProgressEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, **kwargs: Any) -> Any:
-            complete, total = nb_man.cell_complete, len(nb_man.nb.cells)
+            start, total = nb_man.cell_start, len(nb_man.nb.cells)
 
-            def cell_complete(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
-                complete(cell, cell_index=cell_index, **kw)
+            def cell_start(cell: Any, cell_index: int | None = None, **kw: Any) -> None:
                 emit({"task": "cells", "n": (cell_index or 0) + 1, "total": total,
                       "t": time.time()})
+                start(cell, cell_index=cell_index, **kw)
 
-            nb_man.cell_complete = cell_complete
+            nb_man.cell_start = cell_start
             return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
 
     papermill_engines.register("partslib-progress", CellProgressEngine)

@@ -1,7 +1,7 @@
 """Run the study's notebooks headlessly with papermill, one profile at a time.
 
     python -m partslib.runner --profile smoke|default|gpu [--only NAME ...] [--dry-run]
-                              [--results results] [--retrain] [--reference]
+                              [--results results] [--retrain] [--reference] [--no-progress]
 
 A profile is ``profiles/<profile>.yaml`` (format: :mod:`partslib.profiles`). The runner adds
 ``profile``, ``results_dir`` (absolute) and ``data_dir`` to every notebook that declares them.
@@ -12,6 +12,10 @@ stages' metrics into ``results/<profile>/metrics.json`` (keys ``<stage>/<key>``)
 reads both and never merges anything itself; the executed notebooks go to
 ``results/<profile>/notebooks/``. When a profile has the summary stage, the runner renders
 ``report.html`` again after the last stage, from the final metrics and timings.
+
+On a terminal (and not in CI) each stage shows one progress bar: the notebook's cell and the
+library's running loop, with its epoch and an estimate of its time left
+(:mod:`partslib.progress`); the warnings a notebook showed are logged after its stage.
 
 This module is the command line; nothing in partslib imports it.
 
