@@ -225,12 +225,25 @@ def legend_rows_that_fit(height: float) -> int:
     return max(4, int(height * 72 / (1.9 * 7)))
 
 
-def _legend_columns(explanation, indices: Sequence[int], height: float) -> tuple[int, int]:
-    """(entries per column, columns) of the widest part legend of ``indices`` in a panel
-    ``height`` inches high (the image axes get about 0.7 of it)."""
-    rows = legend_rows_that_fit(0.7 * height)
+def _panel_layout(explanation, indices: Sequence[int], height: float
+                  ) -> tuple[float, list[float], int]:
+    """Figure width, column widths (inches: image, parts with their legend, contribution bars)
+    and legend entries per column for panels ``height`` inches high showing ``indices``."""
+    rows = legend_rows_that_fit(0.75 * height)
     most = max((int(explanation.present[i, 1:].sum()) for i in indices), default=0)
-    return rows, max(1, -(-most // rows))
+    cols = max(1, -(-most // rows))
+    longest = max([len(n) for n in explanation.part_names[1:]] + [10])
+    column = (longest * 0.55 * 7 + 24) / 72  # one legend column at 7 pt: patch, gap, name
+    image = 0.75 * height  # the images are square, about as high as the panel less its title
+    widths = [image, image + cols * column, 4.0]
+    return sum(widths) + 0.8, widths, rows
+
+
+def _layout(fig: Figure) -> None:
+    """Lay a constrained-layout figure out now (positions are then final)."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
 
 
 # Contribution bars: label font size (points) and the height one bar needs (in label heights).
@@ -347,9 +360,9 @@ def plot_explanation(explanation, images, i: int = 0, class_names: Sequence[str]
     """The panel image | parts | contributions for image ``i`` of an explanation."""
     e = explanation
     height = max(3.0, contributions_height(len(contribution_bars(e, i))))
-    rows, cols = _legend_columns(e, [i], height)
-    fig, axes = plt.subplots(1, 3, figsize=(10.5 + 1.1 * (cols - 1), height),
-                             gridspec_kw={"width_ratios": [1, 1.45 + 0.45 * (cols - 1), 1.6]})
+    width, widths, rows = _panel_layout(e, [i], height)
+    fig, axes = plt.subplots(1, 3, figsize=(width, height), layout="constrained",
+                             gridspec_kw={"width_ratios": widths})
     name = (lambda k: class_names[k]) if class_names is not None else str
     k = int(e.target[i])
     title = f"explained: {name(k)}"
@@ -362,21 +375,26 @@ def plot_explanation(explanation, images, i: int = 0, class_names: Sequence[str]
     axes[0].grid(False)
     plot_part_overlay(images[i], e.labels[i].cpu(), e.part_names, ax=axes[1], legend_rows=rows)
     plot_contributions(e, i, ax=axes[2])
-    fig.tight_layout()
     refit_contributions(fig, [(axes[2], e, i, None)])
     return fig
 
 
 def refit_contributions(fig: Figure, charts: Sequence[tuple[Axes, object, int, int | None]]
                         ) -> None:
-    """Draw the contribution charts ``(ax, explanation, i, max_bars)`` of ``fig`` again after
-    its layout is set (``tight_layout`` shrinks axes to make room for titles and legends), so
-    their bars and fonts fit the final heights; then lay the figure out again."""
+    """Draw the contribution charts ``(ax, explanation, i, max_bars)`` of ``fig`` again once
+    its layout is set (the layout shrinks axes to make room for titles and legends), so their
+    bars and fonts fit the final heights; then lay the figure out again. A figure without a
+    layout engine is laid out with ``tight_layout``."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    _layout(fig)
     for ax, e, i, max_bars in charts:
         title = ax.get_title()
         ax.clear()
         plot_contributions(e, i, ax=ax, max_bars=max_bars, title=title)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    _layout(fig)
 
 
 def plot_gallery(explanation, images, indices: Sequence[int],
@@ -391,9 +409,9 @@ def plot_gallery(explanation, images, indices: Sequence[int],
     n = len(indices)
     most = max((len(contribution_bars(e, i)) for i in indices), default=0)
     row = max(2.7, contributions_height(min(most, max_bars)))
-    rows, cols = _legend_columns(e, indices, row)
-    fig, axes = plt.subplots(n, 3, figsize=(10.5 + 1.1 * (cols - 1), row * n), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.45 + 0.45 * (cols - 1), 1.6]})
+    width, widths, rows = _panel_layout(e, indices, row)
+    fig, axes = plt.subplots(n, 3, figsize=(width, row * n), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": widths})
     name = (lambda k: class_names[k]) if class_names is not None else str
     for r, i in enumerate(indices):
         k = int(e.target[i])
@@ -409,7 +427,6 @@ def plot_gallery(explanation, images, indices: Sequence[int],
         plot_contributions(e, i, ax=axes[r, 2], max_bars=max_bars)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     refit_contributions(fig, [(axes[r, 2], e, i, max_bars) for r, i in enumerate(indices)])
     return fig
 

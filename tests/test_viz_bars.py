@@ -131,6 +131,14 @@ def test_charts_stay_readable_at_many_parts(num_parts):
         assert min(t.get_fontsize() for t in texts) >= 7
         assert bar_heights(ax).sum() == pytest.approx(float(e.contributions[i].double().sum()),
                                                       abs=1e-6)
+    for fig_, overlay, chart in ((fig, fig.axes[1], fig.axes[2]), (fig, fig.axes[4], fig.axes[5]),
+                                 (fig2, fig2.axes[1], fig2.axes[2])):
+        renderer = fig_.canvas.get_renderer()
+        legend = overlay.get_legend()
+        assert legend is not None
+        box = legend.get_window_extent(renderer)
+        assert not any(box.overlaps(t.get_window_extent(renderer)) for t in _chart_texts(chart))
+        assert box.x1 < chart.get_window_extent(renderer).x0  # beside the image, left of bars
     gallery_labels = [t.get_text() for t in fig.axes[2].get_yticklabels()]
     assert len(gallery_labels) == 12 and gallery_labels[-1].startswith("other parts")
     plt.close("all")
