@@ -170,12 +170,14 @@ class StageMonitor:
     """One terminal bar for one notebook: sets ``$PARTSLIB_PROGRESS`` to a fresh file while
     it is entered, tails the events there every ``interval`` seconds and shows the newest
     running loop (count, its ``info``, an estimate of its time left) or, between loops, the
-    notebook's cells; the stage's elapsed time is shown throughout. ``show=False`` keeps only
+    notebook's cells; the stage's elapsed time is shown throughout and, with ``expected``
+    (the stage's seconds in the last run), the time left by it. ``show=False`` keeps only
     the file (nothing is drawn)."""
 
     def __init__(self, label: str, show: bool = True, stream: IO[str] | None = None,
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, expected: float | None = None) -> None:
         self.label, self.show, self.interval = label, show, interval
+        self.expected, self._t0 = expected, time.time()
         self.stream = stream or sys.stderr
         self.events: list[dict[str, Any]] = []
         self._tasks: dict[str, _TaskState] = {}
@@ -191,6 +193,7 @@ class StageMonitor:
         self.path = Path(name)
 
     def __enter__(self) -> StageMonitor:
+        self._t0 = time.time()
         self._saved = os.environ.get(ENV)
         os.environ[ENV] = str(self.path)
         if self.show:
@@ -261,8 +264,21 @@ class StageMonitor:
             running = [k for k, s in self._tasks.items() if not s.last.get("done")]
             self._current = running[-1] if running else None
 
+    def _stage_left(self) -> str:
+        """The stage's time left by the last run's seconds (``expected``), if known."""
+        if not self.expected:
+            return ""
+        left = self.expected - (time.time() - self._t0)
+        return (f"stage ~{_duration(left)} left" if left > 0 else
+                f"stage over its last {_duration(self.expected)}")
+
     def status(self) -> tuple[int, int | None, str]:
         """``(n, total, text)`` the bar shows now."""
+        n, total, text = self._status()
+        stage = self._stage_left()
+        return n, total, f"{text} · {stage}" if stage else text
+
+    def _status(self) -> tuple[int, int | None, str]:
         cells = f"cell {self._cells[0]}/{self._cells[1]}" if self._cells else ""
         if self._current is None:
             n, total = self._cells if self._cells else (0, None)

@@ -240,6 +240,15 @@ def _prepare(prof: Profile, plan: Sequence[str], root: Path, results: Path | Non
     return target, {k: v for k, v in kept.items() if k not in plan}
 
 
+def _last_stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds of each stage in the run folder's last timings (a progress bar's estimate)."""
+    try:
+        stages = json.loads((run_dir / "timings.json").read_text())["stages"]
+        return {str(k): float(v) for k, v in stages.items() if v is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _merge(run_dir: Path, prof: Profile) -> tuple[dict[str, Any], list[str]]:
     """Merge the metrics of every stage present into ``run_dir/metrics.json``."""
     merged, missing = merge_metrics(run_dir, prof.notebooks)
@@ -373,6 +382,7 @@ def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Pat
     """Execute the notebooks of ``plan`` into the profile's run folder (see :func:`run_study`)."""
     import papermill as pm
 
+    last = _last_stage_seconds(Path(results or root / "results").resolve() / prof.name)
     target, kept = _prepare(prof, list(plan), root, results, data_dir, bool(only), retrain,
                             reference, log)
     timings = RunTimings(target.run_dir / "timings.json", prof, list(plan), bool(only), kept)
@@ -385,7 +395,8 @@ def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Pat
         if not progress:
             log(label, end="", flush=True)
         try:  # with a bar, the stage's line is written when it ends (the bar holds it till then)
-            with StageMonitor(label) if progress else contextlib.nullcontext():
+            with (StageMonitor(label, expected=last.get(name)) if progress
+                  else contextlib.nullcontext()):
                 dt = _execute(name, params, notebooks_dir, target, timings, kernel_name,
                               execution_timeout, log=log, prefix=label if progress else "")
         except KeyboardInterrupt:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -74,6 +75,12 @@ def test_stage_monitor_shows_the_running_loop_and_its_time_left(tmp_path):
         mon.poll()
         assert mon.status() == (4, 19, "cell 4/19")  # between loops: the notebook's cells
     assert progress.ENV not in os.environ and not mon.path.exists()
+    # with the stage's seconds of the last run, the stage's time left by them
+    with progress.StageMonitor("[2/8] 03_pdm ...", stream=io.StringIO(), interval=60.0,
+                               expected=600.0) as mon:
+        assert re.fullmatch(r"starting · stage ~(9m5\ds|10m00s) left", mon.status()[2])
+        mon.expected = 1e-3
+        assert mon.status()[2] == "starting · stage over its last 0s"
 
 
 def test_bars_are_quiet_in_ci_and_off_a_terminal(monkeypatch):
@@ -135,3 +142,8 @@ def test_runner_shows_progress_and_the_notebooks_warnings(tmp_path, monkeypatch,
     runner.run_study("p", root=root, results=tmp_path / "results", log=log)
     assert "fake training" not in capsys.readouterr().err
     assert [line for line in logs if line.startswith("warning in 01_fake")] == warned
+
+    # a rerun knows the stage's seconds of the last run: the bar says what is left of them
+    monkeypatch.delenv("CI")
+    runner.run_study("p", root=root, results=tmp_path / "results", log=log, progress=True)
+    assert re.search(r"stage (~\S+ left|over its last \S+)", capsys.readouterr().err)
