@@ -324,7 +324,8 @@ def plot_contributions(explanation, i: int = 0, ax: Axes | None = None,
     fit = bars_that_fit(ax)
     bars = contribution_bars(e, i, fit if max_bars is None else min(max_bars, fit))
     width_pt, height_pt = _axes_size_pt(ax)
-    font = float(np.clip(0.85 * height_pt / (BAR_PITCH * len(bars)), MIN_BAR_FONT, BAR_FONT))
+    pitch = 0.85 * height_pt / (BAR_PITCH * max(len(bars), 1))
+    font = float(np.clip(pitch, MIN_BAR_FONT, BAR_FONT))
     vals = np.array([b.value for b in bars])
     y = np.arange(len(bars))
     ax.barh(y, vals, color=[b.colour for b in bars],

@@ -142,3 +142,4 @@ def test_charts_stay_readable_at_many_parts(num_parts):
     gallery_labels = [t.get_text() for t in fig.axes[2].get_yticklabels()]
     assert len(gallery_labels) == 12 and gallery_labels[-1].startswith("other parts")
     plt.close("all")
+
