@@ -262,11 +262,8 @@ def _report_warnings(name: str, out_nb: Path, log: Callable[..., None]) -> None:
 
 
 def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Target,
-             timings: RunTimings, kernel_name: str, execution_timeout: int | None,
-             log: Callable[..., None] = print, prefix: str = "") -> float:
-    """Execute one notebook; on failure or interrupt, finish the timings and raise. Logs
-    ``prefix`` with the seconds (or ``FAILED``), then the warnings the notebook shows, named
-    with the notebook, whatever its end."""
+             timings: RunTimings, kernel_name: str, execution_timeout: int | None) -> float:
+    """Execute one notebook; on failure or interrupt, finish the timings and raise."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -288,15 +285,10 @@ def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Ta
     except PapermillExecutionError as e:
         timings.stage_done(name, time.perf_counter() - t0)
         timings.finish("failed", failed=name)
-        log(f"{prefix} FAILED")
-        _report_warnings(name, out_nb, log)
         raise StageError(f"notebook {name} failed after {time.perf_counter() - t0:.1f} s: see "
                          f"{_rel(out_nb)}, cell {e.cell_index} (In [{e.exec_count}]): "
                          f"{e.ename}: {e.evalue}") from None
-    dt = time.perf_counter() - t0
-    log(f"{prefix} {dt:.1f} s")
-    _report_warnings(name, out_nb, log)
-    return dt
+    return time.perf_counter() - t0
 
 
 def run_study(profile: str | os.PathLike, *, root: Path | None = None,
@@ -394,14 +386,21 @@ def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Pat
         label = f"[{i}/{len(plan)}] {name} ..."
         if not progress:
             log(label, end="", flush=True)
-        try:  # with a bar, the stage's line is written when it ends (the bar holds it till then)
+        prefix = label if progress else ""  # with a bar, the stage's line is written at its end
+        try:
             with (StageMonitor(label, expected=last.get(name)) if progress
                   else contextlib.nullcontext()):
                 dt = _execute(name, params, notebooks_dir, target, timings, kernel_name,
-                              execution_timeout, log=log, prefix=label if progress else "")
+                              execution_timeout)
         except KeyboardInterrupt:
-            log(f"{label if progress else ''} interrupted")
+            log(f"{prefix} interrupted")
             raise
+        except StageError:
+            log(f"{prefix} FAILED")
+            _report_warnings(name, target.nb_out_dir / f"{name}.ipynb", log)
+            raise
+        log(f"{prefix} {dt:.1f} s")
+        _report_warnings(name, target.nb_out_dir / f"{name}.ipynb", log)
         timings.stage_done(name, dt)
         merged, _ = _merge(target.run_dir, prof)
         if reference:
