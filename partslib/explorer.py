@@ -89,7 +89,7 @@ def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
         c = e.contributions[0].masked_fill(~e.present[0], float("-inf"))
         part = int(c.argmax())
     name = (lambda k: class_names[k]) if class_names is not None else str
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.0),
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.0), layout="constrained",
                              gridspec_kw={"width_ratios": [1, 1.45, 1.1, 1.6]})
     title = f"#{state.index}: explain {name(int(e.target[0]))}"
     if e.contrast is not None:
@@ -106,7 +106,7 @@ def render(explainer: PartExplainer, images: torch.Tensor, state: ExplorerState,
     for ax in axes[:3]:
         ax.grid(False)
     viz.plot_contributions(e, 0, ax=axes[3])
-    fig.tight_layout()
+    viz.refit_contributions(fig, [(axes[3], e, 0, None)])
     return fig
 
 

@@ -251,13 +251,13 @@ def extract_features(classifier: ContractClassifier, images: torch.Tensor,
                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Frozen stage features of ``images`` (uint8 or float), computed once (eval mode) on the
     classifier's device and returned in host memory."""
-    from tqdm.auto import tqdm
+    from partslib.progress import Progress
 
     classifier.eval()
     device = next(classifier.parameters()).device
     out: dict[str, list[torch.Tensor]] = {s: [] for s in stages}
-    for i in tqdm(range(0, len(images), batch_size), desc="features", disable=not progress,
-                  leave=False):
+    for i in Progress(range(0, len(images), batch_size), desc="features", unit="batch",
+                      disable=not progress, leave=False):
         x = images[i:i + batch_size].to(device)
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         feats = classifier.features(x)

@@ -1,7 +1,7 @@
 """Run the study's notebooks headlessly with papermill, one profile at a time.
 
     python -m partslib.runner --profile smoke|default|gpu [--only NAME ...] [--dry-run]
-                              [--results results] [--retrain] [--reference]
+                              [--results results] [--retrain] [--reference] [--no-progress]
 
 A profile is ``profiles/<profile>.yaml`` (format: :mod:`partslib.profiles`). The runner adds
 ``profile``, ``results_dir`` (absolute) and ``data_dir`` to every notebook that declares them.
@@ -12,6 +12,10 @@ stages' metrics into ``results/<profile>/metrics.json`` (keys ``<stage>/<key>``)
 reads both and never merges anything itself; the executed notebooks go to
 ``results/<profile>/notebooks/``. When a profile has the summary stage, the runner renders
 ``report.html`` again after the last stage, from the final metrics and timings.
+
+On a terminal (and not in CI) each stage shows one progress bar: the notebook's cell and the
+library's running loop, with its epoch and an estimate of its time left
+(:mod:`partslib.progress`); the warnings a notebook showed are logged after its stage.
 
 This module is the command line; nothing in partslib imports it.
 
@@ -41,6 +45,12 @@ from typing import Any
 
 from partslib.io import StudyRootError, find_root, merge_metrics, stage_name, write_json
 from partslib.profiles import RUNNER_PARAMS, Profile, ProfileError, load_profile, validate_profile
+from partslib.progress import (
+    StageMonitor,
+    cell_progress_engine,
+    notebook_warnings,
+    show_progress,
+)
 
 __all__ = [
     "RUNNER_PARAMS",
@@ -230,11 +240,25 @@ def _prepare(prof: Profile, plan: Sequence[str], root: Path, results: Path | Non
     return target, {k: v for k, v in kept.items() if k not in plan}
 
 
+def _last_stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds of each stage in the run folder's last timings (a progress bar's estimate)."""
+    try:
+        stages = json.loads((run_dir / "timings.json").read_text())["stages"]
+        return {str(k): float(v) for k, v in stages.items() if v is not None}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _merge(run_dir: Path, prof: Profile) -> tuple[dict[str, Any], list[str]]:
     """Merge the metrics of every stage present into ``run_dir/metrics.json``."""
     merged, missing = merge_metrics(run_dir, prof.notebooks)
     write_json(run_dir / "metrics.json", merged)
     return merged, missing
+
+
+def _report_warnings(name: str, out_nb: Path, log: Callable[..., None]) -> None:
+    for count, text in notebook_warnings(out_nb):
+        log(f"warning in {name} (In [{count}]): {text}")
 
 
 def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Target,
@@ -248,6 +272,7 @@ def _execute(name: str, params: dict[str, Any], notebooks_dir: Path, target: _Ta
     try:
         pm.execute_notebook(str(notebooks_dir / f"{name}.ipynb"), str(out_nb),
                             parameters=params, kernel_name=kernel_name, cwd=str(target.exec_cwd),
+                            engine_name=cell_progress_engine(),
                             progress_bar=False, log_output=False,
                             execution_timeout=execution_timeout,
                             store_widget_state=False, record_timing=False,
@@ -271,8 +296,12 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
               only: Sequence[str] | None = None, dry_run: bool = False, retrain: bool = False,
               reference: bool = False, kernel_name: str = "python3",
               execution_timeout: int | None = None,
-              log: Callable[..., None] = print) -> dict[str, Any]:
+              log: Callable[..., None] = print, progress: bool | None = None) -> dict[str, Any]:
     """Validate a profile and run its notebooks; returns the merged metrics (``{}`` on dry run).
+
+    ``progress`` draws one bar per stage on stderr (the notebook's cell, the library's running
+    loop with its epoch and an estimate of its time left: :mod:`partslib.progress`); default:
+    on a terminal, unless ``CI`` is set. Warnings a notebook shows are logged after its stage.
 
     After each stage, ``metrics.json`` and ``timings.json`` of the run folder are rewritten;
     after the last one, ``report.html`` is rendered when the profile has the ``08_summary``
@@ -305,11 +334,14 @@ def run_study(profile: str | os.PathLike, *, root: Path | None = None,
     # results, only on wall time)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     data = Path(data_dir or root / "data").resolve()
+    bars = show_progress() if progress is None else progress
     if prof.seeds and not reference:
         return _run_seeds(prof, notebooks_dir, root, results, data, only, retrain, log,
-                          kernel_name=kernel_name, execution_timeout=execution_timeout)
+                          kernel_name=kernel_name, execution_timeout=execution_timeout,
+                          progress=bars)
     return _run_plan(prof, plan, notebooks_dir, root, results, data, only, retrain, reference,
-                     log, kernel_name=kernel_name, execution_timeout=execution_timeout)
+                     log, kernel_name=kernel_name, execution_timeout=execution_timeout,
+                     progress=bars)
 
 
 def _run_seeds(prof: Profile, notebooks_dir: Path, root: Path, results: Path | None,
@@ -338,10 +370,11 @@ def _run_seeds(prof: Profile, notebooks_dir: Path, root: Path, results: Path | N
 def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Path, root: Path,
               results: Path | None, data_dir: Path, only: Sequence[str] | None, retrain: bool,
               reference: bool, log: Callable[..., None], *, kernel_name: str,
-              execution_timeout: int | None) -> dict[str, Any]:
+              execution_timeout: int | None, progress: bool = False) -> dict[str, Any]:
     """Execute the notebooks of ``plan`` into the profile's run folder (see :func:`run_study`)."""
     import papermill as pm
 
+    last = _last_stage_seconds(Path(results or root / "results").resolve() / prof.name)
     target, kept = _prepare(prof, list(plan), root, results, data_dir, bool(only), retrain,
                             reference, log)
     timings = RunTimings(target.run_dir / "timings.json", prof, list(plan), bool(only), kept)
@@ -350,19 +383,26 @@ def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Pat
     for i, (name, params) in enumerate(plan.items(), 1):
         declared = pm.inspect_notebook(str(notebooks_dir / f"{name}.ipynb"))
         params = {**{k: v for k, v in target.params.items() if k in declared}, **params}
-        log(f"[{i}/{len(plan)}] {name} ...", end="", flush=True)
+        label = f"[{i}/{len(plan)}] {name} ..."
+        if not progress:
+            log(label, end="", flush=True)
+        prefix = label if progress else ""  # with a bar, the stage's line is written at its end
         try:
-            dt = _execute(name, params, notebooks_dir, target, timings, kernel_name,
-                          execution_timeout)
+            with (StageMonitor(label, expected=last.get(name)) if progress
+                  else contextlib.nullcontext()):
+                dt = _execute(name, params, notebooks_dir, target, timings, kernel_name,
+                              execution_timeout)
         except KeyboardInterrupt:
-            log(" interrupted")
+            log(f"{prefix} interrupted")
             raise
         except StageError:
-            log(" FAILED")
+            log(f"{prefix} FAILED")
+            _report_warnings(name, target.nb_out_dir / f"{name}.ipynb", log)
             raise
+        log(f"{prefix} {dt:.1f} s")
+        _report_warnings(name, target.nb_out_dir / f"{name}.ipynb", log)
         timings.stage_done(name, dt)
         merged, _ = _merge(target.run_dir, prof)
-        log(f" {dt:.1f} s")
         if reference:
             _strip_for_reference(target.nb_out_dir / f"{name}.ipynb")
     timings.finish("ok")
@@ -396,11 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--reference", action="store_true",
                     help="write the nbval reference copies to tests/nb_reference/")
     ap.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress bars (default: bars on a terminal, none when CI is set)")
     args = ap.parse_args(argv)
     try:
         run_study(args.profile, root=args.root, results=args.results, data_dir=args.data,
                   only=args.only, dry_run=args.dry_run, retrain=args.retrain,
-                  reference=args.reference, execution_timeout=args.timeout)
+                  reference=args.reference, execution_timeout=args.timeout,
+                  progress=False if args.no_progress else None)
     except (ProfileError, StageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ProfileError) else 1

@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from partslib.progress import Progress
+
 __all__ = [
+    "CheckpointError",
     "FitResult",
     "TensorLoader",
     "archive_if_stale",
@@ -127,24 +130,52 @@ def save_checkpoint(path: str | Path, *, state_dict: dict, config: dict, kind: s
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used. ``reason`` says why: ``"unreadable"`` (truncated,
+    corrupted or empty), ``"foreign"`` (not a partslib checkpoint), ``"version"`` (another
+    format version) or ``"kind"`` (another model); ``detail`` is the why without the path."""
+
+    def __init__(self, path: Path, reason: str, detail: str, advice: str = "") -> None:
+        super().__init__(f"checkpoint {path} {detail}" + (f"; {advice}" if advice else ""))
+        self.path, self.reason, self.detail = path, reason, detail
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    import zipfile
+
+    size = path.stat().st_size
+    if size == 0:
+        what, cause = "is empty (0 bytes)", "nothing was written"
+    elif not zipfile.is_zipfile(path):  # torch.save writes a zip archive, its index last
+        what = f"is truncated or corrupted ({size} bytes)"
+        cause = "not a complete zip archive as torch.save writes: its end is missing or damaged"
+    else:
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+        what = f"is corrupted ({size} bytes)"
+        cause = f"{type(e).__name__}: {first[:160]}" if first else type(e).__name__
+    return CheckpointError(path, "unreadable", f"could not be read: the file {what}; {cause}",
+                           "delete it and train again")
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
-    """Read a partslib checkpoint; a missing, truncated, corrupted or foreign file raises an error
-    that names the file and says what is wrong."""
+    """Read a partslib checkpoint; a missing file raises ``FileNotFoundError``, a truncated,
+    corrupted or foreign one a :class:`CheckpointError` that names the file and says what is
+    wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is corrupted or truncated and cannot be read "
-                         f"({type(e).__name__}: {str(e)[:200]}); delete it and train again") from e
+        raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a partslib checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+        raise CheckpointError(path, "foreign", f"is not a partslib checkpoint (no "
+                              f"'{CHECKPOINT_FORMAT}' header)")
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has format version {ckpt.get('version')}, this "
-                         f"partslib reads version {CHECKPOINT_VERSION}")
+        raise CheckpointError(path, "version", f"has format version {ckpt.get('version')}, "
+                              f"this partslib reads version {CHECKPOINT_VERSION}")
     if kind is not None and ckpt.get("kind") != kind:
-        raise ValueError(f"checkpoint {path} holds a {ckpt.get('kind')!r}, expected {kind!r}")
+        raise CheckpointError(path, "kind", f"holds a {ckpt.get('kind')!r}, expected {kind!r}")
     return ckpt
 
 
@@ -163,8 +194,9 @@ def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def archive_if_stale(checkpoint: str | Path, kind: str, config: dict) -> Path | None:
-    """Move a checkpoint written with another configuration than ``config`` (or unreadable) to
-    ``old/<kind>-<time>.pt`` beside it, with a warning naming the differing keys, so that
+    """Move a checkpoint written with another configuration than ``config``, or one that cannot
+    be read or used, to ``old/<kind>-<time>.pt`` beside it, with a warning that says which (the
+    differing keys; why the file could not be read: truncated, corrupted, empty), so that
     training starts over instead of resuming from stale weights. Returns the new path, or
     ``None`` when nothing was moved (no checkpoint, or the same configuration)."""
     path = Path(checkpoint)
@@ -172,18 +204,18 @@ def archive_if_stale(checkpoint: str | Path, kind: str, config: dict) -> Path | 
         return None
     try:
         stored = load_checkpoint(path, kind=kind)["config"]
-    except ValueError as e:
-        why = f"it cannot be used ({str(e)[:200]})"
+    except CheckpointError as e:
+        why = e.detail if e.reason == "unreadable" else f"cannot be resumed: it {e.detail}"
     else:
         if stored == config:
             return None
         keys = _differing_keys(stored, config)
-        why = (f"it was written with another configuration (differing keys: "
+        why = (f"was written with another configuration (differing keys: "
                f"{', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''})")
     old = path.parent / "old" / f"{kind}-{_dt.datetime.now():%Y%m%d-%H%M%S-%f}.pt"
     old.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(path), str(old))
-    warnings.warn(f"checkpoint {path}: {why}; moved to {old}, training from scratch",
+    warnings.warn(f"checkpoint {path} {why}; moved to {old}, training from scratch",
                   stacklevel=3)
     return old
 
@@ -207,6 +239,17 @@ class FitResult:
     resumed_from_epoch: int = 0
 
 
+def _restore(ckpt: dict, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+             result: FitResult) -> int:
+    """Load a checkpoint's weights, optimiser, schedule and history; returns its epoch."""
+    model.load_state_dict(ckpt["state_dict"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    result.history = list(ckpt["history"])
+    result.resumed_from_epoch = ckpt["epoch"]
+    return ckpt["epoch"]
+
+
 def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         lr: float = 2e-3, weight_decay: float = 1e-4,
@@ -227,8 +270,9 @@ def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
             recorded on other data is not resumed.
         checkpoint: file to write after each epoch (atomically) and to resume from when it exists
             and ``resume`` is true. A checkpoint whose configuration (``config`` with the
-            optimisation settings) differs, or that cannot be read, is moved to ``old/`` beside
-            it with a warning naming the differing keys, and training starts over.
+            optimisation settings) differs, or that cannot be read or used, is moved to
+            ``old/`` beside it with a warning that says which (:func:`archive_if_stale`), and
+            training starts over.
         forward: ``forward(model, inputs) -> outputs`` (default ``model(inputs)``).
     """
     if epochs < 1:
@@ -250,19 +294,18 @@ def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
     if checkpoint is not None and resume:
         archive_if_stale(checkpoint, kind, full_config)
     if checkpoint is not None and resume and Path(checkpoint).exists():
-        ckpt = load_checkpoint(checkpoint, kind=kind)
-        model.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        result.history = list(ckpt["history"])
-        start = result.resumed_from_epoch = ckpt["epoch"]
+        start = _restore(load_checkpoint(checkpoint, kind=kind), model, opt, sched, result)
     forward = forward or (lambda m, x: m(x))
+    # the run's batches for the runner's terminal (partslib.progress); tqdm draws each epoch's
+    events = Progress(total=epochs * len(train_loader), initial=start * len(train_loader),
+                      desc=desc, unit="batch")
     for epoch in range(start, epochs):
         model.train()
         set_epoch(train_loader, epoch)
         total, count = 0.0, 0
         bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{epochs}", disable=not progress,
                    leave=False)
+        events.set_postfix(epoch=f"{epoch + 1}/{epochs}")
         for inputs, targets in bar:
             inputs, targets = _to(inputs, device), targets.to(device)
             loss = loss_fn(forward(model, inputs), targets)
@@ -273,6 +316,8 @@ def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
             total += float(loss.detach()) * len(targets)
             count += len(targets)
             bar.set_postfix(loss=f"{total / count:.4f}")
+            events.info["loss"] = f"{total / count:.4f}"
+            events.update()
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1)}
         if evaluate is not None:
             model.eval()
@@ -283,6 +328,7 @@ def fit(model: nn.Module, train_loader: TensorLoader | Iterable, *, epochs: int,
             save_checkpoint(checkpoint, state_dict=model.state_dict(), config=full_config,
                             kind=kind, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                             epoch=epoch + 1, history=result.history)
+    events.close()
     model.eval()
     return result
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,6 +25,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 __all__ = [
+    "Bar",
+    "bars_that_fit",
+    "contribution_bars",
+    "contributions_height",
+    "legend_rows_that_fit",
     "overlay_parts",
     "part_legend",
     "part_palette",
@@ -37,6 +43,7 @@ __all__ = [
     "plot_part_overlay",
     "plot_samples",
     "plot_segmentations",
+    "refit_contributions",
     "save_figure",
     "set_style",
 ]
@@ -180,8 +187,11 @@ def part_legend(part_names: Sequence[str], ax: Axes | None = None, fig: Figure |
 
 
 def plot_part_overlay(image, labels, part_names: Sequence[str], ax: Axes | None = None,
-                      title: str = "parts", legend: bool = True, alpha: float = 0.6) -> Axes:
-    """The image with its part map blended over it, and a legend of the parts it shows."""
+                      title: str = "parts", legend: bool = True, alpha: float = 0.6,
+                      legend_rows: int | None = None) -> Axes:
+    """The image with its part map blended over it, and a legend of the parts it shows (a map
+    of background only says so in the legend instead of drawing an empty box), in columns of
+    ``legend_rows`` entries (default: as many as fit beside the image)."""
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(overlay_parts(image, labels, alpha=alpha, num_labels=len(part_names)))
@@ -190,45 +200,159 @@ def plot_part_overlay(image, labels, part_names: Sequence[str], ax: Axes | None 
     if legend:
         shown: list[int] = sorted(set(np.unique(np.asarray(labels)).tolist()) - {0, 255})
         colours = part_palette(len(part_names))
-        ax.legend(handles=[Patch(color=colours[p], label=part_names[p]) for p in shown],
-                  fontsize=7, frameon=True, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        handles = [Patch(color=colours[p], label=part_names[p]) for p in shown]
+        if not handles:
+            handles = [Patch(color=colours[0], label=f"{part_names[0]} only: no part found")]
+        rows = legend_rows or legend_rows_that_fit(_axes_size_pt(ax)[1] / 72)
+        ax.legend(handles=handles, fontsize=7, frameon=True, loc="upper left",
+                  bbox_to_anchor=(1.0, 1.0), ncol=-(-len(handles) // rows),
+                  columnspacing=0.8, handlelength=1.2)
     return ax
 
 
+def _axes_size_pt(ax: Axes) -> tuple[float, float]:
+    """Width and height of ``ax`` in points, at its figure's current layout."""
+    fig = ax.get_figure(root=True)
+    if fig is None:
+        raise ValueError("the axes belong to no figure")
+    pos = ax.get_position()
+    return pos.width * fig.get_figwidth() * 72, pos.height * fig.get_figheight() * 72
+
+
+def legend_rows_that_fit(height: float) -> int:
+    """Entries of a 7-point part legend (about 1.9 line heights each) beside an image
+    ``height`` inches high."""
+    return max(4, int(height * 72 / (1.9 * 7)))
+
+
+def _panel_layout(explanation, indices: Sequence[int], height: float
+                  ) -> tuple[float, list[float], int]:
+    """Figure width, column widths (inches: image, parts with their legend, contribution bars)
+    and legend entries per column for panels ``height`` inches high showing ``indices``."""
+    rows = legend_rows_that_fit(0.75 * height)
+    most = max((int(explanation.present[i, 1:].sum()) for i in indices), default=0)
+    cols = max(1, -(-most // rows))
+    longest = max([len(n) for n in explanation.part_names[1:]] + [10])
+    column = (longest * 0.55 * 7 + 24) / 72  # one legend column at 7 pt: patch, gap, name
+    image = 0.75 * height  # the images are square, about as high as the panel less its title
+    widths = [image, image + cols * column, 4.0]
+    return sum(widths) + 0.8, widths, rows
+
+
+def _layout(fig: Figure) -> None:
+    """Lay a constrained-layout figure out now (positions are then final)."""
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+
+
+# Contribution bars: label font size (points) and the height one bar needs (in label heights).
+BAR_FONT = 8.0
+MIN_BAR_FONT = 7.0
+BAR_PITCH = 1.6
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar of :func:`plot_contributions`: a part, or the sum of the parts not drawn."""
+
+    label: str
+    value: float
+    share: float
+    colour: tuple[float, float, float]
+    pixels: bool  # whether the part has a pixel in the argmax map (False: drawn hatched)
+
+
+def contribution_bars(explanation, i: int = 0, max_bars: int | None = None) -> list[Bar]:
+    """The bars :func:`plot_contributions` draws for image ``i``, largest contribution first.
+
+    Every part with a non-zero contribution or a pixel in the argmax map gets a bar (a part can
+    contribute without winning any pixel: a soft rule credits its probabilities). With more
+    than ``max_bars`` such parts, the ``max_bars - 1`` largest by ``|c|`` are drawn and one last
+    bar ``other parts (n)`` holds the sum of the rest, so the bars always sum to ``Σc``."""
+    e = explanation
+    if not 0 <= i < len(e):
+        raise ValueError(f"image index i={i} is out of range for an explanation of {len(e)} "
+                         f"images")
+    if max_bars is not None and max_bars < 2:
+        raise ValueError(f"max_bars must be >= 2 (the largest parts and 'other parts') or "
+                         f"None, got {max_bars}")
+    c = e.contributions[i].detach().cpu().double().numpy()
+    shares = e.shares[i].detach().cpu().double().numpy()
+    pixels = e.present[i].cpu().numpy()
+    colours = part_palette(len(e.part_names))
+    drawn = np.flatnonzero(pixels | (c != 0))
+    rest: np.ndarray = np.array([], dtype=np.int64)
+    if max_bars is not None and len(drawn) > max_bars:
+        by_size = drawn[np.argsort(-np.abs(c[drawn]), kind="stable")]
+        drawn, rest = by_size[:max_bars - 1], by_size[max_bars - 1:]
+    drawn = drawn[np.argsort(-c[drawn], kind="stable")]
+    bars = [Bar(e.part_names[p], float(c[p]), float(shares[p]), tuple(colours[p]),
+                bool(pixels[p])) for p in drawn]
+    if len(rest):
+        bars.append(Bar(f"other parts ({len(rest)})", float(c[rest].sum()),
+                        float(shares[rest].sum()), (0.75, 0.75, 0.75), True))
+    return bars
+
+
+def bars_that_fit(ax: Axes, fontsize: float = MIN_BAR_FONT) -> int:
+    """How many bars, one label each at ``fontsize`` points, the height of ``ax`` holds."""
+    return max(2, int(0.85 * _axes_size_pt(ax)[1] / (BAR_PITCH * fontsize)))
+
+
+def contributions_height(n_bars: int) -> float:
+    """Height in inches of a contribution chart with ``n_bars`` bars at the label font."""
+    # the axes get about 0.77 of a figure's height (matplotlib's default margins) and
+    # bars_that_fit keeps 0.85 of that for the bars
+    return 0.4 + n_bars * BAR_PITCH * BAR_FONT / 72 / (0.77 * 0.85)
+
+
 def plot_contributions(explanation, i: int = 0, ax: Axes | None = None,
-                       title: str | None = None) -> Axes:
+                       title: str | None = None, max_bars: int | None = None) -> Axes:
     """Horizontal bars of one image's part contributions, coloured like the part map.
 
-    The title states the explained score and, in region mode, ``bias + Σ c_p = score``.
+    Every contributing part is drawn (see :func:`contribution_bars`; parts without a pixel in
+    the part map are hatched), so the bars add up to the ``Σc`` of the title, which states the
+    explained score and, for rules with a bias, ``score = bias + Σc``. Without ``ax`` the
+    figure grows with the number of bars; on a given ``ax``, at most as many bars as its height
+    holds at a readable font (``max_bars``, default: that many), the rest as ``other parts``.
     """
     e = explanation
     if ax is None:
-        _, ax = plt.subplots(figsize=(3.6, 2.8))
-    c = e.contributions[i].detach().cpu().numpy()
-    present = e.present[i].cpu().numpy()
-    names = [n for n, p in zip(e.part_names, present) if p]
-    vals = c[present]
-    colours = part_palette(len(e.part_names))[present]
-    order = np.argsort(-vals, kind="stable")
-    ax.barh(np.arange(len(order)), vals[order], color=colours[order])
-    ax.set_yticks(np.arange(len(order)), [names[j] for j in order], fontsize=8)
-    ax.invert_yaxis()
+        n = len(contribution_bars(e, i, max_bars))
+        _, ax = plt.subplots(figsize=(3.6, max(2.8, contributions_height(n))))
+    fit = bars_that_fit(ax)
+    bars = contribution_bars(e, i, fit if max_bars is None else min(max_bars, fit))
+    width_pt, height_pt = _axes_size_pt(ax)
+    pitch = 0.85 * height_pt / (BAR_PITCH * max(len(bars), 1))
+    font = float(np.clip(pitch, MIN_BAR_FONT, BAR_FONT))
+    vals = np.array([b.value for b in bars])
+    y = np.arange(len(bars))
+    ax.barh(y, vals, color=[b.colour for b in bars],
+            hatch=[None if b.pixels else "///" for b in bars], edgecolor="white", linewidth=0)
+    ax.set_yticks(y, [b.label for b in bars], fontsize=font)
+    ax.set_ylim(len(bars) - 0.5, -0.5)
     ax.axvline(0, color="k", lw=0.8)
-    shares = e.shares[i].cpu().numpy()[present]
-    for y, j in enumerate(order):
-        ax.annotate(f"{100 * shares[j]:+.0f}%", (vals[j], y), fontsize=7, va="center",
-                    ha="left" if vals[j] >= 0 else "right",
-                    xytext=(3 if vals[j] >= 0 else -3, 0), textcoords="offset points")
-    lo, hi = min(vals.min(), 0), max(vals.max(), 0)
-    pad = 0.25 * (hi - lo + 1e-9)
-    ax.set_xlim(lo - pad, hi + pad)
-    score = float(e.score[i])
+    for k, b in enumerate(bars):
+        ax.annotate(f"{100 * b.share:+.0f}%", (b.value, k), fontsize=max(font - 1, MIN_BAR_FONT),
+                    va="center", ha="left" if b.value >= 0 else "right",
+                    xytext=(3 if b.value >= 0 else -3, 0), textcoords="offset points")
+    # room beyond the longest bars for their "+12%" labels (about 4.5 characters wide)
+    lo, hi = min(vals.min(initial=0), 0), max(vals.max(initial=0), 0)
+    f = min(0.4, (3 + 4.5 * 0.62 * font) / max(width_pt, 1.0))
+    pad = (hi - lo + 1e-9) * f / (1 - 2 * f)
+    ax.set_xlim(lo - (pad if lo < 0 else 0.02 * pad), hi + (pad if hi > 0 else 0.02 * pad))
+    total = float(vals.sum())
     if title is None:
+        score = float(e.score[i])
         title = f"{e.mode}\nscore {score:.2f}"
-        if not np.isnan(float(e.bias[i])):
-            title += f" = bias {float(e.bias[i]):.2f} + Σc {float(c.sum()):.2f}"
+        title += (f" = bias {float(e.bias[i]):.2f} + Σc {total:.2f}"
+                  if not np.isnan(float(e.bias[i])) else f", Σc {total:.2f}")
     ax.set_title(title, fontsize=8)
-    ax.set_xlabel("contribution to the score", fontsize=8)
+    xlabel = "contribution to the score"
+    if not all(b.pixels for b in bars):
+        xlabel += "\n(hatched: no pixel in the part map)"
+    ax.set_xlabel(xlabel, fontsize=8)
     return ax
 
 
@@ -236,8 +360,10 @@ def plot_explanation(explanation, images, i: int = 0, class_names: Sequence[str]
                      true_label: int | None = None) -> Figure:
     """The panel image | parts | contributions for image ``i`` of an explanation."""
     e = explanation
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.0),
-                             gridspec_kw={"width_ratios": [1, 1.45, 1.6]})
+    height = max(3.0, contributions_height(len(contribution_bars(e, i))))
+    width, widths, rows = _panel_layout(e, [i], height)
+    fig, axes = plt.subplots(1, 3, figsize=(width, height), layout="constrained",
+                             gridspec_kw={"width_ratios": widths})
     name = (lambda k: class_names[k]) if class_names is not None else str
     k = int(e.target[i])
     title = f"explained: {name(k)}"
@@ -248,36 +374,61 @@ def plot_explanation(explanation, images, i: int = 0, class_names: Sequence[str]
     axes[0].imshow(_hwc_float(images[i]))
     axes[0].set(title=title, xticks=[], yticks=[])
     axes[0].grid(False)
-    plot_part_overlay(images[i], e.labels[i].cpu(), e.part_names, ax=axes[1])
+    plot_part_overlay(images[i], e.labels[i].cpu(), e.part_names, ax=axes[1], legend_rows=rows)
     plot_contributions(e, i, ax=axes[2])
-    fig.tight_layout()
+    refit_contributions(fig, [(axes[2], e, i, None)])
     return fig
+
+
+def refit_contributions(fig: Figure, charts: Sequence[tuple[Axes, object, int, int | None]]
+                        ) -> None:
+    """Draw the contribution charts ``(ax, explanation, i, max_bars)`` of ``fig`` again once
+    its layout is set (the layout shrinks axes to make room for titles and legends), so their
+    bars and fonts fit the final heights; then lay the figure out again. A figure without a
+    layout engine is laid out with ``tight_layout``."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    _layout(fig)
+    for ax, e, i, max_bars in charts:
+        title = ax.get_title()
+        ax.clear()
+        plot_contributions(e, i, ax=ax, max_bars=max_bars, title=title)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    _layout(fig)
 
 
 def plot_gallery(explanation, images, indices: Sequence[int],
                  class_names: Sequence[str] | None = None,
                  true_labels: Sequence[int] | torch.Tensor | None = None,
-                 suptitle: str | None = None) -> Figure:
-    """Rows of (image, parts, contribution bars) for several images of one explanation."""
+                 suptitle: str | None = None, max_bars: int = 12) -> Figure:
+    """Rows of (image, parts, contribution bars) for several images of one explanation.
+
+    Rows grow with the number of contributing parts, up to ``max_bars`` bars per chart; an
+    image with more shows its ``max_bars - 1`` largest and one ``other parts`` bar."""
     e = explanation
     n = len(indices)
-    fig, axes = plt.subplots(n, 3, figsize=(10.5, 2.7 * n), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.45, 1.6]})
+    most = max((len(contribution_bars(e, i)) for i in indices), default=0)
+    row = max(2.7, contributions_height(min(most, max_bars)))
+    width, widths, rows = _panel_layout(e, indices, row)
+    fig, axes = plt.subplots(n, 3, figsize=(width, row * n), squeeze=False,
+                             layout="constrained", gridspec_kw={"width_ratios": widths})
     name = (lambda k: class_names[k]) if class_names is not None else str
-    for row, i in enumerate(indices):
+    for r, i in enumerate(indices):
         k = int(e.target[i])
         t = f"pred {name(k)}"
         if true_labels is not None:
             y = int(true_labels[i])
             t += f"\ntrue {name(y)}" + ("" if y == k else "  ✗")
-        axes[row, 0].imshow(_hwc_float(images[i]))
-        axes[row, 0].set(title=t, xticks=[], yticks=[])
-        axes[row, 0].grid(False)
-        plot_part_overlay(images[i], e.labels[i].cpu(), e.part_names, ax=axes[row, 1])
-        plot_contributions(e, i, ax=axes[row, 2])
+        axes[r, 0].imshow(_hwc_float(images[i]))
+        axes[r, 0].set(title=t, xticks=[], yticks=[])
+        axes[r, 0].grid(False)
+        plot_part_overlay(images[i], e.labels[i].cpu(), e.part_names, ax=axes[r, 1],
+                          legend_rows=rows)
+        plot_contributions(e, i, ax=axes[r, 2], max_bars=max_bars)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    refit_contributions(fig, [(axes[r, 2], e, i, max_bars) for r, i in enumerate(indices)])
     return fig
 
 

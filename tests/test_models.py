@@ -3,6 +3,7 @@ import torch
 
 from partslib.models import SmallResNet, TorchvisionResNet, build_classifier, check_images
 from partslib.training import (
+    CheckpointError,
     TensorLoader,
     evaluate_classifier,
     fit,
@@ -141,13 +142,37 @@ def test_checkpoint_of_another_configuration_is_archived_not_resumed(tmp_path):
     old = list((tmp_path / "old").glob("classifier-*.pt"))
     assert len(old) == 1 and load_checkpoint(old[0])["config"]["epochs"] == 3
     assert load_checkpoint(tmp_path / "c.pt")["config"]["epochs"] == 1
-    # an unreadable checkpoint is moved aside too
+    # an unreadable checkpoint is moved aside too, with a warning that says it is unreadable
     (tmp_path / "c.pt").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="cannot be used"):
+    with pytest.warns(UserWarning, match=r"c.pt could not be read: the file is truncated or "
+                                         r"corrupted \(7 bytes\)") as record:
         fit(m, TensorLoader(x, y, batch_size=16), epochs=1,
             loss_fn=torch.nn.functional.cross_entropy, checkpoint=tmp_path / "c.pt",
             config=m.config(), kind="classifier", progress=False)
     assert len(list((tmp_path / "old").glob("classifier-*.pt"))) == 2
+    assert not any("configuration" in str(w.message) for w in record)
+
+
+@pytest.mark.parametrize("cut", [0, 0.5, 0.95])
+def test_truncated_checkpoint_warns_that_it_could_not_be_read(tmp_path, cut):
+    x, y = _toy_data()
+    _train(x, y, tmp_path / "c.pt")
+    raw = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "c.pt").write_bytes(raw[: int(cut * len(raw))])
+    m = SmallResNet(num_classes=4, widths=(8, 16, 32))
+    what = "is empty (0 bytes)" if cut == 0 else "is truncated or corrupted"
+    with pytest.warns(UserWarning) as record:
+        r = fit(m, TensorLoader(x, y, batch_size=16), epochs=1,
+                loss_fn=torch.nn.functional.cross_entropy, checkpoint=tmp_path / "c.pt",
+                config=m.config(), kind="classifier", progress=False)
+    messages = [str(w.message) for w in record if "checkpoint" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert f"c.pt could not be read: the file {what}" in messages[0]
+    assert "moved to" in messages[0] and "training from scratch" in messages[0]
+    assert "configuration" not in messages[0] and "delete it" not in messages[0]
+    assert r.resumed_from_epoch == 0
+    (old,) = (tmp_path / "old").glob("classifier-*.pt")
+    assert old.read_bytes() == raw[: int(cut * len(raw))]  # kept as it was, for a look
 
 
 def test_tensor_loader_batches_tuples_and_dicts():
@@ -161,8 +186,8 @@ def test_tensor_loader_batches_tuples_and_dicts():
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"", "corrupted or truncated"),
-    (b"not a checkpoint at all", "corrupted or truncated"),
+    (b"", r"could not be read: the file is empty \(0 bytes\)"),
+    (b"not a checkpoint at all", "could not be read: the file is truncated or corrupted"),
 ])
 def test_corrupted_checkpoint_is_named(tmp_path, content, match):
     path = tmp_path / "broken.pt"
@@ -177,7 +202,7 @@ def test_truncated_and_foreign_checkpoints(tmp_path, small):
                            config=small.config(), kind="classifier")
     raw = good.read_bytes()
     (tmp_path / "half.pt").write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(ValueError, match="half.pt is corrupted or truncated"):
+    with pytest.raises(CheckpointError, match="half.pt could not be read: the file is truncated"):
         load_checkpoint(tmp_path / "half.pt")
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a partslib checkpoint"):

@@ -87,11 +87,12 @@ def child_memory(methods: Sequence[str], size: int, batch: int, results_dir: str
 def peak_memory(cfg: BenchConfig, size: int) -> dict[str, dict[str, float]]:
     """Per method, the peak RSS growth over the RSS before it, in one fresh subprocess per
     size (``cfg.memory == "process"``: one per method, slower and fully isolated)."""
-    from tqdm.auto import tqdm
+    from partslib.progress import Progress
 
     groups = ([[m] for m in cfg.methods] if cfg.memory == "process" else [list(cfg.methods)])
     out = {}
-    for group in tqdm(groups, desc=f"memory@{size}", disable=not cfg.progress, leave=False):
+    for group in Progress(groups, desc=f"memory@{size}", unit="run", disable=not cfg.progress,
+                          leave=False):
         cmd = [sys.executable, "-m", "partslib.bench", "--child-memory", ",".join(group),
                "--sizes", str(size), "--batch", str(cfg.batches[size]), "--results-dir",
                cfg.results_dir, "--seed", str(cfg.seed), "--threads", str(cfg.threads),

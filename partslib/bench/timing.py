@@ -90,15 +90,15 @@ def time_methods(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 
     the process CPU time of the call (all threads): unlike wall time it does not count the time
     other processes hold the cores, so with one thread it is the contention-robust cost.
     """
-    from tqdm.auto import tqdm
+    from partslib.progress import Progress
 
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     names = list(fns)
     wall: dict[str, list[float]] = {m: [] for m in names}
     cpu: dict[str, list[float]] = {m: [] for m in names}
-    with tqdm(total=(warmup + repeats) * len(names), desc=desc, disable=not progress,
-              leave=False) as bar:
+    with Progress(total=(warmup + repeats) * len(names), desc=desc, unit="call",
+                  disable=not progress, leave=False) as bar:
         for r in range(warmup + repeats):
             for i in range(len(names)):
                 m = names[(r + i) % len(names)]

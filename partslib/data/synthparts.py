@@ -245,13 +245,14 @@ class Sample:
 
 def generate_split(cfg: SynthPartsConfig, seed: int, n: int, progress: bool = False) -> dict:
     """Render samples ``0..n-1`` of stream ``seed`` into arrays."""
-    from tqdm.auto import tqdm
+    from partslib.progress import Progress
 
     s = cfg.size
     images = np.empty((n, s, s, 3), dtype=np.uint8)
     masks = np.empty((n, s, s), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
-    for i in tqdm(range(n), desc=f"SynthParts seed={seed}", disable=not progress, leave=False):
+    for i in Progress(range(n), desc=f"SynthParts seed={seed}", unit="image",
+                      disable=not progress, leave=False):
         smp = cfg.render(seed, i)
         images[i], masks[i], labels[i] = smp.image, smp.mask, smp.label
     return {"images": images, "masks": masks, "labels": labels}

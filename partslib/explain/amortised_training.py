@@ -149,10 +149,10 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
     scale = float(y[train.present].std().clamp_min(1e-6))
     r_val = torch.arange(len(val.labels))
     best, best_state, rows = -math.inf, None, []
-    epoch_iter = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        epoch_iter = tqdm(epoch_iter, desc="contribution head", unit="epoch")
+    from partslib.progress import Progress
+
+    epoch_iter = Progress(range(epochs), desc="contribution head", unit="epoch",
+                          disable=not progress)
     for epoch in epoch_iter:
         head.train()
         perm = torch.randperm(N, generator=gen)

@@ -196,10 +196,10 @@ def part_shapley(game: Game, present: Tensor, full: Tensor, *, max_exact: int = 
     idx = torch.nonzero(scored).flatten()
     dev = full.device
     chunks = []
-    iterator = range(0, len(idx), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="part Shapley", unit="batch")
+    from partslib.progress import Progress
+
+    iterator = Progress(range(0, len(idx), batch_size), desc="part Shapley", unit="batch",
+                        disable=not progress)
     for s in iterator:
         sel = idx[s:s + batch_size]
         chunks.append(game(flat_rows[sel].to(dev), flat_drop[sel].to(dev)).double().cpu())
@@ -264,10 +264,10 @@ def single_effects(game: Game, present: Tensor, full: Tensor, batch_size: int = 
     b_idx, p_idx = torch.nonzero(present.cpu(), as_tuple=True)
     full64 = full.detach().double().cpu()
     out = torch.zeros(B, L, full.shape[1], dtype=torch.float64)
-    iterator = range(0, len(b_idx), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="single removals", unit="batch")
+    from partslib.progress import Progress
+
+    iterator = Progress(range(0, len(b_idx), batch_size), desc="single removals", unit="batch",
+                        disable=not progress)
     for s in iterator:
         bb, pp = b_idx[s:s + batch_size], p_idx[s:s + batch_size]
         drop = torch.zeros(len(bb), L, dtype=torch.bool)

@@ -379,7 +379,7 @@ def train_concept_classifiers(
     if empty:
         raise ValueError(f"concepts {empty} have no positive cell in grid_labels")
 
-    from tqdm.auto import tqdm
+    from partslib.progress import Progress
 
     # Channels-last cell matrix: one copy, so every later gather reads contiguous rows.
     cells = feats.permute(0, 2, 3, 1).reshape(-1, channels).float().contiguous()
@@ -388,7 +388,8 @@ def train_concept_classifiers(
     bias = torch.empty(m)
     ap = torch.empty(m, dtype=torch.float64)
     train_sizes = [3 * int(p.sum()) for p in positives]  # bound on the P + 2P rows; groups by size
-    with tqdm(total=m * epochs, desc="concept classifiers", disable=not progress) as bar:
+    with Progress(total=m * epochs, desc="concept classifiers", unit="epoch",
+                  disable=not progress) as bar:
         for group in _concept_groups(train_sizes, channels, _LOCKSTEP_BUDGET):
             started = [
                 _start_concept(positives[i], allowed, channels, seed, concept_ids[i]) for i in group

@@ -56,6 +56,7 @@ from partslib.metrics.validity import (
     removal_agreement,
 )
 from partslib.models import ContractClassifier, check_images
+from partslib.progress import Progress
 from partslib.removal import GaussianBlurFill, MeanFill, NoisyLinearImputer, RemovalOperator
 from partslib.studies.removal_cache import RemovalCache, fused_features, margin, region_gap
 
@@ -463,7 +464,8 @@ def _score_operators(ev: _Eval, classifier: ContractClassifier,
     chance = _decisive_chance(ev.decisive, ev.present)
     rows, per_image, gaps = [], [], []
     effects, margin_effects, curves, removals = {}, {}, {}, {}
-    for op_name, op in operators.items():
+    for op_name, op in Progress(list(operators.items()), desc="T2 removal operators",
+                                unit="operator"):
         t0, c0 = time.perf_counter(), time.process_time()
         cache = RemovalCache(classifier, ev.x, ev.gt, op, ev.keys, batch_size=ev.batch_size,
                              features=ev.features, pool_labels=ev.gt,
