@@ -310,6 +310,25 @@ def _train_step(net: nn.Module, step: list[tuple[Any, Any, float]], opt: Any, sc
     return loss_sum, n
 
 
+def _wrap(model: nn.Module, env: DistEnv | None) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` when ``env`` has several ranks."""
+    if env is None or not env.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda"
+                                   else None)
+
+
+def _check_fit_args(epochs: int, checkpoint_every: int, amp: str | None) -> None:
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if checkpoint_every < 0:
+        raise ValueError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
+    if amp not in (None, "bf16"):
+        raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+
+
 def fit(model: nn.Module, train_loader: Any, *, epochs: int,
         loss_fn: Callable[[Any, Any], torch.Tensor],
         lr: float = 2e-3, weight_decay: float = 1e-4,
@@ -345,12 +364,7 @@ def fit(model: nn.Module, train_loader: Any, *, epochs: int,
         channels_last: the model's weights and 4-d inputs in channels-last memory format.
         on_resume: called with the restored result (history) when a checkpoint is resumed.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0 steps, got {checkpoint_every}")
-    if amp not in (None, "bf16"):
-        raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+    _check_fit_args(epochs, checkpoint_every, amp)
     seed_everything(seed)
     model.to(device)
     if channels_last:
@@ -377,24 +391,12 @@ def fit(model: nn.Module, train_loader: Any, *, epochs: int,
                            train_loader, result)
             if on_resume is not None:
                 on_resume(result)
-    net = model
-    if env is not None and env.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[env.device] if env.device.type ==
-                                      "cuda" else None)
+    net = _wrap(model, env)
 
     def save() -> None:
-        if checkpoint is not None and main:
-            g = _loader_generator(train_loader)
-            save_checkpoint(checkpoint, state_dict=model.state_dict(), config=full_config,
-                            kind=kind, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                            epoch=pos.epoch, step_in_epoch=pos.step,
-                            global_step=pos.global_step, epoch_totals=(pos.total, pos.count),
-                            history=result.history, step_losses=result.step_losses,
-                            rng=_rng_state(), loader_rng=None if g is None else g.get_state())
         if checkpoint is not None:
-            barrier(env)
+            _save(checkpoint, main, env, model, opt, sched, pos, result, full_config, kind,
+                  _loader_generator(train_loader))
 
     _run(net, model, train_loader, pos, result, save=save, epochs=epochs, opt=opt,
          sched=sched, step_args={"loss_fn": loss_fn, "forward": forward or (lambda m, x: m(x)),
@@ -403,6 +405,20 @@ def fit(model: nn.Module, train_loader: Any, *, epochs: int,
          progress=progress and main, desc=desc)
     model.eval()
     return result
+
+
+def _save(checkpoint: str | Path, main: bool, env: DistEnv | None, model: nn.Module,
+          opt: Any, sched: Any, pos: _Position, result: FitResult, config: dict, kind: str,
+          g: torch.Generator | None) -> None:
+    """Rank 0 writes the checkpoint of ``pos``; every rank waits until it is written."""
+    if main:
+        save_checkpoint(checkpoint, state_dict=model.state_dict(), config=config,
+                        kind=kind, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                        epoch=pos.epoch, step_in_epoch=pos.step,
+                        global_step=pos.global_step, epoch_totals=(pos.total, pos.count),
+                        history=result.history, step_losses=result.step_losses,
+                        rng=_rng_state(), loader_rng=None if g is None else g.get_state())
+    barrier(env)
 
 
 def _run(net: nn.Module, model: nn.Module, loader: Any, pos: _Position, result: FitResult, *,
