@@ -24,6 +24,7 @@ import datetime as _dt
 import math
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,8 @@ __all__ = ["FAULT_ENV", "DistEnv", "StepLoader", "all_mean", "barrier", "close_d
            "init_distributed", "maybe_fault"]
 
 #: fault injection for tests: ``"RANK:STEP"`` makes that rank raise after optimiser step STEP,
-#: ``"RANK:STEP:kill"`` makes it kill itself (SIGKILL, no clean-up), as a crashed node would
+#: ``"RANK:STEP:kill"`` makes it kill itself (SIGKILL, no clean-up), as a crashed node would,
+#: ``"RANK:STEP:hang"`` makes it stop responding (sleep), as a stuck node would
 FAULT_ENV = "PARTSLIB_FAULT"
 
 
@@ -136,11 +138,15 @@ def maybe_fault(rank: int, step: int) -> None:
     if not spec:
         return
     parts = spec.split(":")
-    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):
-        raise ValueError(f"{FAULT_ENV} must be 'RANK:STEP' or 'RANK:STEP:kill', got {spec!r}")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]) or \
+            parts[2:] not in ([], ["kill"], ["hang"]):
+        raise ValueError(f"{FAULT_ENV} must be 'RANK:STEP', 'RANK:STEP:kill' or "
+                         f"'RANK:STEP:hang', got {spec!r}")
     if int(parts[0]) == rank and int(parts[1]) == step:
-        if len(parts) == 3 and parts[2] == "kill":
+        if parts[2:] == ["kill"]:
             os.kill(os.getpid(), signal.SIGKILL)
+        if parts[2:] == ["hang"]:
+            time.sleep(24 * 3600)
         raise RuntimeError(f"fault injected by {FAULT_ENV}={spec}: rank {rank} fails after "
                            f"optimiser step {step}")
 

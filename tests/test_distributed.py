@@ -170,6 +170,15 @@ def test_resumed_steps_skip_without_loading_and_weights_sum_to_one():
     assert later == [[y.tolist() for _, y, _ in s] for s in steps[2:]]
 
 
+def test_worker_processes_load_the_same_batches():
+    def ids(workers: int) -> list[list[list[int]]]:
+        loader = StepLoader(_Items(24), 8, accum=2, seed=4, workers=workers)
+        loader.set_epoch(1)
+        return [[y.tolist() for _, y, _ in s] for s in loader.steps(1)]
+
+    assert ids(2) == ids(0)
+
+
 def test_bad_batching_and_fault_specs_are_named():
     with pytest.raises(ValueError, match="global batch 10 must be a positive multiple of world "
                                          "size 2 x accum 3"):
@@ -350,3 +359,19 @@ def test_torchrun_pdm_matches_one_process(reference, tmp_path):
         if "running" not in k and "num_batches" not in k:
             torch.testing.assert_close(sb[k], sa[k], rtol=1e-6, atol=1e-6, msg=k)
     assert abs(b["metrics"]["val_miou"] - a["metrics"]["val_miou"]) <= 0.05
+
+
+@pytest.mark.slow
+def test_a_hung_rank_times_out(tmp_path):
+    """Rank 1 stops responding after step 2: rank 0's next all-reduce fails after the
+    collective timeout (--dist-timeout 10) and torchrun stops rank 1 -- no hang."""
+    t0 = time.perf_counter()
+    proc = _run([*_torchrun(), "--nproc_per_node", "2", "--master-port", str(_free_port()),
+                 "-m", "partslib.train", *CLASSIFIER, "--dist-timeout", "10",
+                 "--out", str(tmp_path / "hang")], **{FAULT_ENV: "1:2:hang"})
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    assert 10 <= elapsed < 60
+    text = proc.stdout + proc.stderr
+    assert "ChildFailedError" in text and re.search(r"rank\s*:\s*0 \(local_rank: 0\)", text)
+    assert re.search(r"time ?out|timed out", text, re.IGNORECASE), text[-3000:]
