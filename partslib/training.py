@@ -39,6 +39,7 @@ __all__ = [
     "predict",
     "save_checkpoint",
     "seed_everything",
+    "set_epoch",
 ]
 
 CHECKPOINT_FORMAT = "partslib-checkpoint"
@@ -272,6 +273,18 @@ def _restore(ckpt: dict, model: nn.Module, opt: Any, sched: Any, loader: Any,
     return pos
 
 
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell a loader which epoch starts: the loader itself (:class:`TensorLoader`,
+    :class:`~partslib.distributed.StepLoader`), else a ``DataLoader``'s sampler
+    (``DistributedSampler``) and dataset, where they have ``set_epoch``."""
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+        return
+    for part in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if part is not None and hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
 def _steps(loader: Any, start: int) -> Iterator[list[tuple[Any, Any, float]]]:
     """Optimiser steps as lists of ``(inputs, targets, weight)`` micro-batches: a loader's own
     ``steps`` (:class:`TensorLoader`, :class:`~partslib.distributed.StepLoader`), or any
@@ -431,7 +444,7 @@ def _run(net: nn.Module, model: nn.Module, loader: Any, pos: _Position, result: 
     rank = 0 if env is None else env.rank
     for epoch in range(pos.epoch, epochs):
         model.train()
-        loader.set_epoch(epoch)
+        set_epoch(loader, epoch)
         bar = tqdm(_steps(loader, pos.step), desc=f"{desc} {epoch + 1}/{epochs}",
                    total=len(loader) - pos.step, disable=not progress, leave=False)
         for step in bar:

@@ -223,6 +223,16 @@ def test_accumulation_keeps_the_global_batch():
         torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-6)
 
 
+def test_fit_takes_a_plain_dataloader_and_sets_its_samplers_epoch():
+    data = _regression(32)
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=1, rank=0, seed=3)
+    loader = torch.utils.data.DataLoader(data, batch_size=8, sampler=sampler)
+    r = fit(nn.Linear(5, 1), loader, epochs=2, lr=0.05, progress=False,
+            loss_fn=lambda p, y: ((p[:, 0] - y) ** 2).mean())
+    assert len(r.step_losses) == 8 and sampler.epoch == 1
+    assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
+
+
 def test_bf16_autocast_and_channels_last_train_on_cpu():
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
@@ -251,6 +261,7 @@ def test_bf16_autocast_and_channels_last_train_on_cpu():
 
 # -- launched runs --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_bf16_channels_last_and_head(tmp_path):
     """The three kinds chain through one run folder (bf16 + channels-last on the CPU)."""
     out = tmp_path / "run"
