@@ -298,6 +298,22 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(reference, tmp_path):
 
 
 @pytest.mark.slow
+def test_torchrun_killed_rank_resumes(reference, tmp_path):
+    """Two processes; rank 1 is SIGKILLed after step 7, torchrun stops rank 0; the same
+    command again resumes both ranks from the checkpoint of step 5 and ends as the
+    uninterrupted runs do."""
+    out = tmp_path / "ddp-killed"
+    cmd = [*_launch(2), *CLASSIFIER, "--checkpoint-every", "5", "--out", str(out)]
+    killed = _run(cmd, **{FAULT_ENV: "1:7:kill"})
+    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr
+    assert load_checkpoint(out / "checkpoints" / "classifier.pt")["global_step"] == 5
+    cmd[cmd.index("--master-port") + 1] = str(_free_port())
+    _ok(_run(cmd))
+    assert _summary(out)["resumed_from_step"] == 5
+    _same_steps(reference, out, "classifier")
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(reference, tmp_path):
     out = tmp_path / "ddp"
     t0 = time.perf_counter()
