@@ -7,8 +7,9 @@ process or under ``torchrun`` (DistributedDataParallel on every rank)::
     python -m partslib.train head --data synthparts --out runs/a      # classifier + PDM
 
 ``--data`` is ``synthparts`` (generated: ``--n-train``, ``--n-val``, ``--image-size``,
-``--data-cache``) or a folder-format dataset (``docs/data_format.md``; its ``train`` and
-``val`` splits when ``classes.csv`` has a split column, else every image trains). Any map-style
+``--data-cache``) or a folder-format dataset (``docs/data_format.md``; its ``train`` split
+when ``classes.csv`` has a split column, else every image, less ``--val-fraction`` of each
+class held out for validation). Any map-style
 dataset whose items are dicts with ``image`` (float ``[3,H,W]`` in [0, 1]), ``mask`` and
 ``label`` trains the same way (:func:`train_on`).
 
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=5000, help="synthparts: training images")
     p.add_argument("--n-val", type=int, default=1000, help="synthparts: validation images")
     p.add_argument("--data-cache", default=None, help="synthparts: cache folder")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="folder data: share of each class's training images held out for "
+                   "validation")
     p.add_argument("--widths", default="24,48,96", help="classifier: SmallResNet stage widths")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -114,13 +118,38 @@ def load_data(args: argparse.Namespace, env: DistEnv) -> dict[str, Any]:
                          f"{args.data!r} (no such folder)")
     size = (args.image_size, args.image_size)
     try:
-        train, val = FolderDataset(root, size, split="train"), FolderDataset(root, size,
-                                                                             split="val")
-    except ValueError:
-        train, val = FolderDataset(root, size), None
-    return {"train": train, "val": val, "part_names": train.part_names,
-            "class_names": train.class_names, "size": size,
-            "info": {"folder": str(root.resolve()), "n_train": len(train)}}
+        full = FolderDataset(root, size, split="train")
+    except ValueError as e:
+        if "asked for but not every row has a split" not in str(e):
+            raise
+        full = FolderDataset(root, size)
+    train, val = _carve(full, args.val_fraction, args.seed)
+    return {"train": train, "val": val, "part_names": full.part_names,
+            "class_names": full.class_names, "size": size,
+            "info": {"folder": str(root.resolve()), "n_train": len(train),  # type: ignore[arg-type]
+                     "val_fraction": args.val_fraction}}
+
+
+def _carve(data: Any, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """``data`` split into training and validation subsets: ``round(fraction × n_k)`` items of
+    each class ``k`` (never all of a class) chosen by a permutation seeded with ``seed``, the
+    rule of :func:`partslib.data.realphotos.carve_validation`."""
+    import numpy as np
+    from torch.utils.data import Subset
+
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return data, None
+    g = np.random.default_rng(seed)
+    labels = np.asarray(data.labels)
+    val_idx: list[int] = []
+    for k in range(len(data.class_names)):
+        idx = np.flatnonzero(labels == k)
+        n_val = min(round(fraction * len(idx)), max(len(idx) - 1, 0))
+        val_idx += idx[g.permutation(len(idx))][:n_val].tolist()
+    keep = sorted(set(range(len(labels))) - set(val_idx))
+    return Subset(data, keep), (Subset(data, sorted(val_idx)) if val_idx else None)
 
 
 def _pairs(target: str):

@@ -233,6 +233,32 @@ def test_fit_takes_a_plain_dataloader_and_sets_its_samplers_epoch():
     assert r.history[1]["train_loss"] < r.history[0]["train_loss"]
 
 
+def test_folder_dataset_trains_in_process_with_a_stratified_validation_split(tmp_path):
+    import numpy as np
+
+    from partslib.data.folder import write_folder
+    from partslib.data.synthparts import SynthParts, SynthPartsConfig
+    from partslib.train import main
+
+    cfg = SynthPartsConfig.from_classes("default", size=32)
+    ds = SynthParts(cfg, seed=0, n=36, progress=False)
+    write_folder(tmp_path / "folder", [
+        (f"s{i:02d}", ds.images[i].permute(1, 2, 0).numpy(), ds.masks[i].numpy().astype(np.uint8),
+         cfg.names[int(ds.labels[i])], "train" if i < 30 else "test") for i in range(36)],
+        cfg.part_names[1:], cfg.names)
+    out = tmp_path / "run"
+    assert main(["classifier", "--data", str(tmp_path / "folder"), "--image-size", "32",
+                 "--out", str(out), "--epochs", "1", "--batch-size", "8", "--widths", "4,8,8",
+                 "--val-fraction", "0.2", "--quiet"]) == 0
+    counts = torch.bincount(ds.labels[:30], minlength=6).tolist()
+    n_val = sum(min(round(0.2 * n), max(n - 1, 0)) for n in counts)
+    s = _summary(out)
+    assert s["world_size"] == 1 and len(s["step_losses"]) == -(-(30 - n_val) // 8)
+    assert 0.0 <= s["metrics"]["val_accuracy"] <= 1.0
+    info = load_checkpoint(out / "checkpoints" / "classifier.pt")["config"]["model"]["data"]
+    assert info["n_train"] == 30 - n_val and info["val_fraction"] == 0.2
+
+
 def test_bf16_autocast_and_channels_last_train_on_cpu():
     torch.manual_seed(0)
     conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
