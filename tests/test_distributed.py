@@ -42,6 +42,8 @@ TIMEOUT = 120  # seconds a launched run may take before the test fails (a hang)
 DATA = ["--data", "synthparts", "--n-train", "128", "--n-val", "64", "--image-size", "32",
         "--quiet", "--threads", "1"]
 CLASSIFIER = ["classifier", *DATA, "--epochs", "2", "--batch-size", "32", "--widths", "8,16,32"]
+PDM = ["pdm", *DATA, "--epochs", "1", "--batch-size", "32"]
+HEAD = ["head", *DATA, "--n-train", "64", "--n-val", "32", "--epochs", "2", "--batch-size", "32"]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -291,10 +293,11 @@ def test_bf16_autocast_and_channels_last_train_on_cpu():
 def test_cli_bf16_channels_last_and_head(tmp_path):
     """The three kinds chain through one run folder (bf16 + channels-last on the CPU)."""
     out = tmp_path / "run"
-    fast = [*DATA, "--epochs", "1", "--amp", "bf16", "--channels-last"]
+    fast = [*DATA, "--n-train", "64", "--n-val", "32", "--epochs", "1", "--amp", "bf16",
+            "--channels-last"]
     _ok(_train(out, "classifier", *fast, "--batch-size", "32", "--widths", "8,16,32"))
     _ok(_train(out, "pdm", *fast, "--batch-size", "32"))
-    _ok(_train(out, "head", *DATA, "--epochs", "2", "--batch-size", "32"))
+    _ok(_train(out, *HEAD))
     from partslib.explain.amortised_training import load_head
     from partslib.pipeline import load_pdm
 
@@ -405,10 +408,6 @@ def _launch(processes: int) -> list[str]:
         return [sys.executable, "-m", "partslib.train"]
     return [*_torchrun(), "--nproc_per_node", str(processes), "--master-port",
             str(_free_port()), "-m", "partslib.train"]
-
-
-PDM = ["pdm", *DATA, "--epochs", "1", "--batch-size", "32"]
-HEAD = ["head", *DATA, "--epochs", "2", "--batch-size", "32"]
 
 
 @pytest.fixture(scope="module")
