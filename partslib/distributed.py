@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-__all__ = ["FAULT_ENV", "DistEnv", "StepLoader", "all_mean", "barrier", "close_distributed",
-           "init_distributed", "maybe_fault"]
+__all__ = ["FAULT_ENV", "DistEnv", "StepLoader", "all_mean", "barrier", "check_same",
+           "close_distributed", "init_distributed", "maybe_fault"]
 
 #: fault injection for tests: ``"RANK:STEP"`` makes that rank raise after optimiser step STEP,
 #: ``"RANK:STEP:kill"`` makes it kill itself (SIGKILL, no clean-up), as a crashed node would,
@@ -130,6 +130,20 @@ def all_mean(value: float, env: DistEnv | None) -> float:
                      device=env.device if env.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return float(t) / env.world_size
+
+
+def check_same(value: int, env: DistEnv | None, what: str) -> None:
+    """Raise on every rank when the ranks disagree on ``value`` (e.g. the step they resume
+    from), naming the range seen and ``what`` it is; no-op in one process."""
+    if env is None or not env.distributed:
+        return
+    t = torch.tensor([value, -value], dtype=torch.int64,
+                     device=env.device if env.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    hi, lo = int(t[0]), -int(t[1])
+    if hi != lo:
+        raise RuntimeError(f"the ranks disagree on {what}: from {lo} to {hi} (rank {env.rank} "
+                           f"has {value})")
 
 
 def maybe_fault(rank: int, step: int) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from partslib.distributed import DistEnv, all_mean, barrier, maybe_fault
+from partslib.distributed import DistEnv, all_mean, barrier, check_same, maybe_fault
 
 __all__ = [
     "FitResult",
@@ -404,6 +404,8 @@ def fit(model: nn.Module, train_loader: Any, *, epochs: int,
                            train_loader, result)
             if on_resume is not None:
                 on_resume(result)
+        check_same(pos.global_step, env, f"the optimiser step to resume from (checkpoint "
+                   f"{checkpoint}: it must be a file every rank reads, on a shared folder)")
     net = _wrap(model, env)
 
     def save() -> None:

@@ -468,3 +468,17 @@ def test_a_hung_rank_times_out(tmp_path):
     text = proc.stdout + proc.stderr
     assert "ChildFailedError" in text and re.search(r"rank\s*:\s*0 \(local_rank: 0\)", text)
     assert re.search(r"time ?out|timed out", text, re.IGNORECASE), text[-3000:]
+
+
+@pytest.mark.slow
+def test_ranks_that_disagree_on_the_resume_step_fail_clearly(tmp_path):
+    """What a run whose ranks read different checkpoints (``--out`` not shared between nodes)
+    meets: every rank raises, naming the disagreement, instead of training out of step."""
+    script = tmp_path / "disagree.py"
+    script.write_text("from partslib.distributed import check_same, init_distributed\n"
+                      "env = init_distributed('cpu', timeout_s=30)\n"
+                      "check_same(5 * env.rank, env, 'the step to resume from')\n")
+    proc = _run([*_torchrun(), "--nproc_per_node", "2", "--master-port", str(_free_port()),
+                 str(script)])
+    assert proc.returncode != 0
+    assert "the ranks disagree on the step to resume from: from 0 to 5" in proc.stderr
