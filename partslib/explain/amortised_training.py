@@ -147,7 +147,6 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     y = targets.float()
     scale = float(y[train.present].std().clamp_min(1e-6))
-    r_val = torch.arange(len(val.labels))
     best, best_state, rows = -math.inf, None, []
     from partslib.progress import Progress
 
@@ -160,27 +159,16 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
         for s in range(0, N, batch_size):
             b = perm[s:s + batch_size]
             pred = head(train.inputs[b], train.present[b], train.logits[b])
-            m = train.present[b][..., None].float()
-            err = ((pred - y[b]) / scale) ** 2 * m  # [b, L, K]
-            top = train.logits[b].argmax(1)
-            focused = err[torch.arange(len(b)), :, top].sum()
-            loss = (err.sum() / K + focus * focused) / m.sum()
-            if rank > 0:
-                loss = loss + rank * _pair_loss(pred, y[b], train.present[b], top)
+            loss = _head_loss(pred, y[b], train.present[b], train.logits[b], scale=scale,
+                              focus=focus, rank=rank)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(b)
         sched.step()
-        head.eval()
-        with torch.no_grad():
-            pv = head(val.inputs, val.present, val.logits)[r_val, :, val.labels]
-        ve = val_effects[r_val, :, val.labels].float()
-        rho = rank_agreement(pv, ve, val.present)
-        top = float((_top(pv, val.present) == _top(ve, val.present)).double().mean())
-        score = (rho + top) / 2
-        rows.append({"epoch": epoch + 1, "train_loss": total / N, "val_spearman": rho,
-                     "val_top_part": top, "val_score": score})
+        record = _val_record(head, val, val_effects)
+        score = record["val_score"]
+        rows.append({"epoch": epoch + 1, "train_loss": total / N, **record})
         if score > best:
             best, best_state = score, copy.deepcopy(head.state_dict())
     if best_state is not None:
@@ -189,6 +177,34 @@ def fit_head(train: HeadData, targets: Tensor, val: HeadData, val_effects: Tenso
     for p in head.parameters():
         p.requires_grad_(False)
     return head, pd.DataFrame(rows)
+
+
+def _head_loss(pred: Tensor, y: Tensor, present: Tensor, logits: Tensor, *, scale: float,
+               focus: float, rank: float) -> Tensor:
+    """:func:`fit_head`'s loss of one batch: MSE over present labels and all classes (in
+    units of ``scale``), ``focus`` × that of each image's predicted class, normalised by the
+    present labels; plus ``rank`` × the pairwise ranking loss of that class."""
+    m = present[..., None].float()
+    err = ((pred - y) / scale) ** 2 * m  # [b, L, K]
+    top = logits.argmax(1)
+    focused = err[torch.arange(len(pred)), :, top].sum()
+    loss = (err.sum() / pred.shape[-1] + focus * focused) / m.sum()
+    if rank > 0:
+        loss = loss + rank * _pair_loss(pred, y, present, top)
+    return loss
+
+
+@torch.no_grad()
+def _val_record(head: torch.nn.Module, val: HeadData, val_effects: Tensor) -> dict[str, float]:
+    """Agreement of ``head`` with the validation images' single-removal effects (true class):
+    mean per-image Spearman, top-part agreement, and their mean (the epoch's score)."""
+    head.eval()
+    r_val = torch.arange(len(val.labels))
+    pv = head(val.inputs, val.present, val.logits)[r_val, :, val.labels]
+    ve = val_effects[r_val, :, val.labels].float()
+    rho = rank_agreement(pv, ve, val.present)
+    top = float((_top(pv, val.present) == _top(ve, val.present)).double().mean())
+    return {"val_spearman": rho, "val_top_part": top, "val_score": (rho + top) / 2}
 
 
 HEAD_CHECKPOINT = "checkpoints/head.pt"
