@@ -258,7 +258,7 @@ sanity = extras[t2_operators[0]].sanity
 t2.to_csv(out_dir / "t2_validity.csv", index=False)
 sanity.to_csv(out_dir / "t2_sanity.csv", index=False)
 print(f"contribution head: epoch {head_info['best_epoch']}, validation Spearman "
-      f"{head_info['val_spearman']:.3f}; T2 on {int(t2['n_images'].max())} photos")
+      f"{head_info['val_spearman']:.3f}; T2 on {int(t2['n_images'].to_numpy().max())} photos")
 t2[["method", "operator", "n_images", "spearman", "spearman_lo", "spearman_hi", "top_part",
     "auc_claimed", "auc_random"]].round(3)
 
