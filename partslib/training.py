@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import random
 import shutil
 import warnings
@@ -23,6 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from partslib.checks import check_images, check_labels
+from partslib.io import atomic_write
 
 __all__ = [
     "FitResult",
@@ -115,14 +117,13 @@ def _to(x: Any, device: torch.device | str) -> Any:
 
 def save_checkpoint(path: str | Path, *, state_dict: dict, config: dict, kind: str,
                     **extra: Any) -> Path:
-    """Write a checkpoint atomically (temporary file + ``os.replace``): never a half file."""
+    """Write a checkpoint atomically (:func:`partslib.io.atomic_write`: a hidden temporary file
+    replaces ``path`` once complete): never a half file, and a failed write keeps the old one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind,
                "config": config, "state_dict": state_dict, **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -287,7 +288,12 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> to
 
 def evaluate_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                         num_classes: int | None = None) -> dict:
-    """Accuracy, balanced accuracy and the confusion matrix (rows = true class)."""
+    """Accuracy, balanced accuracy and the confusion matrix (rows = true class).
+
+    ``images``: uint8 or float ``[N,3,H,W]`` (see :func:`partslib.checks.check_images`);
+    ``labels``: integer ``[N]`` in ``0..num_classes-1``."""
+    images = check_images(images, keep_uint8=True)
+    labels = check_labels(labels, len(images), num_classes)
     pred = predict(model, images).argmax(1)
     k = num_classes or int(max(labels.max(), pred.max())) + 1
     cm = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
