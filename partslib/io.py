@@ -116,6 +116,13 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _note(err: BaseException, path: Path) -> None:
+    """Tell the user, under the error, that ``path`` was not changed."""
+    if isinstance(err, Exception):
+        state = "left as it was" if path.exists() else "not created"
+        err.add_note(f"partslib: nothing half-written; {path} was {state}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Context manager for writing one file atomically: yields a temporary path next to
@@ -134,8 +141,9 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp}: nothing was written for {path}")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        _note(err, path)
         raise
 
 
@@ -179,8 +187,9 @@ def atomic_dir(dst: str | os.PathLike,
         if validate is not None:
             validate(tmp)
         replace_dir(tmp, dst)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        _note(err, dst)
         raise
 
 
