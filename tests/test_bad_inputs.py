@@ -207,6 +207,18 @@ def _evaluate(images, labels):
     return lambda: evaluate_classifier(small_classifier().eval(), images, labels, 5)
 
 
+def _metric_inputs(n: int, dtype: torch.dtype = torch.float32):
+    from partslib.metrics.validity import removal_agreement, removal_effects
+    from partslib.removal import MeanFill
+    x, labels = random_images(n).to(dtype), torch.zeros(n, 64, 64, dtype=torch.long)
+    present = torch.zeros(n, 3, dtype=torch.bool)
+    present[:, 0] = True
+    if dtype == torch.float32:
+        return lambda: removal_agreement(torch.zeros(n, 3), torch.zeros(n, 3), present)
+    return lambda: removal_effects(small_classifier().eval(), x, labels, torch.zeros(n).long(),
+                                   present, MeanFill())
+
+
 # ---------------------------------------------------------------- 4. silent emptiness
 
 
@@ -377,6 +389,9 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
                      "labels must be an integer tensor"),
     "mask-ids-out-of-range": (lambda t: _message(_train(random_images(2), _pdm_masks(2, 9))),
                               r"part ids \[9\] outside 0\.\.2"),
+    "metrics-empty": (lambda t: _message(_metric_inputs(0)), "claimed is empty"),
+    "metrics-float64": (lambda t: _message(_metric_inputs(2, torch.float64)),
+                        "images are float64; expected float32"),
     "images-wrong-size": (lambda t: _message(lambda: _explainer()(random_images(1, size=60))),
                           "must be 64x64 for this model, got 60x60"),
     "classes-csv-no-rows": (lambda t: _message(lambda: FolderDataset(_headers_only(t,
