@@ -51,6 +51,7 @@ augment: bool = True  # random horizontal flips and shifts of up to 8%
 val_fraction: float = 0.2  # share of each class's training photos held out for validation
 val_seed: int = 0  # seed of the validation carve
 class_weighted: bool = False  # inverse-frequency class weights in the loss
+removal_fraction: float = 0.0  # share of training photos with random parts filled (BackgroundFill)
 device: str = "cpu"  # "cpu" or "cuda"
 pdm_epochs: int = 30  # PDM epochs (on the frozen classifier's features, computed once)
 pdm_lr: float = 0.01  # PDM peak learning rate
@@ -111,6 +112,7 @@ params = dict(
     val_fraction=val_fraction,
     val_seed=val_seed,
     class_weighted=class_weighted,
+    removal_fraction=removal_fraction,
     device=device,
     pdm_epochs=pdm_epochs,
     pdm_lr=pdm_lr,
@@ -180,12 +182,17 @@ viz.save_figure(fig, out_dir / "samples.png");
 # photos (`val_fraction` of each class's *training* photos, never test photos) give the per-epoch
 # loss and accuracy; epochs, widths and the PDM's settings are chosen on them. The test photos are
 # evaluated once, after training.
+#
+# `removal_fraction > 0` makes removal in-domain: that share of the training photos has a random
+# subset of its ground-truth parts filled from the kept background (`BackgroundFill`, the game the
+# contribution head learns below), its class kept (profile `carparts-removal`).
 
 # %%
 model, clf_metrics, clf_history = rs.train_classifier(
     data, results_dir=results_dir, backbone=backbone, weights=weights or None, widths=widths,
     epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, augment=augment,
-    class_weighted=class_weighted, seed=seed, device=device, resume=resume, progress=progress)
+    class_weighted=class_weighted, removal_fraction=removal_fraction, seed=seed, device=device,
+    resume=resume, progress=progress)
 pipeline.write_json(out_dir / "classifier_history.json", clf_history)
 print(f"{clf_metrics['epochs_trained']} epoch(s) trained in {clf_metrics['train_seconds']:.0f} s, "
       f"{clf_metrics['num_parameters']:,} parameters")

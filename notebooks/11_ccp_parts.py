@@ -25,7 +25,8 @@
 # what the decoder's full-resolution image step adds; it is a lower bound for what a stronger
 # backbone (e.g. an ImageNet ResNet from a local `weights` file) would give.
 #
-# Outputs: `results_dir/ccp_parts/` (`metrics.json` with keys `ccp/...`, `pdm_iou.csv`, figures).
+# Outputs: `results_dir/ccp_parts/` (`metrics.json` with keys `ccp/...`, `pdm_iou.csv`,
+# `t2_validity.csv`, figures).
 
 # %% tags=["parameters"]
 # Parameters: papermill overrides these; the defaults are the carparts profile's.
@@ -62,6 +63,10 @@ pdm_separable: bool = False  # depthwise-separable decoder blocks
 pdm_balance: bool = True  # median-frequency label weights (rare parts weigh more)
 ibd_epochs: int = 15  # IBD concept-classifier epochs (its linear maps are the baseline)
 n_gallery: int = 6  # rows of the segmentation figure
+t2_operators: list[str] = ["mean", "blur"]  # imputation operators of T2 (Spearman-only rows)
+t2_methods: list[str] = []  # explainers of T2, by name in partslib.REGISTRY (empty: all fast)
+n_eval: int = 100  # T2: at most this many correctly classified test photos
+n_sanity: int = 16  # T2 V5: photos of the cascading randomisation
 
 # %%
 import time
@@ -108,6 +113,10 @@ params = dict(
     pdm_balance=pdm_balance,
     ibd_epochs=ibd_epochs,
     n_gallery=n_gallery,
+    t2_operators=t2_operators,
+    t2_methods=t2_methods,
+    n_eval=n_eval,
+    n_sanity=n_sanity,
 )
 out_dir = pipeline.stage_dir(results_dir, "ccp_parts")
 pipeline.write_params(out_dir, params);
@@ -216,6 +225,44 @@ fig = viz.plot_iou(iou, title="CCP: PDM per-part IoU (test)")
 viz.save_figure(fig, out_dir / "pdm_iou.png");
 
 # %% [markdown]
+# ## T2 · Do the contributions follow what removing a part does?
+#
+# The outfit classes have no parts that define them, so V4 (decisive part first) is not defined
+# here and its columns are empty: these are **Spearman-only rows** — per photo, the rank
+# correlation between each method's claimed part contributions and the measured drop of the
+# class logit when the part's **ground-truth** mask is removed by imputation (mean colour, or
+# the Gaussian-blurred photo), plus the deletion curves (V3) and the cascading randomisation
+# (V5). The amortised rule's head learns, on the training photos, the removal effects of
+# `BackgroundFill` on the PDM's parts (the validation photos choose its epoch). With an outfit
+# classifier barely above its majority baseline, read these rows as what partslib's rules do on
+# a weak model, not as a verdict on the rules.
+
+# %%
+from partslib.bench import SLOW_METHODS
+from partslib.explain import METHODS, amortised_training
+from partslib.removal import BackgroundFill
+from partslib.studies import validity_text as t2_text
+
+head_val = data.split("val" if data.has_val else "train")  # the validation photos choose
+head, head_info = amortised_training.train_head(
+    model, pdm, data.split("train"), head_val, n_train=len(data.train_labels),
+    n_val=len(head_val.labels), operator=BackgroundFill(), seed=seed, progress=progress,
+    checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt")
+t2_methods = list(t2_methods) or [m for m in METHODS if m not in SLOW_METHODS]
+t0 = time.perf_counter()
+t2, extras = rs.validity(model, pdm, ibd, data, None, operators=t2_operators,
+                         methods=t2_methods, n_eval=n_eval, n_sanity=n_sanity, seed=seed,
+                         head=head)
+t2_seconds = time.perf_counter() - t0
+sanity = extras[t2_operators[0]].sanity
+t2.to_csv(out_dir / "t2_validity.csv", index=False)
+sanity.to_csv(out_dir / "t2_sanity.csv", index=False)
+print(f"contribution head: epoch {head_info['best_epoch']}, validation Spearman "
+      f"{head_info['val_spearman']:.3f}; T2 on {int(t2['n_images'].max())} photos")
+t2[["method", "operator", "n_images", "spearman", "spearman_lo", "spearman_hi", "top_part",
+    "auc_claimed", "auc_random"]].round(3)
+
+# %% [markdown]
 # ## Summary
 
 # %%
@@ -224,6 +271,8 @@ metrics = {
     **rs.prefixed(f"{name}/classifier", clf_metrics),
     **rs.prefixed(f"{name}/pdm", pdm_metrics),
     **rs.prefixed(f"{name}/t1", rs.t1_metrics(t1.loc[t1.method.isin(["PDM", "IBD linear maps"])])),
+    **rs.prefixed(f"{name}/t2", t2_text.metrics_dict(t2, sanity)),
+    f"{name}/timing/t2_seconds": t2_seconds,
     f"{name}/timing/wall_seconds": time.perf_counter() - wall0,
     f"{name}/timing/cpu_seconds": time.process_time() - cpu0,  # all threads of the kernel
 }
@@ -236,3 +285,4 @@ print(f"outfit classifier test accuracy: {clf_metrics['test_accuracy']:.2f} "
       f"(balanced {clf_metrics['balanced_accuracy']:.2f})")
 print(f"PDM mIoU (test): {pdm_metrics['miou']:.2f}, "
       f"classifier unchanged: {pdm_metrics['classifier_unchanged']}")
+print(f"T2 operators: {', '.join(t2_operators)}; photos evaluated: {t2['n_images'].max()}")

@@ -108,10 +108,12 @@ class ClassifierConfig(_Config):
     (``"resnet18"``, ...; ``widths`` ignored). ``weights``: optional local weights file.
     ``epochs=0`` trains nothing (the model is used as built or loaded). ``augment``: random
     horizontal flips and shifts of up to 8%. ``class_weighted``: inverse-frequency class weights
-    in the cross-entropy. ``removal_fraction``: in-domain removal training (SynthParts only): that
-    share of the training images is re-rendered without a random non-empty subset of its labels
-    and trained against the uniform target over the classes still consistent with what remains
-    (:mod:`partslib.data.removal_training`); 0 trains on intact images only.
+    in the cross-entropy. ``removal_fraction``: in-domain removal training: that share of the
+    training images is re-rendered (SynthParts) without a random non-empty subset of its labels and
+    trained against the uniform target over the classes still consistent with what remains, or,
+    for data that cannot be re-rendered (photos), has those parts filled from the kept
+    background with its class kept (:mod:`partslib.data.removal_training`); 0 trains on intact
+    images only.
     """
 
     arch: str = "small_resnet"

@@ -81,7 +81,9 @@ def _parameters(path: Path) -> dict:
 def _profile_of(notebook: str) -> dict:
     if notebook in DEFAULT["notebooks"]:
         return DEFAULT
-    owners = [p for p in PROFILES.values() if notebook in p.get("notebooks", [])]
+    # the profile that defines the notebook's parameters, not one that extends it
+    owners = [p for p in PROFILES.values()
+              if notebook in p.get("notebooks", []) and "extends" not in p]
     assert owners, f"no profile runs {notebook}"
     return owners[0]
 

@@ -87,8 +87,8 @@ def test_removal_set_rows(data):
 def test_removal_set_bad_input(data):
     with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\], got 1.5"):
         removal_training_set(data, 1.5)
-    with pytest.raises(TypeError, match="must be a SynthParts split, got Split"):
-        removal_training_set(as_split(data), 0.5)
+    with pytest.raises(TypeError, match="a SynthParts split or a Split with part masks"):
+        removal_training_set(data.images, 0.5)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="removal_fraction must be a share"):
         ClassifierConfig(removal_fraction=-0.1)
 
@@ -138,11 +138,11 @@ def test_train_classifier_with_removal_records_the_option(data, tmp_path):
     assert m0["epochs_trained"] == 1 and m0["removal_fraction"] == 0.0
     assert removal_option(path) is None
     assert "removal" not in load_checkpoint(path)["config"]["model"]
-    # other data than SynthParts cannot be re-rendered
+    # other data than SynthParts is filled instead of re-rendered: it trains, on other images
     split = as_split(val)
-    with pytest.raises(TypeError, match="removal_fraction > 0"):
-        pipeline.train_classifier(split, None, split, results_dir=tmp_path / "x",
-                                  removal_fraction=0.5, **tiny)
+    _, m1, _ = pipeline.train_classifier(split, None, split, results_dir=tmp_path / "x",
+                                         removal_fraction=0.5, **tiny)
+    assert m1["removal_images"] > 0 and m1["removal_mean_consistent"] == 1.0
 
 
 def test_report_names_the_ground_truth():
@@ -152,3 +152,26 @@ def test_report_names_the_ground_truth():
     note = _removal_note({"classifier/removal_fraction": 0.5,
                           "validity/ground_truth_sufficient": 1.0})
     assert "0.5 of the training images" in note and "sufficient part sets" in note
+
+
+def test_filled_training_set_fills_with_background(data):
+    """Photos: the drawn labels of a share of the images are filled by BackgroundFill, the
+    class kept; unaltered images and kept labels' pixels are untouched; seeded."""
+    from partslib.data.removal_training import filled_training_set
+    from partslib.removal import BackgroundFill
+
+    split = as_split(data)
+    r = filled_training_set(split, 0.5, seed=1)
+    assert torch.equal(r.images, filled_training_set(split, 0.5, seed=1).images)
+    assert int(r.altered.sum()) == round(0.5 * len(split))
+    assert torch.equal(r.targets.argmax(1), split.labels) and bool((r.targets.sum(1) == 1).all())
+    assert torch.equal(r.images[~r.altered], split.images[~r.altered])
+    for i in torch.nonzero(r.altered).flatten()[:5].tolist():
+        shown = set(torch.unique(split.masks[i]).tolist())
+        gone = set(torch.nonzero(r.removed[i]).flatten().tolist())
+        assert gone and gone < shown  # at least one shown label removed, at least one kept
+        kept = ~r.removed[i][split.masks[i].long()]
+        assert torch.equal(r.images[i][:, kept], split.images[i][:, kept])
+        x = split.images[i:i + 1].float() / 255
+        want = BackgroundFill()(x, split.masks[i:i + 1].long(), r.removed[i:i + 1])
+        assert torch.equal(r.images[i], (want[0] * 255).round().clamp(0, 255).to(torch.uint8))

@@ -54,6 +54,7 @@ __all__ = [
     "REMOVAL_VERSION",
     "RemovalSet",
     "consistent_classes",
+    "filled_training_set",
     "ground_truth",
     "removal_option",
     "removal_training_set",
@@ -181,24 +182,28 @@ class RemovalSet:
 
 
 def removal_training_set(data: SynthParts | Split, fraction: float, seed: int = 0,
-                         distractors: bool = True) -> RemovalSet:
+                         distractors: bool = True, operator: Any = None) -> RemovalSet:
     """Re-render ``round(fraction * len(data))`` images of ``data`` without a random non-empty
     subset of labels (the module docstring gives the draws) and give each its consistent set.
 
     Args:
-        data: a SynthParts split (re-rendering needs its generator and stream seed); any other
-            split raises a ``TypeError``.
+        data: a SynthParts split (re-rendered), or any other split with part masks (real
+            photos: :func:`filled_training_set`, the removed parts filled by ``operator``, the
+            class kept).
         fraction: share of the images re-rendered, in ``[0, 1]``.
         seed: seed of the draws (which images, which labels, which distractors).
         distractors: also remove each distractor with probability 1/2 when the background
-            stays.
+            stays (SynthParts).
+        operator: the removal operator of other splits (default
+            :class:`~partslib.removal.BackgroundFill`); SynthParts is re-rendered.
     """
-    if not isinstance(data, SynthParts):
-        raise TypeError(f"removal training (removal_fraction > 0) re-renders SynthParts "
-                        f"images: the training split must be a SynthParts split, got "
-                        f"{type(data).__name__} (use removal_fraction=0 for other data)")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    if not isinstance(data, SynthParts):
+        if not isinstance(data, Split):
+            raise TypeError(f"removal training (removal_fraction > 0) needs a SynthParts split "
+                            f"or a Split with part masks, got {type(data).__name__}")
+        return filled_training_set(data, fraction, seed=seed, operator=operator)
     cfg, n = data.cfg, len(data)
     L, K = cfg.num_parts + 1, cfg.num_classes
     rng = np.random.default_rng([int(seed), int(data.seed), 7])
@@ -247,3 +252,47 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
         raise ValueError(f"soft targets must have the logits' shape {tuple(logits.shape)}, got "
                          f"{tuple(targets.shape)}")
     return nn.functional.cross_entropy(logits, targets, weight=weight)
+
+
+def filled_training_set(data: Split, fraction: float, seed: int = 0, operator: Any = None,
+                        batch_size: int = 64) -> RemovalSet:
+    """In-domain removal training for data that cannot be re-rendered (real photos).
+
+    ``round(fraction * N)`` images, drawn without replacement, lose a random non-empty subset
+    of the labels their ground-truth mask shows: ``k`` uniform in ``1..n-1`` of the ``n``
+    labels present (background included; unannotated pixels, 255, are never removed), filled
+    by ``operator`` (default :class:`~partslib.removal.BackgroundFill`, the game the amortised
+    rule learns on photos: removed parts inpainted from the kept background, a removed
+    background flat grey). There is no class table to say which classes remain consistent,
+    so an altered image keeps its own class (one-hot target): the classifier learns that a
+    car seen from the front is still seen from the front when its bumper is gone. Draws come
+    from ``numpy.random.default_rng([seed, N, 11])``.
+    """
+    from partslib.removal import BackgroundFill
+
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
+    operator = BackgroundFill() if operator is None else operator
+    n, L, K = len(data), len(data.part_names), len(data.class_names)
+    rng = np.random.default_rng([int(seed), n, 11])
+    chosen = np.sort(rng.choice(n, size=round(fraction * n), replace=False))
+    removed = torch.zeros(n, L, dtype=torch.bool)
+    for i in chosen.tolist():
+        shown = [int(v) for v in torch.unique(data.masks[i]).tolist() if 0 <= v < L]
+        if len(shown) < 2:
+            continue  # nothing can be removed with one label left
+        drop = rng.choice(shown, size=int(rng.integers(1, len(shown))), replace=False)
+        removed[i, drop.tolist()] = True
+    altered = removed.any(1)
+    images = data.images.clone()
+    idx = torch.nonzero(altered).flatten()
+    for start in range(0, len(idx), batch_size):
+        b = idx[start:start + batch_size]
+        x = data.images[b].float() / 255
+        y = operator(x, data.masks[b].long(), removed[b])
+        images[b] = (y * 255).round().clamp(0, 255).to(torch.uint8)
+    targets = nn.functional.one_hot(data.labels, K).float()
+    info = {"fraction": float(fraction), "seed": int(seed), "version": REMOVAL_VERSION,
+            "operator": getattr(operator, "name", type(operator).__name__)}
+    return RemovalSet(images=images, targets=targets, removed=removed, altered=altered,
+                      info=info)

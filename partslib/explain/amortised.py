@@ -59,7 +59,12 @@ def _shares(probs: Tensor, maps: tuple[Tensor, ...]) -> dict[tuple[int, int], Te
         fine = tuple(src.shape[-2:])
         if fine[0] % size[0] or fine[1] % size[1]:
             src = probs
-        out[size] = src = F.adaptive_avg_pool2d(src, size)
+            fine = tuple(src.shape[-2:])
+        if fine[0] % size[0] or fine[1] % size[1]:
+            out[size] = src = F.adaptive_avg_pool2d(src, size)
+        else:  # the same means; a fixed kernel is faster than the adaptive one on the CPU
+            kernel = (fine[0] // size[0], fine[1] // size[1])
+            out[size] = src = F.avg_pool2d(src, kernel) if kernel != (1, 1) else src
     return out
 
 
@@ -234,7 +239,8 @@ class AmortisedRule(Rule):
                              f"part; this classifier gives {channels} (final stage"
                              f"{' + ' + ', '.join(self.head.stages) if self.head.stages else ''})"
                              f": train a head for this classifier (train_head)")
-        head = self.head.to(ctx.A.device)
+        head = self.head if self.head.baseline.device == ctx.A.device \
+            else self.head.to(ctx.A.device)
         A = ctx.A.contiguous() if ctx.A.is_contiguous(memory_format=torch.channels_last) \
             else ctx.A
         base = self._baseline(ctx)

@@ -26,6 +26,7 @@ only place it is called), :class:`IBDLinearSegmenter` (IBD's 1×1 linear concept
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -304,10 +305,12 @@ class ExplainContext:
         """``P + 1``: the labels of the part map, background included."""
         return self.probs.shape[1]
 
-    @property
+    @functools.cached_property
     def present(self) -> Tensor:
-        """Bool ``[B,P+1]``: parts with at least one pixel in the argmax map."""
-        return part_areas(self.labels, self.num_labels) > 0
+        """Bool ``[B,P+1]``: parts with at least one pixel in the argmax map (computed once)."""
+        B = self.labels.shape[0]
+        out = torch.zeros(B, self.num_labels, dtype=torch.bool, device=self.labels.device)
+        return out.scatter_(1, self.labels.reshape(B, -1), True)
 
     def weights(self) -> tuple[Tensor, Tensor]:
         """The explained head weights and bias per image: ``(w_k − w_j, b_k − b_j)``."""
@@ -435,9 +438,11 @@ class PartExplainer:
         A = feats[clf.final_stage]
         logits = clf.head(A)
         k = resolve_targets(target, logits)
-        probs = self.segmenter(clf, feats, x).softmax(1)
-        # argmax over a contiguous last dimension is several times faster than over dim 1
-        labels = probs.permute(0, 2, 3, 1).contiguous().argmax(-1)
+        part_logits = self.segmenter(clf, feats, x)
+        probs = part_logits.softmax(1)
+        # argmax over a contiguous last dimension is several times faster than over dim 1; the
+        # PDM's logits are channels-last, so that is a view of them (softmax keeps the order)
+        labels = part_logits.permute(0, 2, 3, 1).contiguous().argmax(-1)
         score = logits[torch.arange(len(k), device=logits.device), k]
         return ExplainContext(classifier=clf, images=x, features=feats, A=A, logits=logits,
                               target=k, contrast=None, score=score, probs=probs, labels=labels,

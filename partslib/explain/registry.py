@@ -160,7 +160,8 @@ _BLUR_NOTE = "its claim is the blur counterfactual on PDM masks: against 'blur' 
              "scored by its own operator"
 
 _AMORTISED_NOTE = ("a head on the classifier's features and the PDM's parts, trained on training "
-                   "images to predict their parts' exact re-render removal effects; one "
+                   "images to predict each part's removal effect (SynthParts: exact re-render; "
+                   "photos: the PDM's parts inpainted from the kept background); one "
                    "classifier + PDM pass; complete: bias f(grey) + sum = logit")
 _SHAPLEY_NOTE = ("exact part Shapley values over the PDM's parts (2^n classifier passes), "
                  "parts inpainted from the kept background; complete: v(empty) + sum = logit")

@@ -15,6 +15,8 @@ part Shapley values of the **re-render game on ground-truth masks** are the refe
 
 from __future__ import annotations
 
+import itertools
+
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -52,8 +54,9 @@ def shapley_checks(classifier: ContractClassifier, pdm: Any, images: Tensor, mas
         decisive_table: ``[K, L]`` bool decisive parts of each class.
 
     Returns ``(metrics, agreement, interactions)``: flat metrics (``oracle_spearman``,
-    ``oracle_decisive``, ``agreement/<imputer>``, ``decisive/<imputer>``, ``n_images``), one
-    row per game, one row per class with two or more decisive parts.
+    ``oracle_decisive``, ``agreement/<imputer>``, ``decisive/<imputer>`` on the PDM's parts,
+    ``agreement_gt/<imputer>``, ``decisive_gt/<imputer>`` on the ground-truth masks,
+    ``n_images``), one row per game, one row per class with two or more decisive parts.
     """
     images = check_images(images)
     L = decisive.shape[1]
@@ -81,17 +84,20 @@ def shapley_checks(classifier: ContractClassifier, pdm: Any, images: Tensor, mas
     maps = torch.cat([ex.context(images[i:i + batch_size], None).labels
                       for i in range(0, len(images), batch_size)])
     pdm_present = torch.stack([(maps == p).flatten(1).any(1) for p in range(L)], 1).cpu()
-    for name, op in imputers.items():
-        sv = part_shapley(removal_game(classifier, images, maps, op, features=feats),
-                          pdm_present, full, max_exact=L, batch_size=batch_size)
+    # each imputer on the PDM's parts (what a user plays on a photo), then on the ground-truth
+    # masks: what is left between the latter and the oracle is the operator's, not the PDM's
+    for (where, suffix, parts, present), (name, op) in itertools.product(
+            (("PDM parts", "", maps, pdm_present),
+             ("ground-truth masks", "_gt", masks.long(), gt_present)), imputers.items()):
+        sv = part_shapley(removal_game(classifier, images, parts, op, features=feats),
+                          present, full, max_exact=L, batch_size=batch_size)
         v = sv.values[r, :, k].float()
-        both = pdm_present & gt_present
-        metrics[f"agreement/{name}"] = rank_agreement(v, ref, both)
-        metrics[f"decisive/{name}"] = _top_hits(v, pdm_present, decisive.cpu())
-        rows.append({"game": f"{name}, PDM parts", "imputer": getattr(op, "name", name),
-                     "spearman_vs_oracle": metrics[f"agreement/{name}"],
+        metrics[f"agreement{suffix}/{name}"] = rank_agreement(v, ref, present & gt_present)
+        metrics[f"decisive{suffix}/{name}"] = _top_hits(v, present, decisive.cpu())
+        rows.append({"game": f"{name}, {where}", "imputer": getattr(op, "name", name),
+                     "spearman_vs_oracle": metrics[f"agreement{suffix}/{name}"],
                      "spearman_vs_single_rerender": rank_agreement(v, single, gt_present),
-                     "decisive": metrics[f"decisive/{name}"],
+                     "decisive": metrics[f"decisive{suffix}/{name}"],
                      "passes_per_image": float(sv.evaluations.double().mean())})
     return metrics, pd.DataFrame(rows), _interactions(oracle, k, decisive_table)
 
