@@ -16,7 +16,6 @@ part Shapley values of the **re-render game on ground-truth masks** are the refe
 from __future__ import annotations
 
 import itertools
-
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
