@@ -25,6 +25,7 @@ __all__ = [
     "check_labels",
     "check_masks",
     "check_nonempty",
+    "model_dtype",
 ]
 
 #: The dtype images are converted to: partslib's models are float32.
@@ -43,14 +44,26 @@ def check_nonempty(n: int, name: str = "images") -> None:
         raise ValueError(f"{name} is empty (0 items); expected at least one")
 
 
+def model_dtype(model: Any) -> torch.dtype:
+    """The dtype of ``model``'s first floating-point parameter (float32 when it has none): the
+    dtype its inputs are converted to."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return IMAGE_DTYPE
+
+
 def check_images(x: Any, name: str = "images", size: tuple[int, int] | None = None,
-                 keep_uint8: bool = False) -> torch.Tensor:
+                 keep_uint8: bool = False, dtype: torch.dtype = IMAGE_DTYPE) -> torch.Tensor:
     """Validate a batch of RGB images and return it as float32 ``[B,3,H,W]`` in [0, 1].
 
-    uint8 input is divided by 255; float64 / float16 / bfloat16 input is converted to float32
-    (the models' dtype); a single ``[3,H,W]`` image gets a batch dimension. ``size`` (H, W):
-    the size the model needs. ``keep_uint8``: uint8 input is checked but returned as it is
-    (training sets are kept as uint8 and converted batch by batch). Anything else (not a
+    uint8 input is divided by 255; float input of another dtype (float64, float16, bfloat16)
+    is converted to ``dtype`` (float32, the dtype of partslib's models; the explainer passes
+    its classifier's, :func:`model_dtype`); a single ``[3,H,W]`` image gets a batch
+    dimension. ``size`` (H, W): the size the model needs. ``keep_uint8``: uint8 input is
+    checked but returned as it is (training sets are kept as uint8 and converted batch by
+    batch). Anything else (not a
     tensor, another dtype, an empty batch, a wrong shape or size, NaN or Inf, values outside
     [0, 1]) raises an error that names the value and says what was expected.
     """
@@ -58,11 +71,11 @@ def check_images(x: Any, name: str = "images", size: tuple[int, int] | None = No
         raise TypeError(f"{name} must be a torch.Tensor [B,3,H,W], got {type(x).__name__}")
     as_uint8 = keep_uint8 and x.dtype == torch.uint8
     if x.dtype == torch.uint8 and not as_uint8:
-        x = x.to(IMAGE_DTYPE) / 255.0
+        x = x.to(dtype) / 255.0
     if not x.is_floating_point() and not as_uint8:
         raise ValueError(f"{name} must be float in [0,1] or uint8 in 0..255, got dtype {x.dtype}")
-    if x.dtype != IMAGE_DTYPE and not as_uint8:
-        x = x.to(IMAGE_DTYPE)
+    if x.dtype != dtype and not as_uint8:
+        x = x.to(dtype)
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[1] != 3:

@@ -187,7 +187,9 @@ def _archive_fails(tmp: Path) -> str:
 def _float64_images(tmp: Path) -> str:
     ex, x = _explainer(), random_images(2)
     torch.testing.assert_close(ex(x.double()).contributions, ex(x).contributions)
-    return "no error: float64 images are converted to float32 (the models' dtype)"
+    ex64 = PartExplainer(ex.classifier.double(), ex.pdm.double(), ex.part_names)
+    assert ex64(x.double()).contributions.dtype == torch.float64  # a float64 model keeps them
+    return "no error: float64 images are converted to the classifier's dtype (float32)"
 
 
 def _pdm_masks(n: int = 2, value: int = 0) -> torch.Tensor:
@@ -374,7 +376,7 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "converter-missing-photo": (_coco_missing_photo, r"p\d\.png: no such image file"),
     "checkpoint-write-fails": (_checkpoint_write_fails, "pickle|lambda"),
     "archive-fails": (_archive_fails, "No space left"),
-    "float64-images": (_float64_images, "converted to float32"),
+    "float64-images": (_float64_images, r"converted to the classifier's dtype \(float32\)"),
     "empty-batch": (lambda t: _message(lambda: _explainer()(random_images(2)[:0])),
                     r"images is an empty batch \(shape \(0, 3, 64, 64\)\)"),
     "empty-training-set": (lambda t: _message(_train(random_images(2)[:0], _pdm_masks(0))),
