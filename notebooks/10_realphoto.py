@@ -415,9 +415,12 @@ if len(sanity):
 #
 # `rs.explain_photo(explainer, path)` takes a photograph of any size and PIL mode: EXIF
 # orientation is applied, grayscale and palette images become RGB, transparency is composited on
-# white, and the photo is resized to the model's input exactly as the training photos were
-# (bilinear with antialiasing, aspect ratio not kept). Here: `photo_path`, else the original file
-# of the first correctly classified test photo, at its full size.
+# white, a large photo is reduced while it is decoded, and the photo is fitted into the model's
+# input keeping its aspect ratio (`fit="pad"`, the default: scaled to fit and padded with flat
+# grey; the part maps and the image returned are cropped back to the photo). `fit="squash"`
+# resizes it exactly as the training photos were (bilinear with antialiasing, aspect ratio not
+# kept). Here: `photo_path`, else the original file of the first correctly classified test
+# photo, at its full size.
 
 # %%
 # NBVAL_IGNORE_OUTPUT

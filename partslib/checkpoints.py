@@ -5,7 +5,6 @@ beside it, never deleted). Re-exported by :mod:`partslib.training`."""
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -28,14 +27,15 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(path: str | Path, *, state_dict: dict, config: dict, kind: str,
                     **extra: Any) -> Path:
-    """Write a checkpoint atomically (temporary file + ``os.replace``): never a half file."""
+    """Write a checkpoint atomically (:func:`partslib.io.atomic_write`: a hidden temporary file
+    replaces ``path`` once complete): never a half file, and a failed write keeps the old one."""
+    from partslib.io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": kind,
                "config": config, "state_dict": state_dict, **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

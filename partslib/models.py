@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partslib.checks import check_images
+
 __all__ = [
     "ContractClassifier",
     "SmallResNet",
@@ -32,41 +34,6 @@ __all__ = [
     "check_images",
     "create_classifier",
 ]
-
-
-def check_images(x: torch.Tensor, name: str = "images", size: tuple[int, int] | None = None
-                 ) -> torch.Tensor:
-    """Validate a batch of RGB images: float ``[B,3,H,W]``, finite, values in [0, 1].
-
-    uint8 input is converted (``/255``); a single ``[3,H,W]`` image gets a batch dimension.
-    Anything else raises a ``ValueError`` that says what was expected.
-    """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor [B,3,H,W], got {type(x).__name__}")
-    if x.dtype == torch.uint8:
-        x = x.float() / 255.0
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be float in [0,1] or uint8, got dtype {x.dtype}")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[1] != 3:
-        hint = ""
-        if x.dim() == 4 and x.shape[1] in (1, 4):
-            hint = (" (grayscale or RGBA: convert with partslib.data.images.load_image, "
-                    "or x.expand(-1, 3, -1, -1) / x[:, :3])")
-        raise ValueError(f"{name} must have shape [B,3,H,W], got {tuple(x.shape)}{hint}")
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        raise ValueError(f"{name} must be {size[0]}x{size[1]} for this model, got "
-                         f"{x.shape[-2]}x{x.shape[-1]}; resize first (e.g. "
-                         f"torch.nn.functional.interpolate(x, size={tuple(size)}, mode='bilinear', "
-                         f"antialias=True))")
-    lo, hi = (float(v) for v in torch.aminmax(x))  # one pass; NaN propagates, Inf is > 1
-    if lo != lo or hi != hi or abs(lo) == float("inf") or abs(hi) == float("inf"):
-        raise ValueError(f"{name} contains NaN or Inf values")
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"{name} must have values in [0, 1], got range [{lo:.3g}, {hi:.3g}] "
-                         f"(partslib models normalise internally; pass unnormalised images)")
-    return x
 
 
 class ContractClassifier(nn.Module):

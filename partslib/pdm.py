@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partslib.checks import check_images, check_masks
 from partslib.config import PDMConfig, resolve
 from partslib.constants import IGNORE_INDEX
 from partslib.models import ContractClassifier
@@ -306,8 +307,8 @@ def train_pdm(classifier: ContractClassifier, images: torch.Tensor, masks: torch
     median-frequency class weights for rare parts.
     """
     cfg = resolve(config, PDMConfig, overrides)
-    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}")
+    images = check_images(images, keep_uint8=True)
+    masks = check_masks(masks, images, num_labels)
     pdm = PartsDetectionModule.from_config(classifier, num_labels, cfg)
     if torch.device(device).type == "cpu":
         # channels-last weights (activations follow): oneDNN skips reordering the decoder's

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from partslib.checks import check_images, check_masks, check_nonempty
 from partslib.config import ClassifierConfig, DataConfig, PDMConfig, resolve
 from partslib.data.removal_training import (
     REMOVAL_VERSION,
@@ -170,9 +171,11 @@ def _class_table(classes: str | tuple) -> str | list[dict[str, str]]:
 
 
 def _check_splits(train: Split, *others: Split | None) -> None:
+    check_nonempty(len(train), "the training split")
     for other in others:
         if other is None:
             continue
+        check_nonempty(len(other), "an evaluation split")
         same = (train.class_names == other.class_names and train.part_names == other.part_names
                 and train.image_size == other.image_size)
         if not same:
@@ -384,11 +387,14 @@ def load_classifier(results_dir: str | os.PathLike, device: str | torch.device =
 
 def evaluate_segmentation(classifier: ContractClassifier, pdm, images: torch.Tensor,
                           masks: torch.Tensor, part_names: list[str]) -> dict[str, Any]:
-    """Per-part IoU (dataset-summed) and mIoU of the PDM's argmax part map on ``images``."""
+    """Per-part IoU (dataset-summed) and mIoU of the PDM's argmax part map on ``images``
+    (uint8 or float ``[N,3,H,W]``; ``masks`` integer ``[N,H,W]``, ids ``0..P`` or 255)."""
     from partslib.metrics import confusion_matrix, mean_iou, part_iou
     from partslib.pdm import segment
 
     num_labels = len(part_names)
+    images = check_images(images, keep_uint8=True)
+    masks = check_masks(masks, images, num_labels)
     cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
     for i in range(0, len(images), 256):
         pred = segment(classifier, pdm, images[i:i + 256]).argmax(1)

@@ -43,7 +43,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from partslib.io import StudyRootError, find_root, merge_metrics, stage_name, write_json
+from partslib.io import (
+    StudyRootError,
+    find_root,
+    merge_metrics,
+    stage_name,
+    temp_sibling,
+    write_json,
+)
 from partslib.profiles import RUNNER_PARAMS, Profile, ProfileError, load_profile, validate_profile
 from partslib.progress import (
     StageMonitor,
@@ -102,18 +109,38 @@ def archive_previous_run(run_dir: Path, include_checkpoints: bool = False,
     while dest.exists():
         n += 1
         dest = run_dir / "previous" / f"{stamp}-{n}"
-    dest.mkdir(parents=True)
-    for p in entries:
-        if rerun is None:
-            shutil.move(str(p), str(dest / p.name))
-        elif p.is_dir():
-            shutil.copytree(p, dest / p.name)
-        else:
-            shutil.copy2(p, dest / p.name)
+    _archive_into(dest, entries, move=rerun is None)
     for name in rerun or ():
         shutil.rmtree(run_dir / stage_name(name), ignore_errors=True)
         (run_dir / "notebooks" / f"{name}.ipynb").unlink(missing_ok=True)
     return dest
+
+
+def _archive_into(dest: Path, entries: Sequence[Path], move: bool) -> None:
+    """Move (or copy) ``entries`` into a hidden sibling of ``dest`` renamed to ``dest`` once
+    complete; on any failure what was moved is moved back and the hidden folder removed, so
+    the run folder is as it was and no half archive is left. (A process killed mid-way leaves
+    what it had moved in ``previous/.<stamp>.partial-*``: hidden, never deleted.)"""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(dest)
+    tmp.mkdir()
+    moved: list[Path] = []
+    try:
+        for p in entries:
+            if move:
+                os.rename(p, tmp / p.name)  # same file system: nothing is copied
+                moved.append(p)
+            elif p.is_dir():
+                shutil.copytree(p, tmp / p.name)
+            else:
+                shutil.copy2(p, tmp / p.name)
+        os.rename(tmp, dest)
+    except BaseException:
+        for p in moved:
+            if (tmp / p.name).exists() and not p.exists():
+                os.rename(tmp / p.name, p)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _rel(path: Path) -> str:

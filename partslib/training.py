@@ -29,6 +29,7 @@ from partslib.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
+from partslib.checks import check_images, check_labels
 from partslib.distributed import DistEnv, all_mean, barrier, check_same, maybe_fault
 from partslib.progress import Progress
 
@@ -422,7 +423,12 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> to
 
 def evaluate_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                         num_classes: int | None = None) -> dict:
-    """Accuracy, balanced accuracy and the confusion matrix (rows = true class)."""
+    """Accuracy, balanced accuracy and the confusion matrix (rows = true class).
+
+    ``images``: uint8 or float ``[N,3,H,W]`` (see :func:`partslib.checks.check_images`);
+    ``labels``: integer ``[N]`` in ``0..num_classes-1``."""
+    images = check_images(images, keep_uint8=True)
+    labels = check_labels(labels, len(images), num_classes)
     pred = predict(model, images).argmax(1)
     k = num_classes or int(max(labels.max(), pred.max())) + 1
     cm = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)

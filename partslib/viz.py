@@ -24,6 +24,8 @@ from matplotlib.legend import Legend
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from partslib.io import atomic_write
+
 __all__ = [
     "Bar",
     "bars_that_fit",
@@ -164,10 +166,11 @@ def plot_history(history: Sequence[Mapping[str, float]]) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save ``fig`` as PNG (parent folders created) and return the path."""
+    """Save ``fig`` as PNG (or the format of ``path``'s suffix; parent folders created)
+    atomically (:func:`partslib.io.atomic_write`) and return the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix[1:].lower() or "png")
     return path
 
 

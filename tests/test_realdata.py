@@ -139,9 +139,14 @@ def test_load_image_applies_exif_orientation(tmp_path):
 def test_load_image_resize_policy(tmp_path):
     arr = np.full((30, 50, 3), 77, dtype=np.uint8)
     Image.fromarray(arr).save(tmp_path / "c.png")
-    x = load_image(tmp_path / "c.png", size=(8, 12))
+    x = load_image(tmp_path / "c.png", size=(8, 12), fit="squash")
     assert x.shape == (3, 8, 12)
     torch.testing.assert_close(x, torch.full_like(x, 77 / 255))
+    # the default keeps the aspect ratio: 30x50 -> 7x12 centred, grey rows around it
+    x = load_image(tmp_path / "c.png", size=(8, 12))
+    assert x.shape == (3, 8, 12)
+    torch.testing.assert_close(x[:, :7], torch.full_like(x[:, :7], 77 / 255))
+    torch.testing.assert_close(x[:, 7], torch.full_like(x[:, 7], 0.5))
     with pytest.raises(ValueError, match="size"):
         load_image(tmp_path / "c.png", size=(0, 4))
 

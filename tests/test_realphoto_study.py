@@ -327,15 +327,21 @@ def test_explain_photo_any_mode_and_orientation(tiny_run, tmp_path):
     explainer = PartExplainer(model, pdm, data.part_names)
     files = _photo_files(tmp_path)
     for kind in ("gray", "rgba", "exif", "upright"):
-        e, image = rs.explain_photo(explainer, files[kind])
+        e, image = rs.explain_photo(explainer, files[kind], fit="squash")
         assert image.shape == (3, 32, 32) and len(e) == 1
         assert e.labels.shape == (1, 32, 32)
+        assert float(e.completeness_error().max()) <= 1e-4
+        # the default keeps the aspect ratio (60x45 -> 32x24 in grey padding), cropped back
+        e, image = rs.explain_photo(explainer, files[kind])
+        shape = (32, 32) if kind in ("gray", "rgba") else (32, 24)
+        assert image.shape == (3, *shape) and e.labels.shape == (1, *shape)
+        assert e.part_probs.shape[-2:] == shape
         assert float(e.completeness_error().max()) <= 1e-4
     _, gray = rs.explain_photo(explainer, files["gray"])
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     _, rgba = rs.explain_photo(explainer, files["rgba"])
     assert torch.allclose(rgba[:, :4], torch.ones(3, 4, 32), atol=0.02)  # white behind alpha
-    with pytest.raises(ValueError, match="must be 32x32"):
+    with pytest.raises(ValueError, match="takes 32x32 images only"):
         rs.explain_photo(explainer, files["rgba"], size=(60, 60))
     # the EXIF-rotated file is explained upright: the same photo as the upright copy
     e_rot, rot = rs.explain_photo(explainer, files["exif"])

@@ -194,6 +194,9 @@ class BrodenDataset(Dataset):
                 continue
             entries = {c: [s for s in (r[c] or "").split(";") if s] for c in self.categories}
             rows.append(_Row(r["image"], r["split"], ih, iw, sh, sw, entries))
+        if not rows:
+            raise ValueError(f"{index_path}: no images" + (f" with split {split!r}" if split
+                             else "") + "; expected at least one row after the header")
         self._rows = rows
         self.image_categories = tuple(
             c for c in self.categories

@@ -126,6 +126,10 @@ class ClothingCoParsingDataset(Dataset):
         self.names: list[str] = (
             list(names) if names is not None else sorted(p.stem for p in ann_dir.glob("*.mat"))
         )
+        if not self.names:
+            raise ValueError(f"{ann_dir}: no images; expected one CCP annotation "
+                             f"(<name>.mat) per photo" if names is None
+                             else "names is empty; expected at least one photo name")
         index = {n: i for i, n in enumerate(self.label_names)}
         lut = np.zeros(max(len(self.label_names), 256), dtype=np.int64)
         if groups is None:

@@ -244,6 +244,9 @@ class CocoPartsDataset(Dataset):
         self._background_cats = {c["id"] for c in cats} - set(self._part_id)
         self._cat_name = {c["id"]: c["name"] for c in cats}
         self.images: list[dict] = list(data["images"])
+        if not self.images:
+            raise ValueError(f"{self.annotations_json}: 'images' is empty; expected at least "
+                             f"one image entry (id, file_name, height, width)")
         image_index = {im["id"]: i for i, im in enumerate(self.images)}
         self._annotations: list[list[dict]] = [[] for _ in self.images]
         for ann in data["annotations"]:

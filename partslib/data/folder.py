@@ -20,6 +20,7 @@ ones are re-exported here.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..io import atomic_dir
 from .folder_format import (
     CLASSES_HEADERS,
     IGNORE_INDEX,
@@ -142,6 +144,9 @@ class FolderDataset(Dataset):
         self.names: list[str] = sorted(
             n for n, (_, s) in classes.items() if n in images and (split is None or s == split)
         )
+        if not self.names:
+            raise ValueError(f"{self.root / 'classes.csv'}: no images with split {split!r}; "
+                             f"expected at least one")
         self.labels: list[int] = [index[classes[n][0]] for n in self.names]
         self._images = images
 
@@ -178,21 +183,48 @@ def _check_name(name: str) -> None:
         )
 
 
-def _prepare_root(root: Path, overwrite: bool) -> None:
+_FORMAT_ENTRIES = ("images", "masks", "parts.csv", "classes.csv", "class_names.txt")
+
+
+def _check_root(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root}: exists and is not a directory")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise ValueError(
-                f"{root}: folder is not empty; pass overwrite=True to replace its partslib content"
-            )
-        for sub in ("images", "masks"):
-            if (root / sub).is_dir():
-                shutil.rmtree(root / sub)
-        for f in ("parts.csv", "classes.csv", "class_names.txt"):
-            (root / f).unlink(missing_ok=True)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(exist_ok=True)
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise ValueError(
+            f"{root}: folder is not empty; pass overwrite=True to replace its partslib content"
+        )
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_other_entries(root: Path, tmp: Path) -> None:
+    """Hard-links (or copies) what ``root`` holds besides the format's own entries into
+    ``tmp``, so that replacing ``root`` by ``tmp`` keeps them; ``root`` itself is not touched."""
+    if not root.is_dir():
+        return
+    for p in root.iterdir():
+        if p.name in _FORMAT_ENTRIES or (tmp / p.name).exists():
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.copytree(p, tmp / p.name, symlinks=True, copy_function=_link_or_copy)
+        elif p.is_symlink():
+            os.symlink(os.readlink(p), tmp / p.name)
+        else:
+            _link_or_copy(str(p), str(tmp / p.name))
+
+
+def _validator(root: Path):
+    def validated(tmp: Path) -> None:
+        problems = validate_folder(tmp)
+        if problems:
+            raise ValueError(f"{root}: the converted folder is not valid, nothing was changed; "
+                             f"{_invalid_folder(tmp, problems)}")
+    return validated
 
 
 def _write_image(image, dst_stem: Path) -> tuple[Path, tuple[int, int]]:
@@ -240,14 +272,20 @@ def write_folder(
         part_names: names of parts 1..P, in id order (without "background").
         class_names: every class, in label order (written to class_names.txt).
         overwrite: replace images/, masks/ and the csv files of a non-empty ``root``; other
-            files in it are left alone. Without it a non-empty ``root`` is refused.
+            files in it are kept. Without it a non-empty ``root`` is refused.
+
+    The folder is written under a hidden temporary sibling (``.<root name>.partial-...``),
+    checked with ``validate_folder``, and only then put in the place of ``root``: a sample
+    that fails, an exception or a killed process leaves the previous ``root`` exactly as it
+    was and nothing half-written under its name.
 
     Returns:
         ``root`` as a Path.
 
     Raises:
-        ValueError: non-empty ``root`` without ``overwrite``; a bad name, class, split, mask
-            shape or mask value (the message names the sample).
+        ValueError: non-empty ``root`` without ``overwrite``; no samples; a bad name, class,
+            split, mask shape or mask value (the message names the sample); a written folder
+            that does not validate.
     """
     root = Path(root)
     part_names = list(part_names)
@@ -262,10 +300,25 @@ def write_folder(
         dup = [n for n, c in Counter(names).items() if c > 1]
         if dup or any(not n or "\n" in n for n in names):
             raise ValueError(f"{label} names must be unique and non-empty; duplicates: {dup}")
+    _check_root(root, overwrite)
+    with atomic_dir(root, validate=_validator(root)) as tmp:
+        rows = _write_samples(tmp, samples, part_names, class_names)
+        if not rows:
+            raise ValueError(f"{root}: no samples to write (the samples iterable was empty); "
+                             f"nothing was changed")
+        _write_tables(tmp, rows, part_names, class_names)
+        if overwrite:
+            _carry_other_entries(root, tmp)
+    return root
+
+
+def _write_samples(tmp: Path, samples: Iterable[Sequence], part_names: Sequence[str],
+                   class_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
+    """Checks and writes every sample into ``tmp``; returns the classes.csv rows."""
     known_classes = set(class_names)
     allowed = np.array(sorted(set(range(len(part_names) + 1)) | {IGNORE_INDEX}))
-    _prepare_root(root, overwrite)
-
+    (tmp / "images").mkdir()
+    (tmp / "masks").mkdir()
     rows: list[tuple[str, str, str | None]] = []
     seen: set[str] = set()
     for sample in samples:
@@ -290,17 +343,14 @@ def write_folder(
                 f"sample {s.name!r}: mask values {bad[:10].tolist()} "
                 f"are not 0, 255 or part ids 1..{len(part_names)}"
             )
-        image_path, hw = _write_image(s.image, root / "images" / s.name)
+        _, hw = _write_image(s.image, tmp / "images" / s.name)
         if mask.shape != hw:
-            image_path.unlink()
             raise ValueError(
                 f"sample {s.name!r}: mask is {mask.shape} but the image is {hw} (H, W)"
             )
-        Image.fromarray(mask.astype(np.uint8), mode="L").save(root / "masks" / f"{s.name}.png")
+        Image.fromarray(mask.astype(np.uint8), mode="L").save(tmp / "masks" / f"{s.name}.png")
         rows.append((s.name, s.class_name, s.split))
-
-    _write_tables(root, rows, part_names, class_names)
-    return root
+    return rows
 
 
 def _write_tables(root: Path, rows: Sequence[tuple[str, str, str | None]],

@@ -100,6 +100,10 @@ def _read_parts(root: Path, problems: list[Problem]) -> tuple[list[str] | None, 
     rows = _read_csv(path, [PARTS_HEADER], problems)
     if rows is None:
         return None, None
+    if not rows:
+        problems.append(Problem(path, "no parts: the header has no rows below it (expected at "
+                                      "least one line 'id,name', ids 1..P)"))
+        return None, set()
     names: dict[int, str] = {}
     ok = True
     seen_names: dict[str, int] = {}
@@ -198,6 +202,10 @@ def _read_classes(
         return None
     rows = _read_csv(path, CLASSES_HEADERS, problems)
     if rows is None:
+        return None
+    if not rows:
+        problems.append(Problem(path, "no images: the header has no rows below it (expected "
+                                      "one line 'image,class' per image)"))
         return None
     table: dict[str, tuple[str, str | None]] = {}
     for row in rows:

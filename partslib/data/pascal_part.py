@@ -148,6 +148,9 @@ class PascalPartDataset(Dataset):
         self.size = size
         self.part_name_fn = part_name_fn
         self._files = sorted(self.annotations_dir.glob("*.mat"))
+        if not self._files:
+            raise ValueError(f"{self.annotations_dir}: no .mat files; expected one PASCAL-Part "
+                             f"annotation (<name>.mat) per image")
         self.names = [f.stem for f in self._files]
         self.class_names = list(PASCAL_VOC_CLASSES)
         self.labels: list[int] = []

@@ -12,11 +12,12 @@
   shoes, accessories), outfit classes of :func:`ccp_outfit` (dress / shorts / skirt /
   trousers), and a deterministic split: every ``test_every``-th photo (sorted names) is test.
 
-A conversion writes into ``DST.partial`` and renames it to ``DST`` only when complete, so an
-interrupted run never leaves a half-written dataset behind. :func:`ensure_dataset` converts
-only when ``DST`` does not exist yet (what the study's notebooks call); the source folder
-defaults to ``$PARTSLIB_CARPARTS_SRC`` / ``$PARTSLIB_CCP_SRC``. See ``docs/real_data.md``
-for the download step.
+A conversion writes into a hidden sibling of ``DST`` (:func:`partslib.io.atomic_dir`) and
+puts it in the place of ``DST`` only when complete and valid, so an interrupted or failing run
+never leaves a half-written dataset behind and an earlier ``DST`` is kept until then.
+:func:`ensure_dataset` converts only when ``DST`` does not exist yet (what the study's
+notebooks call); the source folder defaults to ``$PARTSLIB_CARPARTS_SRC`` /
+``$PARTSLIB_CCP_SRC``. See ``docs/real_data.md`` for the download step.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -38,6 +38,7 @@ from partslib.data.clothing_parsing import (
 from partslib.data.coco_parts import carparts_to_folder
 from partslib.data.folder import ConversionResult, write_folder
 from partslib.data.images import PathLike
+from partslib.io import atomic_dir
 
 __all__ = [
     "CCP_OUTFITS",
@@ -87,21 +88,14 @@ def ccp_outfit(pixels_by_label: Mapping[str, int]) -> str | None:
     return None  # pragma: no cover - every CCP_LOWER_GARMENTS entry is in a group
 
 
-def _finish(partial: Path, dst: Path, manifest: dict) -> None:
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(partial, dst)
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _start(dst: Path, overwrite: bool) -> Path:
+def _check_dst(dst: Path, overwrite: bool) -> None:
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise ValueError(f"{dst}: exists and is not empty; pass overwrite=True (--overwrite) "
                          f"to convert again")
-    partial = dst.with_name(dst.name + ".partial")
-    if partial.exists():  # left by an interrupted conversion
-        shutil.rmtree(partial)
-    return partial
 
 
 def _need_dir(src: Path, *children: str) -> None:
@@ -116,13 +110,15 @@ def prepare_carparts(src: PathLike, dst: PathLike, overwrite: bool = False) -> C
     """Car Parts -> folder format at ``dst`` (viewpoint classes, upstream train/test split)."""
     src, dst = Path(src), Path(dst)
     _need_dir(src, "trainingset/annotations.json", "testset/annotations.json")
-    partial = _start(dst, overwrite)
+    _check_dst(dst, overwrite)
     t0 = time.perf_counter()
-    result = carparts_to_folder(src, partial)
-    _finish(partial, dst, {"dataset": "carparts", "source": str(src.resolve()),
-                           "upstream": UPSTREAM["carparts"], "written": result.written,
-                           "skipped": result.skipped, "classes": "carparts_viewpoint",
-                           "seconds": round(time.perf_counter() - t0, 1)})
+    with atomic_dir(dst) as partial:
+        result = carparts_to_folder(src, partial)
+        _write_manifest(partial, {"dataset": "carparts", "source": str(src.resolve()),
+                                  "upstream": UPSTREAM["carparts"],
+                                  "written": result.written, "skipped": result.skipped,
+                                  "classes": "carparts_viewpoint",
+                                  "seconds": round(time.perf_counter() - t0, 1)})
     return ConversionResult(dst, result.written, result.skipped)
 
 
@@ -139,7 +135,7 @@ def prepare_ccp(src: PathLike, dst: PathLike, overwrite: bool = False, test_ever
     _need_dir(src, "photos", "annotations/pixel-level", "label_list.mat")
     if test_every < 2:
         raise ValueError(f"test_every must be >= 2, got {test_every}")
-    partial = _start(dst, overwrite)
+    _check_dst(dst, overwrite)
     t0 = time.perf_counter()
     ds = ClothingCoParsingDataset(src, groups=groups, class_of=ccp_outfit, names=names)
     skipped: dict[str, str] = {}
@@ -153,12 +149,14 @@ def prepare_ccp(src: PathLike, dst: PathLike, overwrite: bool = False, test_ever
             yield (ds.names[i], ds.image_path(i), ds.part_mask(i),
                    ds.class_names[ds.labels[i]], split)
 
-    write_folder(partial, samples(), ds.part_names[1:], ds.class_names)
-    written = len(ds) - len(skipped)
-    _finish(partial, dst, {"dataset": "ccp", "source": str(src.resolve()),
-                           "upstream": UPSTREAM["ccp"], "written": written, "skipped": skipped,
-                           "classes": "ccp_outfit", "test_every": test_every,
-                           "seconds": round(time.perf_counter() - t0, 1)})
+    with atomic_dir(dst) as partial:
+        write_folder(partial, samples(), ds.part_names[1:], ds.class_names)
+        written = len(ds) - len(skipped)
+        _write_manifest(partial, {"dataset": "ccp", "source": str(src.resolve()),
+                                  "upstream": UPSTREAM["ccp"], "written": written,
+                                  "skipped": skipped, "classes": "ccp_outfit",
+                                  "test_every": test_every,
+                                  "seconds": round(time.perf_counter() - t0, 1)})
     return ConversionResult(dst, written, skipped)
 
 

@@ -25,6 +25,7 @@ from partslib.constants import IGNORE_INDEX
 from partslib.data.folder import FolderDataset
 from partslib.data.images import PathLike
 from partslib.data.split import Split
+from partslib.io import atomic_write
 from partslib.models import _size
 
 __all__ = ["RealData", "carve_validation", "data_tables", "load_real_data"]
@@ -178,9 +179,8 @@ def load_real_data(dataset_path: PathLike, image_size: int | Sequence[int] = 128
         cache.parent.mkdir(parents=True, exist_ok=True)
         fields = {k: v for k, v in data.__dict__.items()
                   if k not in ("root", "name") and not k.startswith("val_")}
-        tmp = cache.with_name(cache.name + ".tmp")
-        torch.save(fields, tmp)
-        os.replace(tmp, cache)
+        with atomic_write(cache) as tmp:
+            torch.save(fields, tmp)
     return carve_validation(data, val_fraction, val_seed)
 
 

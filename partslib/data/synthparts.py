@@ -36,6 +36,7 @@ from partslib.data.classtables import (
     signatures_from_table,
 )
 from partslib.data.scene import GEOMETRY, PATTERNS, draw_scene, paint
+from partslib.io import atomic_write
 
 __all__ = [
     "PATTERNS",
@@ -294,14 +295,11 @@ def load_or_generate(cfg: SynthPartsConfig, seed: int, n: int, cache_dir: str | 
         warnings.warn(f"SynthParts cache {npz} does not match its manifest; regenerating",
                       stacklevel=2)
     arrays = generate_split(cfg, seed, n, progress)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = npz.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, npz)
+    with atomic_write(npz) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)  # a file object: savez would append .npz to a temporary name
     manifest["sha256"] = _checksum(arrays)
-    tmp_m = manifest_path.with_suffix(".tmp")
-    tmp_m.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp_m, manifest_path)
+    with atomic_write(manifest_path) as tmp_m:
+        tmp_m.write_text(json.dumps(manifest, indent=1))
     return arrays
 
 

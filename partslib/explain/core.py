@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from partslib.checks import model_dtype
 from partslib.explain.explanation import (
     PartExplanation,
     paint,
@@ -422,7 +423,8 @@ class PartExplainer:
             if contrastive and rule.units != "logit":
                 raise ValueError(f"{key}: the {rule.name} rule is in {rule.units!r} units; only "
                                  f"rules in logit units explain a contrastive margin")
-        images = check_images(images, size=self.segmenter.input_size)
+        images = check_images(images, size=self.segmenter.input_size,
+                              dtype=model_dtype(self.classifier))
         out: dict[str, list[PartExplanation]] = {key: [] for key in rules}
         for i in range(0, len(images), batch_size):
             ctx = self.context(images[i:i + batch_size], _target_chunk(target, i, batch_size),

@@ -108,6 +108,29 @@ class PartExplanation:
         """A copy with every tensor detached and on the CPU."""
         return _map_tensors(self, lambda t: t.detach().cpu())
 
+    def crop(self, top: int, left: int, height: int, width: int) -> PartExplanation:
+        """The explanation with its pixel maps (``part_probs``, ``labels``, ``maps``, and
+        ``cam`` at its own resolution, rounded outwards) cut to the box ``(top, left, height,
+        width)`` of the image, e.g. the photo inside the padding of
+        :func:`~partslib.studies.realphoto.explain_photo`. Contributions, scores and logits
+        are those of the whole input and are kept; ``area`` and ``present`` then describe the
+        box."""
+        H, W = self.labels.shape[-2:]
+        if not (0 <= top and 0 <= left and height >= 1 and width >= 1
+                and top + height <= H and left + width <= W):
+            raise ValueError(f"box (top={top}, left={left}, height={height}, width={width}) is "
+                             f"not inside the {H}x{W} maps")
+        rows, cols = slice(top, top + height), slice(left, left + width)
+        cam = self.cam
+        if cam is not None:
+            h, w = cam.shape[-2:]
+            r0, r1 = (top * h) // H, -((-(top + height) * h) // H)
+            c0, c1 = (left * w) // W, -((-(left + width) * w) // W)
+            cam = cam[..., r0:r1, c0:c1]
+        return replace(self, part_probs=self.part_probs[..., rows, cols],
+                       labels=self.labels[..., rows, cols], cam=cam,
+                       maps=None if self.maps is None else self.maps[..., rows, cols])
+
     @staticmethod
     def concat(parts: Sequence[PartExplanation]) -> PartExplanation:
         """The explanations of consecutive batches as one."""

@@ -10,12 +10,15 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from partslib.checks import check_nonempty
+
 # ---------------------------------------------------------------------------------- checks
 
 def _check_parts(name: str, x: Any, present: torch.Tensor | None = None) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"{name} must be a [B,P+1] tensor, got shape "
                          f"{tuple(getattr(x, 'shape', ()))}")
+    check_nonempty(x.shape[0], name)
     if present is not None and tuple(x.shape) != tuple(present.shape):
         raise ValueError(f"{name} has shape {tuple(x.shape)} but present has shape "
                          f"{tuple(present.shape)}; both must be [B,P+1]")

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from partslib.checks import check_nonempty
 from partslib.metrics._checks import (
     _check_parts,
     _check_present,
@@ -72,6 +73,10 @@ def _check_images_labels(images: Any, labels: Any) -> None:
         raise ValueError(f"images must be a [B,3,H,W] tensor, got shape "
                          f"{tuple(getattr(images, 'shape', ()))}")
     B, _, H, W = images.shape
+    check_nonempty(B, "images")
+    if images.dtype == torch.float64:
+        raise ValueError("images are float64; expected float32 (or uint8) like the model's "
+                         "inputs: pass images.float()")
     if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (B, H, W):
         raise ValueError(f"labels must have shape {(B, H, W)} to match images, got "
                          f"{tuple(getattr(labels, 'shape', ()))}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from partslib.io import merge_metrics, read_json
+from partslib.io import atomic_write, merge_metrics, read_json
 from partslib.report.tables import OPERATOR_LABELS
 
 __all__ = [
@@ -273,5 +273,6 @@ def update_readme(readme: str | Path, metrics: Mapping[str, Any], profile: str) 
     _, tail = rest.split(END, 1)
     new = f"{head}{BEGIN}\n{headline_markdown(metrics, profile)}\n{END}{tail}"
     if new != text:
-        readme.write_text(new)
+        with atomic_write(readme) as tmp:
+            tmp.write_text(new)
     return new != text

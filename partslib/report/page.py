@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from partslib.io import read_json
+from partslib.io import atomic_write, read_json
 from partslib.report.headline import Run, headline_table, read_run
 from partslib.report.style import CSS as _CSS
 from partslib.report.tables import (
@@ -345,5 +345,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None,
                  embed: bool = True) -> Path:
     """Write :func:`build_report` to ``out`` (default ``run_dir/report.html``); returns it."""
     out = Path(out) if out is not None else Path(run_dir) / "report.html"
-    out.write_text(build_report(run_dir, embed=embed))
+    html = build_report(run_dir, embed=embed)
+    with atomic_write(out) as tmp:
+        tmp.write_text(html)
     return out

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from partslib.io import write_json
+from partslib.io import atomic_write, write_json
 
 __all__ = ["headline_rows", "seed_table", "seeds_markdown", "write_seed_summary"]
 
@@ -100,11 +100,13 @@ def write_seed_summary(out_dir: str | Path, runs: Mapping[int, Mapping[str, Any]
         for path in old:
             shutil.move(str(path), str(keep / path.name))
     table = seed_table(runs)
-    table.to_csv(out / "seeds.csv")
+    with atomic_write(out / "seeds.csv") as tmp:
+        table.to_csv(tmp)
     summary: dict[str, float | None] = {}
     for key, mean, sd in zip(table.index, table["mean"].tolist(), table["sd"].tolist()):
         summary[f"{key}/mean"] = mean if math.isfinite(mean) else None
         summary[f"{key}/sd"] = sd if math.isfinite(sd) else None
     write_json(out / "metrics.json", summary)
-    (out / "seeds.md").write_text(seeds_markdown(table, list(runs)))
+    with atomic_write(out / "seeds.md") as tmp:
+        tmp.write_text(seeds_markdown(table, list(runs)))
     return table

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from partslib.config import ClassifierConfig, PDMConfig, resolve
-from partslib.data.images import PathLike, load_image
+from partslib.data.images import PathLike, load_photo
 from partslib.data.realphotos import RealData, data_tables, load_real_data
 from partslib.explain.registry import METHODS
 from partslib.models import ContractClassifier
@@ -128,7 +128,9 @@ def train_classifier(data: RealData, *, results_dir: PathLike,
     shifts) suits viewpoint and outfit classes, whose labels neither changes.
 
     Returns ``(model in eval mode on the CPU, frozen; metrics; history)``. Metrics:
-    ``test_accuracy``, ``balanced_accuracy``, ``train_accuracy``, ``recall/<class>``,
+    ``test_accuracy``, ``balanced_accuracy`` (over the classes present in the test split),
+    ``train_accuracy``, ``recall/<class>`` (NaN for a class with no test photo, listed in
+    ``classes_absent_from_test``),
     ``majority_baseline``, ``n_train``, ``n_test``, ``confusion_matrix``, ``train_seconds``,
     ``epochs``, ``epochs_trained``, ``backbone``, ``weights``, ``num_parameters``; with a
     validation split (``data.has_val``) ``val_accuracy`` and ``n_val``, and the history holds
@@ -158,11 +160,16 @@ def _val(data: RealData):
 
 def _classifier_extras(common: Mapping[str, Any], data: RealData) -> dict[str, Any]:
     cm = torch.tensor(common["confusion_matrix"])
-    recall = cm.diag().double() / cm.sum(1).clamp(min=1).double()
+    support = cm.sum(1)
+    # a class with no test photo has no recall: NaN (null in metrics.json), not 0
+    recall = torch.where(support > 0, cm.diag().double() / support.clamp(min=1).double(),
+                         torch.full_like(support, math.nan, dtype=torch.float64))
+    absent = [c for c, s in zip(data.class_names, support.tolist()) if s == 0]
     out = {"test_accuracy": common["test_accuracy"],
            "balanced_accuracy": common["balanced_accuracy"],
            "train_accuracy": common["train_accuracy"],
            **{f"recall/{c}": float(r) for c, r in zip(data.class_names, recall)},
+           "classes_absent_from_test": absent,
            "majority_baseline": float(torch.bincount(data.test_labels).max()
                                       / len(data.test_labels)),
            "n_train": len(data.train_labels), "n_test": len(data.test_labels),
@@ -352,25 +359,50 @@ def validity(classifier: ContractClassifier, pdm, ibd, data: RealData,
 
 # -------------------------------------------------------------------------- any photograph
 
-def explain_photo(explainer, source, size: Sequence[int] | None = None, target=None, **kwargs):
+def explain_photo(explainer, source, size: Sequence[int] | None = None, target=None,
+                  fit: str = "pad", **kwargs):
     """Explain one photograph of any size, PIL mode or EXIF orientation.
 
-    The photo goes through :func:`partslib.data.images.load_image`: EXIF orientation applied,
-    grayscale / palette expanded to RGB, transparency composited on white, 16-bit scaled; then
-    resized to exactly ``size`` (default: the PDM's input size) bilinearly with antialiasing,
-    aspect ratio not kept -- the policy the training photos went through.
+    The photo goes through :func:`partslib.data.images.load_photo`: EXIF orientation applied,
+    grayscale / palette expanded to RGB, transparency composited on white, 16-bit scaled, a
+    large photo reduced while decoding, a tiny one (< 16 px on a side) warned about; then
+    fitted into ``size`` (default: the explainer's input size): ``fit="pad"`` (default) keeps
+    the aspect ratio and pads with flat grey, ``fit="squash"`` resizes to exactly ``size``
+    (the policy the training photos went through: no padding).
+
+    With ``fit="pad"`` the explanation is cropped back to the photo
+    (:meth:`PartExplanation.crop`): its part maps and the returned image show the photo
+    only, while contributions, score and logits are those of the padded input the model saw
+    (the grey padding takes whatever part the PDM gives it, usually background).
 
     Args:
         explainer: a :class:`~partslib.explain.PartExplainer`.
         source: a path or a PIL image.
+        size: (H, W) the photo is fitted into; it must be the size the explainer's part
+            model takes (any size when it takes any, e.g. IBD's linear maps).
+        fit: ``"pad"`` or ``"squash"``.
         target, kwargs: passed to the explainer (mode, contrastive, hard, imputer).
 
     Returns:
-        ``(explanation of one image, image float [3,H,W])``.
+        ``(explanation of one image, image float [3,H,W])``, both of the photo region.
     """
-    h, w = size if size is not None else explainer.pdm.input_size
-    image = load_image(source, size=(int(h), int(w)))
-    return explainer(image[None], target=target, **kwargs), image
+    need: tuple[int, int] | None = explainer.segmenter.input_size
+    if size is None and need is None:
+        raise ValueError("this explainer's part model takes images of any size: pass "
+                         "size=(H, W)")
+    chosen = size if size is not None else need
+    assert chosen is not None
+    size = (int(chosen[0]), int(chosen[1]))
+    if need is not None and size != tuple(need):
+        raise ValueError(f"explain_photo(size={size}): this explainer's part model takes "
+                         f"{need[0]}x{need[1]} images only; leave size=None and the photo "
+                         f"(of any size) is fitted to {need[0]}x{need[1]} (fit={fit!r})")
+    photo = load_photo(source, size, fit)
+    e = explainer(photo.image[None], target=target, **kwargs)
+    top, left, h, w = photo.box
+    if (h, w) != size:
+        e = e.crop(top, left, h, w)
+    return e, photo.image[:, top:top + h, left:left + w]
 
 
 # --------------------------------------------------------------------------------- metrics
