@@ -427,7 +427,7 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "0-255-float-images": (lambda t: _message(lambda: _explainer()(random_images(1) * 255)),
                            r"must have values in \[0, 1\], got range"),
     "truncated-checkpoint": (lambda t: _checkpoint(t, "classifier", True),
-                             "corrupted or truncated"),
+                             "could not be read: the file is truncated or corrupted"),
     "pdm-checkpoint-as-classifier": (lambda t: _checkpoint(t, "pdm", False),
                                      "holds a 'pdm', expected 'classifier'"),
     "profile-typo": (_profile_typo, "did you mean '02_classifier'"),
