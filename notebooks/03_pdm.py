@@ -199,7 +199,8 @@ from partslib.explain import amortised_training
 head, head_info = amortised_training.train_head(
     classifier, pdm, train, val, n_train=head_n_train, n_val=head_n_val, target=head_target,
     epochs=head_epochs, seed=seed,
-    checkpoint=f"{results_dir}/{amortised_training.HEAD_CHECKPOINT}", progress=progress)
+    checkpoint=f"{results_dir}/{amortised_training.HEAD_CHECKPOINT}", resume=resume,
+    progress=progress)
 pd.DataFrame(head_info["history"]).to_csv(out_dir / "head_history.csv", index=False)
 metrics.update({"head/val_spearman": head_info["val_spearman"],
                 "head/val_top_part": head_info["val_top_part"],

@@ -264,7 +264,7 @@ head_val = data.split("val" if data.has_val else "train")  # the validation phot
 head, head_info = amortised_training.train_head(
     model, pdm, data.split("train"), head_val, n_train=len(data.train_labels),
     n_val=len(head_val.labels), operator=BackgroundFill(), seed=seed, progress=progress,
-    checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt")
+    checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt", resume=resume)
 print(f"contribution head: {head_info['parameters']:,} parameters, epoch "
       f"{head_info['best_epoch']}, validation Spearman {head_info['val_spearman']:.3f}")
 

@@ -247,7 +247,7 @@ head_val = data.split("val" if data.has_val else "train")  # the validation phot
 head, head_info = amortised_training.train_head(
     model, pdm, data.split("train"), head_val, n_train=len(data.train_labels),
     n_val=len(head_val.labels), operator=BackgroundFill(), seed=seed, progress=progress,
-    checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt")
+    checkpoint=f"{results_dir}/checkpoints/head_{dataset_name}.pt", resume=resume)
 t2_methods = list(t2_methods) or [m for m in METHODS if m not in SLOW_METHODS]
 t0 = time.perf_counter()
 t2, extras = rs.validity(model, pdm, ibd, data, None, operators=t2_operators,

@@ -410,6 +410,8 @@ def _run_plan(prof: Profile, plan: dict[str, dict[str, Any]], notebooks_dir: Pat
     for i, (name, params) in enumerate(plan.items(), 1):
         declared = pm.inspect_notebook(str(notebooks_dir / f"{name}.ipynb"))
         params = {**{k: v for k, v in target.params.items() if k in declared}, **params}
+        if retrain and "resume" in declared:  # --only --retrain: the copied checkpoints of
+            params["resume"] = False          # the rerun stages are not reused either
         label = f"[{i}/{len(plan)}] {name} ..."
         if not progress:
             log(label, end="", flush=True)

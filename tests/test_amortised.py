@@ -258,6 +258,11 @@ def test_train_head_checkpoint_is_read_back_loaded_again_and_archived(synth, tmp
     assert load_head(str(tmp_path)).config() == head.config()  # same shape, new weights
     assert load_checkpoint(old[0], kind="head")["config"]["epochs"] == 2
 
+    # resume=False (the runner's --retrain) trains again although the checkpoint fits
+    _, info4 = train_head(clf, pdm, train, val, **{**kw, "epochs": 1}, resume=False)
+    assert "loaded" not in info4 and info4["config"] == info3["config"]
+    assert len(list((ckpt.parent / "old").glob("head-*.pt"))) == 1  # replaced, not archived
+
 
 def test_train_head_with_an_imputer_where_nothing_can_be_rerendered(synth):
     """Data without ``rerender`` (photos): the game is BackgroundFill on the PDM's maps, whose

@@ -22,6 +22,7 @@ value: int = 1  # a number to report
 seed: int = 0  # added to the value (a seeds profile sets it)
 rate: float = 0.5  # a float knob
 fail: bool = False  # raise in the second cell
+resume: bool = True  # reuse checkpoints (the runner's --retrain sets False)
 '''
 
 FAKE_BODY = '''\
@@ -32,6 +33,7 @@ if fail:
 out = Path(results_dir) / STAGE
 out.mkdir(parents=True, exist_ok=True)
 (out / "metrics.json").write_text(json.dumps({"value": value + seed, "nested": {"rate": rate}}))
+(out / "resume.txt").write_text(str(resume))
 '''
 
 
@@ -233,6 +235,15 @@ def test_run_moves_the_previous_run_and_merges_metrics(tmp_path):
     runner.run_study("p", root=root, results=results, log=log)
     assert any("moved to" in line for line in logs)
     assert len(list((run / "previous").iterdir())) == 2
+    assert (run / "alpha" / "resume.txt").read_text() == "True"
+
+    # --only --retrain: the checkpoints are copied along, so the rerun stage must not reuse
+    # them: it is run with resume=False
+    (run / "checkpoints").mkdir(exist_ok=True)
+    (run / "checkpoints" / "c.pt").write_text("keep")
+    runner.run_study("p", root=root, results=results, only=["02_beta"], retrain=True, log=log)
+    assert (run / "beta" / "resume.txt").read_text() == "False"
+    assert (run / "alpha" / "resume.txt").read_text() == "True"  # not rerun
 
 
 @pytest.mark.notebooks

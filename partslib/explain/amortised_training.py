@@ -271,7 +271,7 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
                target: str = HeadConfig.target, hidden: int = 128,
                epochs: int = HeadConfig.epochs, lr: float = 2e-3, focus: float = 3.0,
                rank: float = 1.0, stages: Sequence[str] = ("layer2",), seed: int = 0,
-               operator: Any = None, checkpoint: str | None = None,
+               operator: Any = None, checkpoint: str | None = None, resume: bool = True,
                progress: bool = False) -> tuple[ContributionHead, dict[str, Any]]:
     """Train the amortised rule's head for ``classifier`` and ``pdm`` on the first ``n_train``
     training items; the epoch is chosen on the first ``n_val`` validation items.
@@ -283,8 +283,9 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
     :class:`~partslib.removal.BackgroundFill`) on the PDM's maps. ``target``: ``"occlusion"``
     (single-removal effects; the head's outputs are then shifted to be complete) or
     ``"shapley"`` (exact part Shapley values). A checkpoint written with the same settings and
-    models is loaded instead of training again; one with other settings is moved aside.
-    Returns ``(head, info)`` (info: settings, history, time).
+    models is loaded instead of training again (``resume=False``: never; the new head
+    replaces it), one with other settings is moved aside. Returns ``(head, info)`` (info:
+    settings, history, time).
     """
     import time
 
@@ -303,9 +304,9 @@ def train_head(classifier: ContractClassifier, pdm: Any, train: Any, val: Any, *
               "seed": seed, "game": game, "design": "feature-delta x fc.weight",
               "models": _fingerprint(classifier, pdm),
               "train": _data_key(train), "val": _data_key(val)}
-    if checkpoint is not None and Path(checkpoint).exists():
+    if checkpoint is not None and resume and Path(checkpoint).exists():
         archive_if_stale(checkpoint, "head", config)
-    if checkpoint is not None and Path(checkpoint).exists():
+    if checkpoint is not None and resume and Path(checkpoint).exists():
         ckpt = load_checkpoint(checkpoint, kind="head")
         head = ContributionHead(**ckpt["head"])
         head.load_state_dict(ckpt["state_dict"])
