@@ -25,13 +25,7 @@ CFG = SynthPartsConfig(size=32)
 
 def _synth_folder(root, n: int = 12, seed: int = 5):
     stream = SynthPartsStream(CFG, seed=seed, n=n)
-
-    def samples():
-        for i in range(n):
-            item = stream[i]
-            yield (f"s{i:03d}", item["image"].permute(1, 2, 0).numpy(), item["mask"].numpy(),
-                   CFG.names[item["label"]])
-    return write_folder(root, samples(), CFG.part_names[1:], CFG.names)
+    return write_folder(root, stream.folder_samples("s", digits=3), CFG.part_names[1:], CFG.names)
 
 
 def test_synthparts_stream_renders_the_cached_split(tmp_path):

@@ -52,13 +52,7 @@ def synth_folder(root: Path, n: int, size: int = 64) -> Path:
         return root
     cfg = SynthPartsConfig(size=size)
     stream = SynthPartsStream(cfg, seed=GEN_SEED, n=n)
-
-    def samples():
-        for i in range(n):
-            s = stream[i]
-            yield (f"img{i:06d}", s["image"].permute(1, 2, 0).numpy(), s["mask"].numpy(),
-                   cfg.names[s["label"]])
-    write_folder(root, samples(), cfg.part_names[1:], cfg.names, overwrite=True)
+    write_folder(root, stream.folder_samples(), cfg.part_names[1:], cfg.names, overwrite=True)
     (root / ".complete").write_text(f"{n}\n")
     return root
 

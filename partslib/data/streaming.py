@@ -91,6 +91,14 @@ class SynthPartsStream(Dataset):
                 "mask": torch.from_numpy(s.mask).long(), "label": s.label, "index": int(index),
                 "name": f"{self.seed}-{index}"}
 
+    def folder_samples(self, prefix: str = "img", digits: int = 6) -> Iterator[tuple]:
+        """The samples as :func:`~partslib.data.folder.write_folder` takes them: ``(name,
+        image HWC uint8, mask, class name)``, named ``<prefix><index>`` (``digits`` wide)."""
+        for i in range(self.n):
+            item = self[i]
+            yield (f"{prefix}{i:0{digits}d}", item["image"].permute(1, 2, 0).numpy(),
+                   item["mask"].numpy(), self.cfg.names[item["label"]])
+
 
 def _to_dtype(image: torch.Tensor, dtype: str) -> torch.Tensor:
     if dtype == "uint8":
