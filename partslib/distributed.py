@@ -21,25 +21,63 @@ loading them (``steps(start)``).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import signal
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+from torch.distributed.elastic.multiprocessing.errors import record as _record
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 __all__ = ["FAULT_ENV", "DistEnv", "StepLoader", "all_mean", "barrier", "check_same",
-           "close_distributed", "init_distributed", "maybe_fault"]
+           "close_distributed", "init_distributed", "maybe_fault", "record"]
 
 #: fault injection for tests: ``"RANK:STEP"`` makes that rank raise after optimiser step STEP,
 #: ``"RANK:STEP:kill"`` makes it kill itself (SIGKILL, no clean-up), as a crashed node would,
 #: ``"RANK:STEP:hang"`` makes it stop responding (sleep), as a stuck node would
 FAULT_ENV = "PARTSLIB_FAULT"
+
+
+class _AtomicErrorHandler(ErrorHandler):
+    """torchrun's error handler, writing the error file atomically.
+
+    A rank that fails writes its traceback to ``TORCHELASTIC_ERROR_FILE``; the launcher reads
+    the files of every failed rank. torch writes the file in place, so when the launcher stops
+    a rank (SIGTERM) that is still writing its error, it reads an empty file and dies of a
+    ``JSONDecodeError`` instead of reporting the failure. Writing a sibling and renaming it
+    makes the file appear whole or not at all.
+    """
+
+    def record_exception(self, e: BaseException) -> None:
+        file = self._get_error_file_path()
+        if not file:
+            return
+        data = {"message": {"message": f"{type(e).__name__}: {e}", "extraInfo": {
+            "py_callstack": traceback.format_exc(), "timestamp": str(int(time.time()))}}}
+        self._write_error_file(file, json.dumps(data))
+
+    def _write_error_file(self, file_path: str, error_msg: str) -> None:
+        tmp = f"{file_path}.partial-{os.getpid()}"
+        try:
+            with open(tmp, "w") as fp:
+                fp.write(error_msg)
+            os.replace(tmp, file_path)
+        except OSError as err:
+            warnings.warn(f"could not write the error file {file_path}: {err}", stacklevel=2)
+
+
+def record(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.distributed.elastic``'s ``@record`` with an atomic error file."""
+    return _record(fn, error_handler=_AtomicErrorHandler())
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.elastic.multiprocessing.errors import record
 from torch.utils.data import DataLoader, Dataset
 
-from partslib.distributed import DistEnv, StepLoader, barrier, close_distributed, init_distributed
+from partslib.distributed import (
+    DistEnv,
+    StepLoader,
+    barrier,
+    close_distributed,
+    init_distributed,
+    record,
+)
 from partslib.io import write_json
 from partslib.training import FitResult, fit
 
