@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.explain import resolve_targets
 from partslib.ibd import (
     ConceptClassifiers,
@@ -59,7 +60,7 @@ from partslib.ibd import (
 )
 from partslib.metrics import relevance_mass
 from partslib.models import ContractClassifier, check_images
-from partslib.pdm import extract_features
+from partslib.pdm import extract_features, label_map
 
 __all__ = [
     "CAM_METHODS",
@@ -165,15 +166,15 @@ def gradcam_maps(classifier: ContractClassifier, images: Tensor, targets: Target
 
 
 @torch.no_grad()
-def _final_features(classifier: ContractClassifier, images: Tensor, batch_size: int = 256
-                    ) -> Tensor:
+def _final_features(classifier: ContractClassifier, images: Tensor,
+                    batch_size: int = INFERENCE_BATCH) -> Tensor:
     return extract_features(classifier, images, [classifier.final_stage],
                             batch_size=batch_size)[classifier.final_stage]
 
 
 @torch.no_grad()
 def cam_maps(classifier: ContractClassifier, images: Tensor, targets: Targets = None,
-             batch_size: int = 256) -> Tensor:
+             batch_size: int = INFERENCE_BATCH) -> Tensor:
     """Class activation maps ``CAM_k(u) = w_k · A(u)`` upsampled to the image (Zhou et al. 2016).
 
     Written directly: pytorch-grad-cam has no plain CAM. Signed and unnormalised (no bias), so
@@ -311,7 +312,7 @@ class IBDModel:
         """The concept classifiers of the decomposed (part) concepts, in decomposition order."""
         return _select_concepts(self.concept_classifiers, self.part_concepts)
 
-    def features(self, images: Tensor, batch_size: int = 256) -> Tensor:
+    def features(self, images: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """Final-stage features ``A`` ``[B,C,h,w]``."""
         return _final_features(self.classifier, check_images(images), batch_size)
 
@@ -322,7 +323,7 @@ class IBDModel:
         return out
 
     @torch.no_grad()
-    def linear_scores(self, images: Tensor, batch_size: int = 256) -> Tensor:
+    def linear_scores(self, images: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """IBD's linear concept scores on the feature grid, ``[B, P+1, h, w]`` by label.
 
         Centred (unnormalised) weight · a(u) + bias, no sigmoid (ibd.md §4); −inf for labels
@@ -336,7 +337,7 @@ class IBDModel:
         return self._scatter_labels(concept_score_maps(features, self.concept_classifiers))
 
     @torch.no_grad()
-    def linear_maps(self, images: Tensor, batch_size: int = 256) -> Tensor:
+    def linear_maps(self, images: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """The linear concept scores rendered as IBD renders them: ``[B, P+1, H, W]``.
 
         Bilinear upsampling of the 1×1 concept scores to the image (``align_corners=False``,
@@ -353,7 +354,7 @@ class IBDModel:
         up = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
         return self._scatter_labels(up)
 
-    def part_probs(self, images: Tensor, batch_size: int = 256) -> Tensor:
+    def part_probs(self, images: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """Softmax over the upsampled linear concept scores, ``[B, P+1, H, W]``.
 
         The scores come from independent sigmoid classifiers, so this is a heuristic
@@ -361,14 +362,14 @@ class IBDModel:
         """
         return self.linear_maps(images, batch_size).softmax(1)
 
-    def segment(self, images: Tensor, batch_size: int = 256) -> Tensor:
+    def segment(self, images: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """``[B,H,W]`` labels: argmax over the upsampled linear concept scores (background
         included) — the "IBD linear maps" segmentation of table T1."""
-        return self.linear_maps(images, batch_size).argmax(1)
+        return label_map(self.linear_maps(images, batch_size))
 
     @torch.no_grad()
-    def contributions(self, images: Tensor, targets: Targets = None, batch_size: int = 256
-                      ) -> IBDContributions:
+    def contributions(self, images: Tensor, targets: Targets = None,
+                      batch_size: int = INFERENCE_BATCH) -> IBDContributions:
         """IBD's basis-rule contributions per label for one class per image.
 
         ``targets``: class per image, one int, or None (the predicted class, as IBD does).
@@ -390,7 +391,7 @@ class IBDModel:
             score=logits[rows, k].to(contrib.dtype), explanation=expl)
 
     @torch.no_grad()
-    def heatmaps(self, images: Tensor, targets: Targets = None, batch_size: int = 256
+    def heatmaps(self, images: Tensor, targets: Targets = None, batch_size: int = INFERENCE_BATCH
                  ) -> tuple[Tensor, Tensor]:
         """IBD's concept heatmaps (:func:`partslib.ibd.ibd_heatmaps`) and their part labels.
 

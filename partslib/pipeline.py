@@ -33,6 +33,7 @@ from torch import nn
 
 from partslib.checks import check_images, check_masks, check_nonempty
 from partslib.config import ClassifierConfig, DataConfig, PDMConfig, resolve
+from partslib.constants import INFERENCE_BATCH
 from partslib.data.removal_training import (
     REMOVAL_VERSION,
     RemovalSet,
@@ -390,15 +391,15 @@ def evaluate_segmentation(classifier: ContractClassifier, pdm, images: torch.Ten
     """Per-part IoU (dataset-summed) and mIoU of the PDM's argmax part map on ``images``
     (uint8 or float ``[N,3,H,W]``; ``masks`` integer ``[N,H,W]``, ids ``0..P`` or 255)."""
     from partslib.metrics import confusion_matrix, mean_iou, part_iou
-    from partslib.pdm import segment
+    from partslib.pdm import label_map, segment
 
     num_labels = len(part_names)
     images = check_images(images, keep_uint8=True)
     masks = check_masks(masks, images, num_labels)
     cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
-    for i in range(0, len(images), 256):
-        pred = segment(classifier, pdm, images[i:i + 256]).argmax(1)
-        cm += confusion_matrix(pred, masks[i:i + 256].long(), num_labels)
+    for i in range(0, len(images), INFERENCE_BATCH):
+        pred = label_map(segment(classifier, pdm, images[i:i + INFERENCE_BATCH]))
+        cm += confusion_matrix(pred, masks[i:i + INFERENCE_BATCH].long(), num_labels)
     iou = part_iou(cm)
     return {"miou": float(mean_iou(cm)),
             "iou": {name: float(v) for name, v in zip(part_names, iou)},
@@ -416,9 +417,9 @@ def _pdm_monitor(classifier: ContractClassifier, val: Split | None, n: int,
 
     def evaluate(pdm) -> dict:
         from partslib.metrics import confusion_matrix, mean_iou
-        from partslib.pdm import segment
+        from partslib.pdm import label_map, segment
 
-        pred = segment(classifier, pdm.to(device), val_x).argmax(1)
+        pred = label_map(segment(classifier, pdm.to(device), val_x))
         return {"val_miou": float(mean_iou(confusion_matrix(pred, val_m, val.num_labels)))}
     return evaluate
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.distributed import (
     DistEnv,
     StepLoader,
@@ -170,7 +171,8 @@ def _pairs(target: str):
     return collate
 
 
-def _batches(dataset: Dataset, target: str, batch: int = 256, workers: int = 0) -> DataLoader:
+def _batches(dataset: Dataset, target: str, batch: int = INFERENCE_BATCH,
+             workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
                       collate_fn=_pairs(target))
 
@@ -250,12 +252,13 @@ def _pdm(args: argparse.Namespace, env: DistEnv, data: dict) -> dict[str, Any]:
 def _miou(classifier: nn.Module, pdm: nn.Module, dataset: Dataset, num_labels: int,
           env: DistEnv) -> dict[str, float]:
     from partslib.metrics import confusion_matrix, mean_iou
+    from partslib.pdm import label_map
 
     cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
     for x, m in _batches(dataset, "mask"):
         x = x.to(env.device)
         logits = pdm(classifier.features(x), x)  # type: ignore[operator]
-        cm += confusion_matrix(logits.argmax(1).cpu(), m, num_labels)
+        cm += confusion_matrix(label_map(logits).cpu(), m, num_labels)
     return {"val_miou": float(mean_iou(cm))}
 
 

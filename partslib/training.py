@@ -30,6 +30,7 @@ from partslib.checkpoints import (
     save_checkpoint,
 )
 from partslib.checks import check_images, check_labels
+from partslib.constants import INFERENCE_BATCH
 from partslib.distributed import DistEnv, all_mean, barrier, check_same, maybe_fault
 from partslib.progress import Progress
 
@@ -409,7 +410,8 @@ def _run(net: nn.Module, model: nn.Module, loader: Any, pos: _Position, result: 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+def predict(model: nn.Module, images: torch.Tensor,
+            batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """Logits for a stack of images (uint8 or float), batched, in eval mode."""
     model.eval()
     out = []

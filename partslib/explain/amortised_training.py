@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from partslib.config import HeadConfig
+from partslib.constants import INFERENCE_BATCH
 from partslib.explain.amortised import ContributionHead, head_inputs
 from partslib.explain.core import PartExplainer, fused_features
 from partslib.explain.shapley import part_shapley, removal_game, single_effects
@@ -48,7 +49,7 @@ def baseline_logits(classifier: ContractClassifier, size: tuple[int, ...],
 @torch.no_grad()
 def game_targets(classifier: ContractClassifier, images: Tensor, masks: Tensor,
                  operator: Any, num_labels: int, keys: Sequence[Any] | None = None,
-                 batch_size: int = 256, progress: bool = False, shapley: bool = True,
+                 batch_size: int = INFERENCE_BATCH, progress: bool = False, shapley: bool = True,
                  max_exact: int = 8) -> tuple[Tensor, Tensor | None]:
     """Single-removal effects ``[N, L, K]`` and (``shapley=True``) the part Shapley values
     ``[N, L, K]`` (exact up to ``max_exact`` present labels, else sampled) of the game
@@ -82,7 +83,7 @@ class HeadData:
 
 @torch.no_grad()
 def head_data(classifier: ContractClassifier, pdm: Any, images: Tensor, labels: Tensor,
-              batch_size: int = 256, stages: Sequence[str] = ()) -> HeadData:
+              batch_size: int = INFERENCE_BATCH, stages: Sequence[str] = ()) -> HeadData:
     """The head's inputs from one classifier + PDM pass per batch."""
     ex = PartExplainer(classifier, pdm)
     images = check_images(images, size=ex.segmenter.input_size)
@@ -239,8 +240,8 @@ def _split_game(classifier: ContractClassifier, pdm: Any, data: Any, n: int, num
         from partslib.removal import BackgroundFill
 
         ex = PartExplainer(classifier, pdm)
-        maps = torch.cat([ex.context(images[i:i + 256], None).labels
-                          for i in range(0, len(images), 256)])
+        maps = torch.cat([ex.context(images[i:i + INFERENCE_BATCH], None).labels
+                          for i in range(0, len(images), INFERENCE_BATCH)])
         op = operator or BackgroundFill()
     single, values = game_targets(classifier, images, maps, op, num_labels, keys=keys,
                                   progress=progress, shapley=shapley)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from partslib.checks import model_dtype
+from partslib.constants import INFERENCE_BATCH
 from partslib.explain.explanation import (
     PartExplanation,
     paint,
@@ -44,7 +45,7 @@ from partslib.explain.explanation import (
     part_class_table,
 )
 from partslib.models import ContractClassifier, check_images
-from partslib.pdm import PartsDetectionModule
+from partslib.pdm import PartsDetectionModule, label_map
 
 __all__ = [
     "MODES",
@@ -87,7 +88,7 @@ def region_contributions(features: Tensor, weights: Tensor, part_probs: Tensor,
     """
     cam = torch.einsum("bc,bchw->bhw", weights, features)
     if hard:
-        occ = F.one_hot(part_probs.argmax(1), part_probs.shape[1]).permute(0, 3, 1, 2)
+        occ = F.one_hot(label_map(part_probs), part_probs.shape[1]).permute(0, 3, 1, 2)
         occ = occ.to(features.dtype)
     else:
         occ = part_probs
@@ -299,7 +300,7 @@ class ExplainContext:
     score: Tensor  # [B] logit_k or logit_k - logit_j
     probs: Tensor  # [B,P+1,H,W] part probabilities
     labels: Tensor  # [B,H,W] argmax part map
-    batch_size: int = 256
+    batch_size: int = INFERENCE_BATCH
 
     @property
     def num_labels(self) -> int:
@@ -395,7 +396,7 @@ class PartExplainer:
     @torch.no_grad()
     def __call__(self, images: Tensor, target: Targets = None, mode: str | None = None,
                  hard: bool = False, contrastive: bool | None = None, imputer: Any = None,
-                 batch_size: int = 256, rule: Any = None) -> PartExplanation:
+                 batch_size: int = INFERENCE_BATCH, rule: Any = None) -> PartExplanation:
         """Explain ``images`` (float ``[B,3,H,W]`` in [0,1] or uint8) for one target per image.
 
         Args:
@@ -414,7 +415,7 @@ class PartExplainer:
 
     @torch.no_grad()
     def explain_many(self, images: Tensor, rules: Mapping[str, RuleSpec], target: Targets = None,
-                     batch_size: int = 256) -> dict[str, PartExplanation]:
+                     batch_size: int = INFERENCE_BATCH) -> dict[str, PartExplanation]:
         """Explain ``images`` with several ``(rule, contrastive)`` pairs, running the classifier
         and the segmenter once per batch for all of them."""
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -433,7 +434,8 @@ class PartExplainer:
                 out[key].append(self._apply(ctx, rule, contrastive))
         return {key: PartExplanation.concat(parts) for key, parts in out.items()}
 
-    def context(self, x: Tensor, target: Targets, batch_size: int = 256) -> ExplainContext:
+    def context(self, x: Tensor, target: Targets,
+                batch_size: int = INFERENCE_BATCH) -> ExplainContext:
         """Classifier features, logits and part map of one batch (no contrast class)."""
         clf = self.classifier
         feats = clf.features(x)
@@ -442,9 +444,7 @@ class PartExplainer:
         k = resolve_targets(target, logits)
         part_logits = self.segmenter(clf, feats, x)
         probs = part_logits.softmax(1)
-        # argmax over a contiguous last dimension is several times faster than over dim 1; the
-        # PDM's logits are channels-last, so that is a view of them (softmax keeps the order)
-        labels = part_logits.permute(0, 2, 3, 1).contiguous().argmax(-1)
+        labels = label_map(part_logits)  # softmax keeps the order
         score = logits[torch.arange(len(k), device=logits.device), k]
         return ExplainContext(classifier=clf, images=x, features=feats, A=A, logits=logits,
                               target=k, contrast=None, score=score, probs=probs, labels=labels,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.explain.core import ExplainContext
 from partslib.explain.rules import Rule, RuleResult
 
@@ -141,7 +142,7 @@ def _permutations(n: int, n_perm: int, gen: torch.Generator) -> Tensor:
 
 
 def part_shapley(game: Game, present: Tensor, full: Tensor, *, max_exact: int = 8,
-                 n_permutations: int = 64, seed: int = 0, batch_size: int = 256,
+                 n_permutations: int = 64, seed: int = 0, batch_size: int = INFERENCE_BATCH,
                  interactions: bool = False, progress: bool = False) -> ShapleyValues:
     """Part Shapley values of ``B`` games over their present labels.
 
@@ -253,7 +254,7 @@ def _assemble(values: Tensor, plans: list, players: list[Tensor], present: Tenso
                          interactions=inter, evaluations=evals, single=single)
 
 
-def single_effects(game: Game, present: Tensor, full: Tensor, batch_size: int = 256,
+def single_effects(game: Game, present: Tensor, full: Tensor, batch_size: int = INFERENCE_BATCH,
                    progress: bool = False) -> Tensor:
     """Single-removal effects ``v(all) − v(all ∖ p)`` ``[B, L, K]`` of every present label (0
     for absent ones): one classifier pass per present label, no coalitions."""

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.metrics._checks import spearman
 
 __all__ = [
@@ -109,7 +110,7 @@ ImportanceFn = Callable[[torch.Tensor, torch.Tensor], PartImportance]
 
 
 def explain_in_batches(importance: ImportanceFn, image_indices: torch.Tensor,
-                       targets: torch.Tensor, batch_size: int = 256) -> PartImportance:
+                       targets: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> PartImportance:
     """``importance`` over ``batch_size`` images at a time, concatenated."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -198,7 +199,8 @@ def class_distance(a: Mapping[Any, Any], b: Mapping[Any, Any]) -> int:
 # ------------------------------------------------------------------------------ prediction
 
 def predict_unique(predict: PredictFn, image_indices: torch.Tensor, drop_parts: torch.Tensor,
-                   drop_distractors: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+                   drop_distractors: torch.Tensor, batch_size: int = INFERENCE_BATCH
+                   ) -> torch.Tensor:
     """``predict`` on each distinct (image, dropped parts, dropped distractors) row once, in
     batches of ``batch_size``; returns logits ``[M,K]`` for all ``M`` rows."""
     if batch_size < 1:
@@ -259,7 +261,8 @@ class SingleRemovals:
 
 
 def single_removals(predict: PredictFn, image_indices: torch.Tensor, targets: torch.Tensor,
-                    num_parts: int, distractor_present: torch.Tensor, batch_size: int = 256
+                    num_parts: int, distractor_present: torch.Tensor,
+                    batch_size: int = INFERENCE_BATCH
                     ) -> SingleRemovals:
     """Classify each image intact, without each part alone and without each background
     object alone (one ``predict`` row per intervention)."""
@@ -342,7 +345,8 @@ def _keep_or_drop(predict: PredictFn, image_indices: torch.Tensor, drop: torch.T
 
 
 def preservation_check(predict: PredictFn, image_indices: torch.Tensor, important: torch.Tensor,
-                       predicted: torch.Tensor, num_distractors: int, batch_size: int = 256
+                       predicted: torch.Tensor, num_distractors: int,
+                       batch_size: int = INFERENCE_BATCH
                        ) -> torch.Tensor:
     """PC per threshold ``[T]``: share of images whose prediction survives removing every
     foreground part *not* marked important (``important`` for the predicted class)."""
@@ -353,7 +357,7 @@ def preservation_check(predict: PredictFn, image_indices: torch.Tensor, importan
 
 
 def deletion_check(predict: PredictFn, image_indices: torch.Tensor, important: torch.Tensor,
-                   predicted: torch.Tensor, num_distractors: int, batch_size: int = 256
+                   predicted: torch.Tensor, num_distractors: int, batch_size: int = INFERENCE_BATCH
                    ) -> torch.Tensor:
     """DC per threshold ``[T]``: share of images whose prediction changes when the parts
     marked important (for the predicted class) are removed."""

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.metrics.funnybirds import (
     THRESHOLDS,
     ClassTable,
@@ -115,7 +116,8 @@ def _mask(parts: set, num_parts: int) -> torch.Tensor:
 
 def target_sensitivity_pairs(predict: PredictFn, image_indices: torch.Tensor,
                              labels: torch.Tensor, class_table: ClassTable, num_parts: int,
-                             num_distractors: int, distance: int = 3, batch_size: int = 256
+                             num_distractors: int, distance: int = 3,
+                             batch_size: int = INFERENCE_BATCH
                              ) -> TargetSensitivityPairs:
     """Find each image's two classes and keep the image when the model agrees that removing
     class 1's shared parts lowers class 1's logit more than removing class 2's, and vice
@@ -151,7 +153,7 @@ def target_sensitivity_pairs(predict: PredictFn, image_indices: torch.Tensor,
 
 
 def target_sensitivity(importance: ImportanceFn, image_indices: torch.Tensor,
-                       pairs: TargetSensitivityPairs, batch_size: int = 256) -> float:
+                       pairs: TargetSensitivityPairs, batch_size: int = INFERENCE_BATCH) -> float:
     """TS: per kept image, one point when class 1's shared parts get more importance for
     class 1 than for class 2, one when class 2's shared parts get more for class 2; the mean
     over all points. NaN when no image is kept."""
@@ -178,7 +180,7 @@ class FunnyBirdsSetup:
     sufficient_sets: list[list[frozenset]]
     removals: SingleRemovals  # targets = labels
     ts_pairs: TargetSensitivityPairs
-    batch_size: int = 256
+    batch_size: int = INFERENCE_BATCH
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -198,7 +200,7 @@ class FunnyBirdsSetup:
 
 def funnybirds_setup(predict: PredictFn, image_indices: torch.Tensor, labels: torch.Tensor,
                      class_table: ClassTable, num_parts: int, distractor_present: torch.Tensor,
-                     ts_distance: int = 3, batch_size: int = 256) -> FunnyBirdsSetup:
+                     ts_distance: int = 3, batch_size: int = INFERENCE_BATCH) -> FunnyBirdsSetup:
     """Everything the seven checks need from the model, once.
 
     Args:

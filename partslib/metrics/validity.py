@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from partslib.checks import check_nonempty
+from partslib.constants import INFERENCE_BATCH
 from partslib.metrics._checks import (
     _check_parts,
     _check_present,
@@ -152,7 +153,7 @@ def completeness_error(contributions: torch.Tensor, bias: torch.Tensor,
 def removal_effects(score_fn: ScoreFn, images: torch.Tensor, labels: torch.Tensor,
                     targets: torch.Tensor, present: torch.Tensor, remover: RemovalOperator,
                     keys: Sequence[Any] | None = None, score: str = "logit",
-                    batch_size: int = 256) -> torch.Tensor:
+                    batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """V2: measured effect ``Δ_p = s_k(x) − s_k(x without p)`` of removing each present part.
 
     All (image, part) removals are run together in chunks of ``batch_size`` images.
@@ -317,7 +318,7 @@ def _check_order(order: Any, present: torch.Tensor) -> None:
 def deletion_curve(score_fn: ScoreFn, images: torch.Tensor, labels: torch.Tensor,
                    targets: torch.Tensor, order: torch.Tensor, present: torch.Tensor,
                    remover: RemovalOperator, keys: Sequence[Any] | None = None,
-                   score: str = "probability", batch_size: int = 256) -> torch.Tensor:
+                   score: str = "probability", batch_size: int = INFERENCE_BATCH) -> torch.Tensor:
     """V3: target score after removing the first 0, 1, ..., n parts of ``order`` cumulatively.
 
     As RISE's deletion game, with parts as the units and the softmax probability of the target

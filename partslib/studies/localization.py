@@ -55,7 +55,7 @@ from partslib.constants import IGNORE_INDEX
 from partslib.explain import resolve_targets
 from partslib.metrics import confusion_matrix, mean_iou, netdissect_iou, part_iou, pointing_game
 from partslib.models import ContractClassifier, check_images
-from partslib.pdm import PartsDetectionModule, segment
+from partslib.pdm import PartsDetectionModule, label_map, segment
 
 __all__ = ["METHODS", "localization_figure", "localization_table"]
 
@@ -117,7 +117,7 @@ class _T1Counts:
     def add_part_maps(self, m: str, probs: Tensor, scores: Tensor, gt: Tensor, dec: Tensor,
                       gt_region: Tensor) -> None:
         """A segmenter's part probabilities (and the scores its pointing game reads)."""
-        pred = probs.argmax(1)
+        pred = label_map(probs)
         self.seg_conf[m] += confusion_matrix(pred, gt, self.num_labels)
         h, n = _pointing_counts(scores[:, 1:], gt, list(range(1, self.num_labels)))
         self.point[m][0] += h
@@ -249,7 +249,7 @@ def localization_figure(classifier: ContractClassifier, pdm: PartsDetectionModul
         logits = classifier(images)
     k = resolve_targets(targets if targets is None or isinstance(targets, int)
                         else torch.as_tensor(targets).flatten()[:n], logits)
-    pdm_labels = segment(classifier, pdm, images).argmax(1)
+    pdm_labels = label_map(segment(classifier, pdm, images))
     ibd_labels = ibd.segment(images)
     ibd_maps, ibd_parts = ibd.heatmaps(images, k)
     grad = gradcam_maps(classifier, images, k)

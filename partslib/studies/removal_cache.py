@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.explain.core import FinalFeatures, fused_features
 from partslib.models import ContractClassifier
 from partslib.removal import IGNORE_INDEX, RemovalOperator
@@ -53,7 +54,8 @@ class RemovalCache:
 
     def __init__(self, classifier: ContractClassifier, images: Tensor, labels: Tensor,
                  remover: RemovalOperator, keys: Sequence[Any] | None = None,
-                 batch_size: int = 256, features: Callable[[Tensor], Tensor] | None = None,
+                 batch_size: int = INFERENCE_BATCH,
+                 features: Callable[[Tensor], Tensor] | None = None,
                  pool_labels: Tensor | None = None, num_labels: int | None = None):
         if keys is not None and len(keys) != len(images):
             raise ValueError(f"keys must hold one entry per image ({len(images)}), got "

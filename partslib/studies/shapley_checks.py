@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from partslib.constants import INFERENCE_BATCH
 from partslib.explain.amortised_training import rank_agreement
 from partslib.explain.core import PartExplainer, fused_features
 from partslib.explain.shapley import ShapleyValues, part_shapley, removal_game
@@ -41,7 +42,7 @@ def _top_hits(values: Tensor, present: Tensor, decisive: Tensor) -> float:
 def shapley_checks(classifier: ContractClassifier, pdm: Any, images: Tensor, masks: Tensor,
                    labels: Tensor, decisive: Tensor, rerender: Any, keys: Sequence[Any],
                    imputers: Mapping[str, Any], decisive_table: Tensor,
-                   batch_size: int = 256) -> tuple[dict[str, float], pd.DataFrame,
+                   batch_size: int = INFERENCE_BATCH) -> tuple[dict[str, float], pd.DataFrame,
                                                    pd.DataFrame]:
     """The oracle, the imputers' agreement with it, and the decisive pairs' interactions.
 
