@@ -43,6 +43,7 @@ n_show: int = 12  # samples in the overview grid
 # %%
 from partslib import pipeline, viz
 from partslib.data import summary
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -112,12 +113,12 @@ viz.save_figure(fig, out_dir / "samples.png");
 
 # %%
 counts = summary.class_counts(("train", train), ("val", val), ("test", test))
-counts.to_csv(out_dir / "class_counts.csv")
+write_csv(counts, out_dir / "class_counts.csv")
 counts
 
 # %%
 areas = summary.part_areas(train)
-areas.to_csv(out_dir / "part_areas.csv")
+write_csv(areas, out_dir / "part_areas.csv")
 areas.round(3)
 
 # %% [markdown]

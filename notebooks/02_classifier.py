@@ -50,6 +50,7 @@ resume: bool = True  # resume from / reuse a checkpoint of the same configuratio
 import pandas as pd
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -152,7 +153,7 @@ viz.save_figure(fig, out_dir / "confusion.png");
 # %%
 confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.class_names,
                          columns=test.class_names)
-confusion.to_csv(out_dir / "confusion_matrix.csv")
+write_csv(confusion, out_dir / "confusion_matrix.csv")
 pipeline.write_metrics(out_dir, metrics);
 
 # %%

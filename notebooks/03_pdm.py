@@ -60,6 +60,7 @@ resume: bool = True  # resume from / reuse a checkpoint of the same configuratio
 import pandas as pd
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -138,7 +139,7 @@ viz.save_figure(fig, out_dir / "learning_curve.png");
 # %%
 iou = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("iou/")}
 iou_table = pd.DataFrame({"IoU": iou}).T
-iou_table.to_csv(out_dir / "iou.csv")
+write_csv(iou_table, out_dir / "iou.csv")
 iou_table.round(3)
 
 # %%
@@ -158,7 +159,7 @@ viz.save_figure(fig, out_dir / "segmentations.png");
 # %%
 confusion = pd.DataFrame(metrics.pop("confusion_matrix"), index=test.part_names,
                          columns=test.part_names)
-confusion.to_csv(out_dir / "confusion_matrix.csv")
+write_csv(confusion, out_dir / "confusion_matrix.csv")
 
 # %% [markdown]
 # ## The PDM on features only
@@ -201,7 +202,7 @@ head, head_info = amortised_training.train_head(
     epochs=head_epochs, seed=seed,
     checkpoint=f"{results_dir}/{amortised_training.HEAD_CHECKPOINT}", resume=resume,
     progress=progress)
-pd.DataFrame(head_info["history"]).to_csv(out_dir / "head_history.csv", index=False)
+write_csv(pd.DataFrame(head_info["history"]), out_dir / "head_history.csv", index=False)
 metrics.update({"head/val_spearman": head_info["val_spearman"],
                 "head/val_top_part": head_info["val_top_part"],
                 "head/best_epoch": head_info["best_epoch"],

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -148,8 +149,8 @@ else:
 from partslib.explain import part_class_table
 
 df, part_class = part_class_table(e, test.class_names, correct)
-df.to_csv(out_dir / "contributions.csv", index=False)
-part_class.to_csv(out_dir / "part_class.csv")
+write_csv(df, out_dir / "contributions.csv", index=False)
+write_csv(part_class, out_dir / "part_class.csv")
 part_class.round(2)
 
 # %%

@@ -50,6 +50,7 @@ gradcam_method: str = "gradcam"  # pytorch-grad-cam method for the heatmap basel
 import pandas as pd
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -113,7 +114,7 @@ images, masks, labels = test.tensors(slice(0, n_eval))
 t1 = localization_table(classifier, pdm, ibd, images, masks, test.part_names, targets=labels,
                         decisive=test.decisive[:n_eval], gradcam_method=gradcam_method,
                         extra_pdms=extra_pdms).set_index("method")
-t1.to_csv(out_dir / "t1.csv")
+write_csv(t1, out_dir / "t1.csv")
 t1.round(3)
 
 # %%

@@ -73,6 +73,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -179,7 +180,7 @@ t2, extras = t2_study.run_validity(
     keys=range(len(test)),
     ibd=ibd, n_eval=n_eval, n_deletion=n_deletion, methods=methods or METHODS,
     sanity_methods=sanity_methods, n_sanity=n_sanity, seed=seed, head=contribution_head)
-t2.to_csv(out_dir / "t2.csv", index=False)
+write_csv(t2, out_dir / "t2.csv", index=False)
 print(f"{extras.settings['n_images']} correctly classified test images "
       f"(V3 on {extras.settings['n_images_v3']}, V5 on {extras.settings['sanity_images']})")
 columns = ["spearman", "spearman_lo", "spearman_hi", "top_part", "norm_abs_error", "auc_claimed",
@@ -234,7 +235,7 @@ fig
 # still resembles the trained one after its model has been randomised does not explain the model.
 
 # %%
-extras.sanity.to_csv(out_dir / "sanity.csv", index=False)
+write_csv(extras.sanity, out_dir / "sanity.csv", index=False)
 extras.sanity.pivot_table(index=["step", "module"], columns="method",
                           values=["spearman_contrib", "spearman_maps", "spearman_contrib_abs",
                                   "spearman_maps_abs"]).round(3)
@@ -258,8 +259,8 @@ fig
 
 # %%
 gap_parts, gap_stats = t2_text.gap_summary(extras, "rerender", test.part_names)
-extras.gap.to_csv(out_dir / "gap.csv", index=False)
-extras.per_image.to_csv(out_dir / "per_image.csv", index=False)
+write_csv(extras.gap, out_dir / "gap.csv", index=False)
+write_csv(extras.per_image, out_dir / "per_image.csv", index=False)
 display(pd.Series(gap_stats).round(3).to_frame("rerender"))
 gap_parts.round(3)
 
@@ -300,9 +301,9 @@ shap_metrics, shap_games, shap_pairs = shapley_checks(
     classifier, pdm, images[sel], masks[sel], labels[sel], decisive[sel], test.rerender(),
     [int(i) for i in sel], {"blur": GaussianBlurFill(11, 5.0), "background_fill": BackgroundFill()},
     test.cfg.decisive_matrix())
-shap_games.to_csv(out_dir / "shapley_games.csv", index=False)
+write_csv(shap_games, out_dir / "shapley_games.csv", index=False)
 shap_pairs.insert(1, "class_name", [test.class_names[int(c)] for c in shap_pairs["class"]])
-shap_pairs.to_csv(out_dir / "shapley_interactions.csv", index=False)
+write_csv(shap_pairs, out_dir / "shapley_interactions.csv", index=False)
 display(shap_games.round(3))
 shap_pairs.round(3)
 
@@ -344,7 +345,7 @@ if funnybirds:
     fb = fb_study.run_funnybirds(test, classifier, pdm, ibd, seed=seed, head=contribution_head,
                                  methods=methods or [m for m in METHODS if m not in SLOW_METHODS],
                                  n_images=min(fb_n_images, len(test)))
-    fb.wide.to_csv(out_dir / "funnybirds.csv", index=False)
+    write_csv(fb.wide, out_dir / "funnybirds.csv", index=False)
     fb_metrics = {**fb_study.metrics_dict(fb.wide), "funnybirds/n_images": len(fb.setup.labels),
                   "funnybirds/ts_pairs": int(fb.setup.ts_pairs.rows.shape[0])}
     shown = ["method", "parts", "maps", "accuracy", "CSDC", "PC", "DC", "D", "BI", "SD",

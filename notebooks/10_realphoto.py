@@ -84,6 +84,7 @@ import pandas as pd
 import torch
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -161,8 +162,8 @@ print(f"{dataset_name}: {len(data.train_labels)} training, {n_val} validation an
 
 # %%
 counts, parts_table = rs.data_tables(data)
-counts.to_csv(out_dir / "class_counts.csv")
-parts_table.to_csv(out_dir / "part_table.csv")
+write_csv(counts, out_dir / "class_counts.csv")
+write_csv(parts_table, out_dir / "part_table.csv")
 counts
 
 # %%
@@ -231,7 +232,7 @@ print(f"PDM: {pdm_metrics['num_parameters']:,} parameters, trained in "
 iou = {k.split("/", 1)[1]: v for k, v in pdm_metrics.items() if k.startswith("iou/")}
 iou_table = pd.DataFrame({"IoU (test)": iou,
                           "present in train photos": parts_table[("train", "present")]})
-iou_table.to_csv(out_dir / "pdm_iou.csv")
+write_csv(iou_table, out_dir / "pdm_iou.csv")
 iou_table.round(3)
 
 # %%
@@ -312,8 +313,8 @@ if wrong:
 from partslib.explain import part_class_table
 
 df, part_class = part_class_table(e, data.class_names, correct)
-df.to_csv(out_dir / "contributions.csv", index=False)
-part_class.to_csv(out_dir / "part_class.csv")
+write_csv(df, out_dir / "contributions.csv", index=False)
+write_csv(part_class, out_dir / "part_class.csv")
 part_class.round(2)
 
 # %%
@@ -333,7 +334,7 @@ viz.save_figure(fig, out_dir / "part_class.png");
 t0 = time.perf_counter()
 ibd = rs.fit_ibd_baseline(model, data, epochs=ibd_epochs, seed=seed)
 t1 = rs.localization(model, pdm, ibd, data, decisive_parts)
-t1.to_csv(out_dir / "t1_localization.csv", index=False)
+write_csv(t1, out_dir / "t1_localization.csv", index=False)
 t1_seconds = time.perf_counter() - t0
 cols = ["method", "mIoU", "pointing_game", "region_iou", "region_pointing"]
 t1[cols].round(3)
@@ -386,8 +387,8 @@ t2, extras = rs.validity(model, pdm, ibd, data, decisive_parts, operators=t2_ope
                          n_sanity=n_sanity, seed=seed, head=head)
 t2_seconds = time.perf_counter() - t0
 sanity = extras[t2_operators[0]].sanity
-t2.to_csv(out_dir / "t2_validity.csv", index=False)
-sanity.to_csv(out_dir / "t2_sanity.csv", index=False)
+write_csv(t2, out_dir / "t2_validity.csv", index=False)
+write_csv(sanity, out_dir / "t2_sanity.csv", index=False)
 show = ["method", "operator", "n_images", "spearman", "top_part", "norm_abs_error", "auc_claimed",
         "auc_random", "auc_greedy", "decisive", "decisive_lo", "decisive_hi", "decisive_ceiling"]
 t2[show].round(3)

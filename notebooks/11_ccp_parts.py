@@ -75,6 +75,7 @@ from pathlib import Path
 import pandas as pd
 
 from partslib import pipeline, viz
+from partslib.io import write_csv
 
 pipeline.setup(seed=seed, threads=threads)  # torch.set_num_threads, seeds, deterministic kernels
 viz.set_style()
@@ -146,8 +147,8 @@ print(f"{dataset_name}: {len(data.train_labels)} training, {n_val} validation an
 
 # %%
 counts, parts_table = rs.data_tables(data)
-counts.to_csv(out_dir / "class_counts.csv")
-parts_table.to_csv(out_dir / "part_table.csv")
+write_csv(counts, out_dir / "class_counts.csv")
+write_csv(parts_table, out_dir / "part_table.csv")
 parts_table.round(3)
 
 # %% [markdown]
@@ -194,7 +195,7 @@ print(f"PDM: {pdm_metrics['num_parameters']:,} parameters, trained in "
 iou = {k.split("/", 1)[1]: v for k, v in pdm_metrics.items() if k.startswith("iou/")}
 iou_table = pd.DataFrame({"IoU (test)": iou,
                           "present in train photos": parts_table[("train", "present")]})
-iou_table.to_csv(out_dir / "pdm_iou.csv")
+write_csv(iou_table, out_dir / "pdm_iou.csv")
 iou_table.round(3)
 
 # %% [markdown]
@@ -206,7 +207,7 @@ from partslib.studies.localization import localization_table
 ibd = rs.fit_ibd_baseline(model, data, epochs=ibd_epochs, seed=seed)
 t1 = localization_table(model, pdm, ibd, data.test_images.float() / 255, data.test_masks.long(),
                         data.part_names, targets=data.test_labels)
-t1.to_csv(out_dir / "t1_localization.csv", index=False)
+write_csv(t1, out_dir / "t1_localization.csv", index=False)
 t1.set_index("method").loc[["PDM", "IBD linear maps"],
                            ["mIoU", *[c for c in t1.columns if c.startswith("iou:")]]].T.round(3)
 
@@ -255,8 +256,8 @@ t2, extras = rs.validity(model, pdm, ibd, data, None, operators=t2_operators,
                          head=head)
 t2_seconds = time.perf_counter() - t0
 sanity = extras[t2_operators[0]].sanity
-t2.to_csv(out_dir / "t2_validity.csv", index=False)
-sanity.to_csv(out_dir / "t2_sanity.csv", index=False)
+write_csv(t2, out_dir / "t2_validity.csv", index=False)
+write_csv(sanity, out_dir / "t2_sanity.csv", index=False)
 print(f"contribution head: epoch {head_info['best_epoch']}, validation Spearman "
       f"{head_info['val_spearman']:.3f}; T2 on {int(t2['n_images'].to_numpy().max())} photos")
 t2[["method", "operator", "n_images", "spearman", "spearman_lo", "spearman_hi", "top_part",

@@ -37,6 +37,7 @@ __all__ = [
     "replace_dir",
     "stage_name",
     "temp_sibling",
+    "write_csv",
     "write_json",
 ]
 
@@ -201,6 +202,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     text = json.dumps(jsonable(obj), indent=1) + "\n"
     with atomic_write(path) as tmp:
         tmp.write_text(text)
+    return path
+
+
+def write_csv(table: Any, path: str | os.PathLike, **to_csv: Any) -> Path:
+    """Write a pandas table with ``table.to_csv(path, **to_csv)`` atomically
+    (:func:`atomic_write`): a run stopped mid-write leaves the previous file, never half a
+    table."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        table.to_csv(tmp, **to_csv)
     return path
 
 

@@ -162,6 +162,23 @@ def _checkpoint_write_fails(tmp: Path) -> str:
     return msg
 
 
+def _table_write_fails(tmp: Path) -> str:
+    import pandas as pd
+
+    from partslib.io import write_csv
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError("cell 900 cannot be written")
+
+    path = write_csv(pd.DataFrame({"x": range(1000)}), tmp / "t2.csv", index=False)
+    before = path.read_bytes()
+    rows = [*range(900), Unprintable(), *range(99)]  # fails after 900 rows were written
+    msg = _message(lambda: write_csv(pd.DataFrame({"x": rows}), path, index=False), ValueError)
+    assert path.read_bytes() == before and [p.name for p in tmp.iterdir()] == ["t2.csv"]
+    return msg
+
+
 def _archive_fails(tmp: Path) -> str:
     from partslib import runner
     run = tmp / "run"
@@ -376,6 +393,7 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "converter-missing-photo": (_coco_missing_photo, r"p\d\.png: no such image file"),
     "checkpoint-write-fails": (_checkpoint_write_fails, "pickle|lambda"),
     "archive-fails": (_archive_fails, "No space left"),
+    "table-write-fails": (_table_write_fails, "cell 900 cannot be written"),
     "float64-images": (_float64_images, r"converted to the classifier's dtype \(float32\)"),
     "empty-batch": (lambda t: _message(lambda: _explainer()(random_images(2)[:0])),
                     r"images is an empty batch \(shape \(0, 3, 64, 64\)\)"),
