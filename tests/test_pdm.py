@@ -5,7 +5,7 @@ import torch
 
 from partslib.config import PDMConfig
 from partslib.models import TorchvisionResNet
-from partslib.pdm import PartsDetectionModule, load_pdm, segment, train_pdm
+from partslib.pdm import PartsDetectionModule, label_map, load_pdm, segment, train_pdm
 from partslib.training import load_checkpoint
 
 from toys import small_classifier, small_pdm
@@ -78,3 +78,14 @@ def test_train_and_load_restore_the_normalisation(clf, tmp_path):
     torch.testing.assert_close(loaded.part_logits(clf, xf), pdm.eval().part_logits(clf, xf))
     with pytest.raises(TypeError, match="no field"):
         train_pdm(clf, x, masks, P1, epoch=1)
+
+
+def test_label_map_gives_argmax_indices_ties_and_layouts_included():
+    """``label_map`` (``max(1).indices``, ten times faster on the CPU) returns what
+    ``argmax(1)`` returns: the first of equal maxima, in any memory format and dtype."""
+    g = torch.Generator().manual_seed(0)
+    ties = torch.randint(0, 3, (4, 6, 16, 16), generator=g).float()  # many equal maxima
+    for scores in (ties, ties.double(), ties.bfloat16(), torch.randn(4, 6, 16, 16, generator=g),
+                   ties.contiguous(memory_format=torch.channels_last)):
+        assert torch.equal(label_map(scores), scores.argmax(1))
+    assert label_map(ties).shape == (4, 16, 16)
