@@ -179,6 +179,12 @@ def _table_write_fails(tmp: Path) -> str:
     return msg
 
 
+def _ibd_concepts(features: torch.Tensor) -> Callable[[], object]:
+    from partslib.ibd import train_concept_classifiers
+    labels = torch.randint(0, 3, (len(features), 4, 4), generator=torch.Generator().manual_seed(0))
+    return lambda: train_concept_classifiers(features, labels, [1, 2], epochs=1, progress=False)
+
+
 def _archive_fails(tmp: Path) -> str:
     from partslib import runner
     run = tmp / "run"
@@ -412,6 +418,10 @@ CASES: dict[str, tuple[Callable[[Path], str], str]] = {
     "metrics-empty": (lambda t: _message(_metric_inputs(0)), "claimed is empty"),
     "metrics-float64": (lambda t: _message(_metric_inputs(2, torch.float64)),
                         "images are float64; expected float32"),
+    "ibd-empty-features": (lambda t: _message(_ibd_concepts(torch.zeros(0, 8, 4, 4))),
+                           r"features is empty \(0 items\)"),
+    "ibd-nan-features": (lambda t: _message(_ibd_concepts(torch.full((4, 8, 4, 4), math.nan))),
+                         r"features \(4, 8, 4, 4\) hold NaN or Inf at 64 cells"),
     "images-wrong-size": (lambda t: _message(lambda: _explainer()(random_images(1, size=60))),
                           "must be 64x64 for this model, got 60x60"),
     "classes-csv-no-rows": (lambda t: _message(lambda: FolderDataset(_headers_only(t,

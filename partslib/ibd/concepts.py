@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from partslib.checks import check_nonempty
 from partslib.constants import IGNORE_INDEX
 from partslib.ibd._checks import as_tensor, check_ndim
 from partslib.ibd.decomposition import normalise_concepts
@@ -310,6 +311,7 @@ def _check_training_inputs(
     """Checks the arguments of ``train_concept_classifiers``; returns the concept ids."""
     check_ndim(feats, 4, "features", "(N, C, h, w)")
     n, _, h, w = feats.shape
+    check_nonempty(n, "features")
     multi_label = labels.dtype == torch.bool
     if multi_label:
         ok = labels.ndim == 4 and labels.shape[0] == n and labels.shape[2:] == (h, w)
@@ -324,6 +326,13 @@ def _check_training_inputs(
         raise ValueError(
             f"grid_labels must hold integer label ids (or bool one-hot), got dtype {labels.dtype}"
         )
+    # cells labelled IGNORE_LABEL are never sampled (one-hot labels: every cell may be)
+    nonfinite = ~torch.isfinite(feats).all(1)
+    bad = int((nonfinite if multi_label else nonfinite & (labels != IGNORE_LABEL)).sum())
+    if bad:
+        raise ValueError(f"features {tuple(feats.shape)} hold NaN or Inf at {bad} cells that "
+                         f"grid_labels does not ignore (label {IGNORE_LABEL}); expected the "
+                         f"finite feature maps of a classifier")
     concept_ids = tuple(int(c) for c in concepts)
     if not concept_ids:
         raise ValueError("concepts must name at least one label id, got an empty sequence")
