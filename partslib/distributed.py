@@ -66,11 +66,11 @@ class _AtomicErrorHandler(ErrorHandler):
         self._write_error_file(file, json.dumps(data))
 
     def _write_error_file(self, file_path: str, error_msg: str) -> None:
-        tmp = f"{file_path}.partial-{os.getpid()}"
+        from partslib.io import atomic_write
+
         try:
-            with open(tmp, "w") as fp:
-                fp.write(error_msg)
-            os.replace(tmp, file_path)
+            with atomic_write(file_path) as tmp:
+                tmp.write_text(error_msg)
         except OSError as err:
             warnings.warn(f"could not write the error file {file_path}: {err}", stacklevel=2)
 
